@@ -1,0 +1,1 @@
+"""Shared core: codes, decoder, latency analysis, wire format, configuration (numpy-only except wire/transport)."""

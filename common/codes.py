@@ -1,0 +1,469 @@
+"""Gradient codes as data: an ordered partition list per worker slot and one coefficient row per level.
+
+Every family (DESIGN §2) is built into the same `Code` record, so one decoder and one worker loop serve
+them all. Notation follows DESIGN §1: `n` worker slots, `k` partitions (k = n here), tolerances
+``levels = (s_0 < ... < s_L)``, coefficient rows ``B[l, i]`` of shape ``(k,)``.
+
+CRC construction (numerical quality is part of the contract, see docs/codes.md):
+
+* ``n - s`` odd: the real cyclic-MDS code of Raviv, Tamo, Tandon and Dimakis (arXiv 1707.03858). Its
+  rows lie in V = real trigonometric polynomials of degree <= (n-s-1)/2 sampled at the n-th roots of
+  unity; row i is the unique (up to sign and scale) vector of V supported on {i, ..., i+s}. Worst
+  cond(B_F) grows about linearly in n (<= 41 at n = 64).
+* ``n - s`` even: no real cyclic code with 1 in it has this dimension, so flexgc searches a fixed,
+  seeded candidate set (trigonometric spaces with one phase-shifted top frequency, and random
+  orthonormal spaces containing 1) and keeps the candidate with the smallest worst cond(B_F) over a
+  fixed validation set of straggler patterns. A code whose worst cond exceeds ``max_cond`` (default
+  1e6) is refused with an error that names the nearest tolerances with n - s odd.
+* ``s = 0``: identity rows.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Literal, get_args
+
+import numpy as np
+
+from flexgc.common.errors import CodeConstructionError, ConfigError
+from flexgc.common.specs import as_float, as_int, as_int_list, parse_spec, reject_unknown
+
+Family = Literal["uncoded", "ignore", "frc", "crc", "nested", "nested-frc", "multimessage"]
+DecoderPolicy = Literal["any-span", "per-level"]
+Signaling = Literal["push", "notify"]
+
+FAMILIES: tuple[str, ...] = get_args(Family)
+DECODER_POLICIES: tuple[str, ...] = get_args(DecoderPolicy)
+SIGNALINGS: tuple[str, ...] = get_args(Signaling)
+DEFAULT_MAX_COND = 1e6
+_COMMON_OPTIONS = {"decoder", "signaling"}
+
+
+@dataclass(frozen=True, eq=False)
+class Code:
+    """A gradient code for `n` worker slots over `k` partitions.
+
+    Attributes:
+        family: one of FAMILIES.
+        spec: canonical spec string (round-trips through `parse_code`).
+        n, k: worker slots and data partitions.
+        levels: tolerance s_l of each level, strictly increasing.
+        order: ``order[i]`` is the ordered tuple of partitions slot i computes.
+        prefix: ``(L, n)`` ints; slot i sends its level-l message after ``prefix[l, i]`` partitions.
+        B: ``(L, n, k)`` coefficient rows; ``B[l, i]`` is supported on ``order[i][:prefix[l, i]]``.
+        decoder: decoding policy, ``any-span`` or ``per-level``.
+        signaling: ``push`` (send every level's vector) or ``notify`` (note, then vector on request).
+        ignore_s: for ``ignore``: the master accepts n - s uncoded results and rescales (approximate).
+        construction: per level, how its rows were built.
+        worst_cond: per level, the worst cond(B_F) over the validated straggler patterns.
+    """
+
+    family: str
+    spec: str
+    n: int
+    k: int
+    levels: tuple[int, ...]
+    order: tuple[tuple[int, ...], ...]
+    prefix: np.ndarray
+    B: np.ndarray
+    decoder: str = "any-span"
+    signaling: str = "push"
+    ignore_s: int | None = None
+    construction: tuple[str, ...] = ()
+    worst_cond: tuple[float, ...] = ()
+    support_bits: tuple[int, ...] = field(default=(), repr=False)
+
+    @property
+    def n_levels(self) -> int:
+        return len(self.levels)
+
+    @property
+    def s_max(self) -> int:
+        """Number of dead workers the code tolerates (for `ignore`, the number it drops)."""
+        return self.ignore_s if self.ignore_s is not None else self.levels[-1]
+
+    @property
+    def n_messages(self) -> int:
+        return self.n_levels * self.n
+
+    def message_id(self, level: int, slot: int) -> int:
+        """Flat index of the (level, slot) message: ``level * n + slot``."""
+        return level * self.n + slot
+
+    def message_of(self, message_id: int) -> tuple[int, int]:
+        """Inverse of `message_id`: ``(level, slot)``."""
+        return divmod(message_id, self.n)
+
+    def row(self, message_id: int) -> np.ndarray:
+        level, slot = self.message_of(message_id)
+        return self.B[level, slot]
+
+    def levels_completed_by(self, slot: int, m: int) -> list[int]:
+        """Levels whose message slot `slot` can send right after finishing its m-th partition."""
+        return [level for level in range(self.n_levels) if self.prefix[level, slot] == m]
+
+    def max_partitions(self, slot: int) -> int:
+        return int(self.prefix[-1, slot])
+
+    def load(self, slot: int, partitions_done: int) -> float:
+        """Fraction of the dataset computed by `slot` after `partitions_done` partitions."""
+        return partitions_done / self.k
+
+
+# ---------------------------------------------------------------------------------------------
+# spec parsing
+
+
+def parse_code(text: str, n: int, *, field_name: str = "code") -> Code:
+    """Build the code described by `text` (e.g. ``nested:levels=0,1,2,3,decoder=per-level``) for n slots."""
+    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+        raise ConfigError(f"workers={n!r}; need an integer >= 1")
+    spec = parse_spec(text, field_name)
+    if spec.family not in FAMILIES:
+        raise ConfigError(f"{field_name}={text!r}: unknown family {spec.family!r}; allowed: "
+                          f"{', '.join(FAMILIES)}")
+    p = spec.params
+    decoder = p.get("decoder", "any-span")
+    if decoder not in DECODER_POLICIES:
+        raise ConfigError(f"{field_name}: decoder={decoder!r}; allowed: {', '.join(DECODER_POLICIES)}")
+    signaling = p.get("signaling", "push")
+    if signaling not in SIGNALINGS:
+        raise ConfigError(f"{field_name}: signaling={signaling!r}; allowed: {', '.join(SIGNALINGS)}")
+    max_cond = DEFAULT_MAX_COND
+    if "max_cond" in p:
+        max_cond = as_float(spec, "max_cond", field_name, minimum=1.0)
+
+    def need_s(key: str = "s") -> int:
+        if key not in p:
+            raise ConfigError(f"{field_name}={text!r}: {spec.family} needs {key}=S with 0 <= S < n={n}")
+        s = as_int(spec, key, field_name, minimum=0)
+        if s >= n:
+            raise ConfigError(f"{field_name}: {key}={s}; need 0 <= {key} < n={n} (workers)")
+        return s
+
+    fam = spec.family
+    if fam == "uncoded":
+        reject_unknown(spec, _COMMON_OPTIONS, field_name)
+        code = _uncoded(n)
+    elif fam == "ignore":
+        reject_unknown(spec, _COMMON_OPTIONS | {"s"}, field_name)
+        code = _uncoded(n, ignore_s=need_s())
+    elif fam == "frc":
+        reject_unknown(spec, _COMMON_OPTIONS | {"s"}, field_name)
+        s = need_s()
+        code = _frc_nested(n, (s + 1,), unequal_ok=True)
+    elif fam == "crc":
+        reject_unknown(spec, _COMMON_OPTIONS | {"s", "max_cond"}, field_name)
+        code = _nested_crc(n, (need_s(),), max_cond)
+    elif fam == "nested":
+        reject_unknown(spec, _COMMON_OPTIONS | {"levels", "smax", "max_cond"}, field_name)
+        if ("levels" in p) == ("smax" in p):
+            raise ConfigError(f"{field_name}={text!r}: nested needs exactly one of levels=S0,S1,... "
+                              f"or smax=S")
+        if "smax" in p:
+            levels = tuple(range(need_s("smax") + 1))
+        else:
+            levels = as_int_list(spec, "levels", field_name)
+        _check_levels(levels, n, field_name)
+        code = _nested_crc(n, levels, max_cond)
+    elif fam == "nested-frc":
+        reject_unknown(spec, _COMMON_OPTIONS | {"groups"}, field_name)
+        if "groups" not in p:
+            raise ConfigError(f"{field_name}={text!r}: nested-frc needs groups=M0,M1,... (group sizes, "
+                              f"a divisor chain of n={n})")
+        groups = as_int_list(spec, "groups", field_name)
+        _check_groups(groups, n, field_name)
+        code = _frc_nested(n, groups, unequal_ok=False)
+    else:  # multimessage
+        reject_unknown(spec, _COMMON_OPTIONS | {"smax"}, field_name)
+        if decoder == "per-level":
+            raise ConfigError(f"{field_name}: decoder=per-level is meaningless for multimessage "
+                              f"(each message is one uncoded partial gradient); allowed: any-span")
+        code = _multimessage(n, need_s("smax"))
+
+    options = []
+    if decoder != "any-span":
+        options.append(f"decoder={decoder}")
+    if signaling != "push":
+        options.append(f"signaling={signaling}")
+    if "max_cond" in p:
+        options.append(f"max_cond={max_cond:g}")
+    canonical = _canonical(fam, code)
+    if options:
+        canonical += ("," if ":" in canonical else ":") + ",".join(options)
+    return _replace(code, family=fam, spec=canonical, decoder=decoder, signaling=signaling)
+
+
+def _canonical(family: str, code: Code) -> str:
+    if family == "uncoded":
+        return "uncoded"
+    if family == "ignore":
+        return f"ignore:s={code.ignore_s}"
+    if family in ("frc", "crc"):
+        return f"{family}:s={code.levels[0]}"
+    if family == "nested":
+        return "nested:levels=" + ",".join(map(str, code.levels))
+    if family == "nested-frc":
+        return "nested-frc:groups=" + ",".join(str(s + 1) for s in code.levels)
+    return f"multimessage:smax={code.levels[-1]}"
+
+
+def _replace(code: Code, **changes: object) -> Code:
+    values = {f: getattr(code, f) for f in code.__dataclass_fields__}
+    values.update(changes)
+    return Code(**values)  # type: ignore[arg-type]
+
+
+def _check_levels(levels: tuple[int, ...], n: int, field_name: str) -> None:
+    if not levels or list(levels) != sorted(set(levels)) or not 0 <= levels[0] <= levels[-1] < n:
+        raise ConfigError(f"{field_name}: levels={','.join(map(str, levels))}; need strictly increasing "
+                          f"0 <= s_0 < ... < s_L < n={n}")
+
+
+def _check_groups(groups: tuple[int, ...], n: int, field_name: str) -> None:
+    ok = bool(groups) and groups[0] >= 1 and all(b > a and b % a == 0 for a, b in zip(groups, groups[1:]))
+    if not ok or n % groups[-1]:
+        raise ConfigError(f"{field_name}: groups={','.join(map(str, groups))}; need a divisor chain of "
+                          f"n={n}: 1 <= m_0 < m_1 < ..., each dividing the next and n "
+                          f"(divisors of {n}: {','.join(str(d) for d in range(1, n + 1) if n % d == 0)})")
+
+
+# ---------------------------------------------------------------------------------------------
+# constructions
+
+
+def _finish(family: str, n: int, levels: tuple[int, ...], order: list[tuple[int, ...]],
+            prefix: np.ndarray, B: np.ndarray, construction: tuple[str, ...],
+            worst_cond: tuple[float, ...], ignore_s: int | None = None) -> Code:
+    k = B.shape[2]
+    bits = []
+    for level in range(len(levels)):
+        for i in range(n):
+            support = np.flatnonzero(B[level, i])
+            bits.append(sum(1 << int(j) for j in support))
+    B.setflags(write=False)
+    prefix.setflags(write=False)
+    return Code(family=family, spec=family, n=n, k=k, levels=levels, order=tuple(order), prefix=prefix,
+                B=B, ignore_s=ignore_s, construction=construction, worst_cond=worst_cond,
+                support_bits=tuple(bits))
+
+
+def _uncoded(n: int, ignore_s: int | None = None) -> Code:
+    B = np.eye(n)[None, :, :].copy()
+    prefix = np.ones((1, n), dtype=np.int64)
+    return _finish("ignore" if ignore_s is not None else "uncoded", n, (0,), [(i,) for i in range(n)],
+                   prefix, B, ("identity",), (1.0,), ignore_s=ignore_s)
+
+
+def _multimessage(n: int, smax: int) -> Code:
+    levels = tuple(range(smax + 1))
+    order = [tuple((i + j) % n for j in range(smax + 1)) for i in range(n)]
+    B = np.zeros((len(levels), n, n))
+    prefix = np.zeros((len(levels), n), dtype=np.int64)
+    for level in levels:
+        for i in range(n):
+            B[level, i, order[i][level]] = 1.0
+            prefix[level, i] = level + 1
+    return _finish("multimessage", n, levels, order, prefix, B, ("identity",) * len(levels),
+                   (1.0,) * len(levels))
+
+
+def frc_group_sizes(n: int, s: int) -> list[int]:
+    """Sizes of FRC(s) groups of consecutive slots: floor(n/(s+1)) groups, each >= s+1, summing to n."""
+    g = n // (s + 1)
+    return [n // g + (1 if t < n % g else 0) for t in range(g)]
+
+
+def _frc_nested(n: int, groups: tuple[int, ...], unequal_ok: bool) -> Code:
+    """FRC (one level, possibly unequal groups) or nested FRC (group sizes a divisor chain of n).
+
+    Level l groups are blocks of consecutive slots; a group's members all hold its block of
+    partitions (the same indices) and send the block's uncoded sum. Slot i computes its level-0 block
+    first (starting at i), then the rest of its level-1 block, and so on.
+    """
+    if unequal_ok:
+        (size,) = groups
+        sizes = frc_group_sizes(n, size - 1)
+        starts = list(itertools.accumulate([0, *sizes[:-1]]))
+        blocks_by_level = [[range(st, st + sz) for st, sz in zip(starts, sizes)]]
+        levels = (size - 1,)
+    else:
+        blocks_by_level = [[range(st, st + m) for st in range(0, n, m)] for m in groups]
+        levels = tuple(m - 1 for m in groups)
+
+    def block_of(level: int, i: int) -> range:
+        return next(b for b in blocks_by_level[level] if i in b)
+
+    L = len(levels)
+    B = np.zeros((L, n, n))
+    prefix = np.zeros((L, n), dtype=np.int64)
+    order: list[tuple[int, ...]] = []
+    for i in range(n):
+        seq: list[int] = []
+        for level in range(L):
+            block = block_of(level, i)
+            m = len(block)
+            for j in range(m):
+                p = block.start + (i - block.start + j) % m
+                if p not in seq:
+                    seq.append(p)
+            prefix[level, i] = len(seq)
+            B[level, i, list(block)] = 1.0
+        order.append(tuple(seq))
+    construction = ("frc-unequal-groups" if unequal_ok and len(set(frc_group_sizes(n, levels[0]))) > 1
+                    else "frc",) * L
+    worst = tuple(1.0 for _ in range(L))  # disjoint indicator blocks: orthogonal rows, cond 1 per group
+    return _finish("frc" if unequal_ok else "nested-frc", n, levels, order, prefix, B, construction, worst)
+
+
+def _nested_crc(n: int, levels: tuple[int, ...], max_cond: float) -> Code:
+    smax = levels[-1]
+    order = [tuple((i + j) % n for j in range(smax + 1)) for i in range(n)]
+    L = len(levels)
+    B = np.zeros((L, n, n))
+    prefix = np.zeros((L, n), dtype=np.int64)
+    constructions, worst = [], []
+    for level, s in enumerate(levels):
+        rows, name, cond = crc_rows(n, s)
+        if cond > max_cond:
+            odd = [t for t in (s - 1, s + 1) if 0 <= t < n and (n - t) % 2 == 1]
+            raise CodeConstructionError(
+                f"crc s={s} at n={n}: the best real construction found ({name}) has worst "
+                f"cond(B_F)={cond:.3g} > max_cond={max_cond:g}; use s with n-s odd "
+                f"(cyclic-MDS, well conditioned; nearest: {', '.join(map(str, odd)) or 'none'}) or raise "
+                f"max_cond")
+        B[level] = rows
+        prefix[level] = s + 1
+        constructions.append(name)
+        worst.append(cond)
+    family = "crc" if L == 1 else "nested"
+    return _finish(family, n, levels, order, prefix, B, tuple(constructions), tuple(worst))
+
+
+def _window(i: int, s: int, n: int) -> list[int]:
+    return [(i + j) % n for j in range(s + 1)]
+
+
+def rows_from_space(G: np.ndarray, s: int) -> np.ndarray:
+    """Row i: the unit vector of rowspace(G) supported on the cyclic window {i..i+s}.
+
+    G: ``(n - s, n)`` generator of an MDS code V containing the all-ones vector.
+    Returns B: ``(n, n)``; raises CodeConstructionError when a window holds no unique codeword.
+    """
+    dim, n = G.shape
+    B = np.zeros((n, n))
+    for i in range(n):
+        window = _window(i, s, n)
+        outside = np.setdiff1d(np.arange(n), window)
+        # coefficients c with (c @ G)[outside] = 0: the null space of G[:, outside]^T is 1-dim for MDS V
+        if outside.size:
+            _, sv, vt = np.linalg.svd(G[:, outside].T)
+            if sv.size == dim and sv[-1] > 1e-12 * sv[0]:
+                raise CodeConstructionError(f"n={n} s={s}: window {i} holds no codeword")
+            c = vt[-1]
+        else:
+            c = np.linalg.lstsq(G.T, np.ones(n), rcond=None)[0]
+        row = c @ G
+        row[outside] = 0.0
+        norm = np.linalg.norm(row)
+        if norm < 1e-12:
+            raise CodeConstructionError(f"n={n} s={s}: window {i} codeword vanishes")
+        row /= norm
+        # a fixed sign convention: the first window entry is positive
+        if row[window[0]] < 0:
+            row = -row
+        B[i] = row
+    return B
+
+
+def _trig_space(n: int, dim: int, phase: float = 0.0) -> np.ndarray:
+    """Real trigonometric polynomials of degree <= (dim-1)//2 at theta_t = 2 pi t / n; for even dim, one
+    extra top-frequency cosine shifted by `phase`. Rows: 1, cos, sin, cos 2x, sin 2x, ..."""
+    theta = 2 * np.pi * np.arange(n) / n
+    rows = [np.ones(n)]
+    f = 1
+    while len(rows) + 2 <= dim:
+        rows += [np.cos(f * theta), np.sin(f * theta)]
+        f += 1
+    if len(rows) < dim:
+        rows.append(np.cos(f * theta - phase))
+    return np.array(rows)
+
+
+def _random_space(n: int, dim: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    X = np.hstack([np.ones((n, 1)), rng.standard_normal((n, dim - 1))])
+    Q, _ = np.linalg.qr(X)
+    return Q.T
+
+
+def validation_patterns(n: int, s: int, samples: int = 400, seed: int = 1234) -> list[tuple[int, ...]]:
+    """Straggler sets used to score a construction: all of them when C(n, s) <= 2 * samples, else every
+    contiguous block, evenly spread sets and `samples` seeded random sets."""
+    if s == 0:
+        return [()]
+    if math.comb(n, s) <= 2 * samples:
+        return list(itertools.combinations(range(n), s))
+    pats = {tuple(sorted((st + j) % n for j in range(s))) for st in range(n)}
+    pats |= {tuple(sorted({(st + (j * n) // s) % n for j in range(s)})) for st in range(n)}
+    rng = np.random.default_rng(seed)
+    while len(pats) < samples + 2 * n:
+        pats.add(tuple(sorted(int(x) for x in rng.choice(n, s, replace=False))))
+    return [p for p in sorted(pats) if len(p) == s]
+
+
+def worst_condition(B: np.ndarray, patterns: list[tuple[int, ...]]) -> tuple[float, float]:
+    """Worst cond(B_F) and worst residual ||a^T B_F - 1|| over straggler patterns (F = the others)."""
+    n, k = B.shape
+    worst_c, worst_r = 1.0, 0.0
+    ones = np.ones(k)
+    for stragglers in patterns:
+        F = np.setdiff1d(np.arange(n), stragglers)
+        BF = B[F]
+        sv = np.linalg.svd(BF, compute_uv=False)
+        rank_ok = sv[-1] > 0
+        worst_c = max(worst_c, float(sv[0] / sv[-1]) if rank_ok else math.inf)
+        a = np.linalg.lstsq(BF.T, ones, rcond=None)[0]
+        worst_r = max(worst_r, float(np.linalg.norm(a @ BF - ones)))
+    return worst_c, worst_r
+
+
+@functools.lru_cache(maxsize=256)
+def crc_rows(n: int, s: int) -> tuple[np.ndarray, str, float]:
+    """CRC(s) rows for n slots: ``(B (n, n), construction name, worst validated cond(B_F))``."""
+    if s == 0:
+        return np.eye(n), "identity", 1.0
+    dim = n - s
+    patterns = validation_patterns(n, s)
+    if dim % 2 == 1:
+        B = rows_from_space(_trig_space(n, dim), s)
+        cond, _ = worst_condition(B, patterns)
+        return _frozen(B), "cyclic-mds", cond
+    candidates: Iterator[tuple[str, np.ndarray]] = itertools.chain(
+        ((f"trig-phase:{fr}", _trig_space(n, dim, fr * np.pi / n)) for fr in (0.25, 0.5, 0.75)),
+        ((f"random-orthonormal:seed={seed}", _random_space(n, dim, seed)) for seed in range(8)),
+    )
+    best: tuple[float, str, np.ndarray] | None = None
+    for name, G in candidates:
+        try:
+            B = rows_from_space(G, s)
+        except CodeConstructionError:
+            continue
+        cond, residual = worst_condition(B, patterns)
+        if residual > 1e-6:
+            continue
+        if best is None or cond < best[0]:
+            best = (cond, name, B)
+    if best is None:
+        raise CodeConstructionError(f"crc s={s} at n={n}: no candidate construction is MDS")
+    return _frozen(best[2]), best[1], best[0]
+
+
+def _frozen(B: np.ndarray) -> np.ndarray:
+    B = np.ascontiguousarray(B)
+    B.setflags(write=False)
+    return B

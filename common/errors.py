@@ -1,0 +1,37 @@
+"""Domain errors shared by master, worker and CLI."""
+
+
+class FlexgcError(Exception):
+    """Base class of every error flexgc raises on purpose."""
+
+
+class ConfigError(FlexgcError, ValueError):
+    """A configuration value is invalid; the message names the field, the value and what is allowed."""
+
+
+class CodeConstructionError(ConfigError):
+    """No code with the requested parameters meets the numerical-quality bound."""
+
+
+class WireError(FlexgcError):
+    """A message from the network is malformed (shape, dtype, NaN/Inf, chunk sequence, ...)."""
+
+
+class UnknownSlotError(FlexgcError):
+    """A message names a worker slot that does not exist or is not held by the sender."""
+
+
+class StaleIterationError(FlexgcError):
+    """A message belongs to an iteration other than the current one."""
+
+
+class DuplicateResultError(FlexgcError):
+    """A coded message was already received for this (iteration, slot, level)."""
+
+
+class InvalidTransitionError(FlexgcError):
+    """A lifecycle state machine was asked for a move its table does not allow."""
+
+
+class AuthError(FlexgcError):
+    """A join token is missing or wrong."""

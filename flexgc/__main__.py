@@ -1,0 +1,3 @@
+from flexgc.cli import main
+
+raise SystemExit(main())

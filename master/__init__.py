@@ -1,0 +1,1 @@
+"""flexgc master."""

@@ -35,3 +35,7 @@ class InvalidTransitionError(FlexgcError):
 
 class AuthError(FlexgcError):
     """A join token is missing or wrong."""
+
+
+class JobFinishedError(FlexgcError):
+    """The job is over (a lingering master answers joins with this)."""

@@ -1,0 +1,110 @@
+"""`flexgc master`, `flexgc worker`, `flexgc health` and `flexgc demo`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import time
+from typing import Any
+
+from flexgc.common.config import (
+    MASTER_OPTIONS,
+    WORKER_OPTIONS,
+    MasterConfig,
+    WorkerConfig,
+    add_options,
+    resolve,
+)
+from flexgc.common.errors import ConfigError
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("master", help="run the master (coordinator) of a training job")
+    add_options(p, MASTER_OPTIONS)
+    p.set_defaults(handler=cmd_master)
+
+    p = sub.add_parser("worker", help="run a worker that joins a master")
+    add_options(p, WORKER_OPTIONS)
+    p.set_defaults(handler=cmd_worker)
+
+    p = sub.add_parser("health", help="gRPC health check of a master (exit 0 iff SERVING)")
+    p.add_argument("--target", default="127.0.0.1:50051", help="HOST:PORT")
+    p.add_argument("--service", default="", help="service name ('' = whole server)")
+    p.add_argument("--timeout-s", type=float, default=2.0)
+    p.add_argument("--tls-ca", default=os.environ.get("FLEXGC_TLS_CA"))
+    p.add_argument("--tls-cert", default=os.environ.get("FLEXGC_TLS_CERT"))
+    p.add_argument("--tls-key", default=os.environ.get("FLEXGC_TLS_KEY"))
+    p.set_defaults(handler=cmd_health)
+
+    p = sub.add_parser("demo", help="start a master and n worker processes on loopback and run a short job")
+    p.add_argument("--workers", type=int, default=8, help="number of workers n (default 8)")
+    p.add_argument("--code", default="nested:levels=0,1,2,3", help="code spec")
+    p.add_argument("--iterations", type=int, default=30)
+    p.add_argument("--delay", default="shifted-exp:a=1,mu=1,p=0.03,unit_s=0.4",
+                   help="injected delay spec (model A, 3%% unresponsive per iteration)")
+    p.add_argument("--delay-seed", type=int, default=1)
+    p.add_argument("--out", default="runs/demo", help="run directory")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(handler=cmd_demo)
+
+
+def _master_config(args: argparse.Namespace) -> MasterConfig:
+    values = resolve(MASTER_OPTIONS, vars(args), os.environ, args.config)
+    return MasterConfig.from_values(values)
+
+
+def cmd_master(args: argparse.Namespace) -> int:
+    from flexgc.master.server import serve
+
+    cfg = _master_config(args)
+
+    def report(port: int) -> None:
+        print(json.dumps({"event": "listening", "port": port}), flush=True)
+
+    summary = asyncio.run(serve(cfg, on_port=report))
+    summary.pop("params", None)
+    print(json.dumps({"event": "summary", **summary}), flush=True)
+    return 0 if summary.get("failed_iterations", 0) == 0 or cfg.on_deadline != "fail" else 1
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from flexgc.worker.client import run_worker
+
+    values = resolve(WORKER_OPTIONS, vars(args), os.environ, args.config)
+    return asyncio.run(run_worker(WorkerConfig.from_values(values)))
+
+
+def cmd_health(args: argparse.Namespace) -> int:
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    from flexgc.common import transport
+
+    tls = transport.TlsConfig(args.tls_cert, args.tls_key, args.tls_ca)
+    creds = transport.channel_credentials(tls)
+    channel = grpc.secure_channel(args.target, creds) if creds else grpc.insecure_channel(args.target)
+    try:
+        reply = health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(service=args.service), timeout=args.timeout_s)
+    except grpc.RpcError as exc:
+        print(f"flexgc health: {args.target}: {exc.code().name}", file=sys.stderr)  # type: ignore[attr-defined]
+        return 1
+    finally:
+        channel.close()
+    status = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+    print(status)
+    return 0 if reply.status == health_pb2.HealthCheckResponse.SERVING else 1
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from flexgc.demo import run_demo
+
+    if args.workers < 2:
+        raise ConfigError(f"workers={args.workers}; the demo needs >= 2")
+    started = time.perf_counter()
+    rc = run_demo(args)
+    print(f"demo finished in {time.perf_counter() - started:.1f} s")
+    return rc

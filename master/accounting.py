@@ -1,0 +1,186 @@
+"""Latency accounting: the JSON-lines run log (data with a schema, separate from logs), the summary, and
+Prometheus metrics.
+
+Run log schema (one JSON object per iteration, `schema: "flexgc.run.v1"`):
+    iteration, outcome (EXACT | APPROXIMATE | FAILED), latency_ms (task first sent -> gradient decoded),
+    decode_ms, level (highest level used), rows_used [[slot, level, weight], ...], residual, cond, loss,
+    stragglers (slots with no used row), bytes_up, bytes_down, cancel_latency_ms (max ack - sent),
+    stale_results, duplicates, verify_rel_err (verify mode), and `workers`: per slot task_sent_ms,
+    first_byte_ms, level_done_ms[l], result_arrival_ms[l], cancel_sent_ms, cancel_ack_ms,
+    partitions_done, load, compute_ms[p], delay_ms[p], bytes_up, bytes_down.
+All *_ms times are relative to the iteration's start on the master's monotonic clock.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from flexgc.common.codes import Code
+from flexgc.master.coordinator import Iteration, Outcome
+
+_log = logging.getLogger(__name__)
+
+SCHEMA = "flexgc.run.v1"
+_LATENCY_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 30, 60)
+
+
+class Metrics:
+    """Prometheus metrics of one master, in their own registry (several masters may share a process)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.iteration_latency = Histogram("flexgc_iteration_latency_seconds", "task sent -> gradient decoded",
+                                           buckets=_LATENCY_BUCKETS, registry=r)
+        self.result_latency = Histogram("flexgc_result_latency_seconds", "task sent -> result arrival",
+                                        ["slot", "level"], buckets=_LATENCY_BUCKETS, registry=r)
+        self.decode_seconds = Histogram("flexgc_decode_seconds", "weighted sum of the decode",
+                                        buckets=(1e-5, 1e-4, 1e-3, 1e-2, 0.1, 1), registry=r)
+        self.level_used = Counter("flexgc_level_used_total", "decodes by highest level used", ["level"],
+                                  registry=r)
+        self.iterations = Counter("flexgc_iterations_total", "iterations by outcome", ["outcome"], registry=r)
+        self.cancelled_partitions = Counter("flexgc_cancelled_partitions_total",
+                                            "partitions assigned but not computed thanks to cancel", registry=r)
+        self.bytes = Counter("flexgc_bytes_total", "payload bytes", ["direction"], registry=r)
+        self.rejected = Counter("flexgc_rejected_messages_total", "messages rejected with a gRPC status",
+                                ["kind"], registry=r)
+        self.discarded = Counter("flexgc_discarded_results_total", "stale or duplicate results dropped",
+                                 ["kind"], registry=r)
+        self.connected = Gauge("flexgc_connected_workers", "workers with a live Work stream", registry=r)
+        self.loss = Gauge("flexgc_loss", "mean loss at the current parameters", registry=r)
+
+
+def _r(x: float | None, nd: int = 3) -> float | None:
+    return None if x is None or not math.isfinite(x) else round(float(x), nd)
+
+
+def iteration_record(code: Code, it: Iteration, outcome: Outcome, loss: float | None,
+                     verify_rel_err: float | None = None) -> dict[str, Any]:
+    dec = outcome.decoding
+    used = set(dec.messages) if dec is not None else set()
+    rows_used = ([[code.message_of(m)[1], code.message_of(m)[0], float(w)] for m, w in
+                  zip(dec.messages, dec.weights)] if dec is not None else [])
+    used_slots = {code.message_of(m)[1] for m in used}
+    workers = []
+    cancel_lat = []
+    for slot in range(code.n):
+        t = it.timing[slot]
+        w = asdict(t)
+        for key in ("task_sent_ms", "first_byte_ms", "cancel_sent_ms", "cancel_ack_ms"):
+            w[key] = _r(w[key])
+        w["level_done_ms"] = [_r(x) for x in t.level_done_ms]
+        w["result_arrival_ms"] = [_r(x) for x in t.result_arrival_ms]
+        w["compute_ms"] = [_r(x) for x in t.compute_ms]
+        w["delay_ms"] = [_r(x) if math.isfinite(x) else None for x in t.delay_ms]
+        done = t.partitions_done if t.partitions_done is not None else len(t.compute_ms)
+        w["load"] = round(done / code.k, 6) if slot in it.sent else 0.0
+        w["slot"] = slot
+        workers.append(w)
+        if t.cancel_ack_ms is not None and t.cancel_sent_ms is not None:
+            cancel_lat.append(t.cancel_ack_ms - t.cancel_sent_ms)
+    return {
+        "schema": SCHEMA,
+        "iteration": it.number,
+        "outcome": outcome.phase.name,
+        "latency_ms": _r(outcome.latency_ms),
+        "decode_ms": _r(outcome.decode_ms, 4),
+        "level": dec.level if dec is not None else None,
+        "rows_used": rows_used,
+        "residual": float(dec.residual) if dec is not None else None,
+        "cond": _r(dec.cond) if dec is not None else None,
+        "loss": loss,
+        "stragglers": sorted(set(range(code.n)) - used_slots) if dec is not None else list(range(code.n)),
+        "bytes_up": sum(w["bytes_up"] for w in workers),
+        "bytes_down": sum(w["bytes_down"] for w in workers),
+        "cancel_latency_ms": _r(max(cancel_lat)) if cancel_lat else None,
+        "stale_results": it.stale_results,
+        "duplicates": it.duplicates,
+        "verify_rel_err": verify_rel_err,
+        "workers": workers,
+    }
+
+
+class RunLog:
+    """Appends one record per iteration to OUT/run.jsonl once its cancel acks are in (or later ones are)."""
+
+    def __init__(self, out: Path | None, resume_from: int = 0) -> None:
+        self.path = out / "run.jsonl" if out else None
+        self.records: list[dict[str, Any]] = []
+        self._pending: dict[int, tuple[Iteration, Outcome, float | None, float | None]] = {}
+        if self.path is not None:
+            out.mkdir(parents=True, exist_ok=True)  # type: ignore[union-attr]
+            kept = []
+            if resume_from > 0 and self.path.exists():
+                for line in self.path.read_text().splitlines():
+                    try:
+                        rec = json.loads(line)
+                    except json.JSONDecodeError:
+                        continue  # a torn last line from a crash
+                    if rec.get("iteration", math.inf) < resume_from:
+                        kept.append(rec)
+            self.records = kept
+            tmp = self.path.with_suffix(".tmp")
+            tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
+            os.replace(tmp, self.path)
+            self._fh = self.path.open("a", buffering=1)
+
+    def add(self, it: Iteration, outcome: Outcome, loss: float | None, verify: float | None) -> None:
+        self._pending[it.number] = (it, outcome, loss, verify)
+
+    def flush(self, code: Code, force: bool = False, newest: int | None = None) -> list[dict[str, Any]]:
+        out = []
+        for number in sorted(self._pending):
+            it, outcome, loss, verify = self._pending[number]
+            acked = all(it.timing[s].cancel_ack_ms is not None for s in it.sent)
+            if not (force or acked or (newest is not None and number <= newest - 2)):
+                continue
+            del self._pending[number]
+            rec = iteration_record(code, it, outcome, loss, verify)
+            self.records.append(rec)
+            out.append(rec)
+            if self.path is not None:
+                self._fh.write(json.dumps(rec) + "\n")
+        return out
+
+    def close(self) -> None:
+        if self.path is not None:
+            self._fh.close()
+
+
+def summarize(code: Code, records: list[dict[str, Any]], extra: dict[str, Any]) -> dict[str, Any]:
+    lat = np.array([r["latency_ms"] for r in records if r["outcome"] != "FAILED"], dtype=float)
+    outcomes = [r["outcome"] for r in records]
+    loads = [w["load"] for r in records for w in r["workers"] if w["task_sent_ms"] is not None]
+    levels: dict[str, int] = {}
+    for r in records:
+        if r["level"] is not None:
+            levels[str(r["level"])] = levels.get(str(r["level"]), 0) + 1
+    return {
+        "code": code.spec,
+        "n": code.n,
+        "iterations": len(records),
+        "exact_iterations": outcomes.count("EXACT"),
+        "approximate_iterations": outcomes.count("APPROXIMATE"),
+        "failed_iterations": outcomes.count("FAILED"),
+        "latency_ms": {
+            "mean": _r(float(lat.mean())) if lat.size else None,
+            "median": _r(float(np.median(lat))) if lat.size else None,
+            "p90": _r(float(np.percentile(lat, 90))) if lat.size else None,
+        },
+        "mean_load": _r(float(np.mean(loads)), 5) if loads else None,
+        "level_use": levels,
+        "final_loss": next((r["loss"] for r in reversed(records) if r["loss"] is not None), None),
+        "stale_results": sum(r["stale_results"] for r in records),
+        "bytes_up": sum(r["bytes_up"] for r in records),
+        "bytes_down": sum(r["bytes_down"] for r in records),
+        **extra,
+    }

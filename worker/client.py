@@ -1,0 +1,342 @@
+"""The worker process: a gRPC client that joins, pulls tasks, streams coded results and obeys Cancel.
+
+    flexgc worker --master HOST:PORT
+
+Lifecycle of one connection: Join -> Work stream (hello) -> Ready -> Task+params -> compute (results
+stream out as levels complete) -> Cancel -> CancelAck -> Ready -> ... -> Shutdown. If the master goes
+away the worker cancels its work and reconnects with exponential backoff, asking for its slot back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import enum
+import logging
+import random
+import signal
+from typing import Any
+
+import grpc
+import numpy as np
+
+from flexgc import __version__
+from flexgc.common import transport, wire
+from flexgc.common.config import WorkerConfig
+from flexgc.common.delays import parse_delay, realize
+from flexgc.common.errors import InvalidTransitionError, WireError
+from flexgc.common.models import DataSpec, synthetic_partition
+from flexgc.v1 import coordinator_pb2 as pb
+from flexgc.v1 import coordinator_pb2_grpc as pb_grpc
+from flexgc.worker.compute import PartitionCompute, TaskRun
+
+_log = logging.getLogger(__name__)
+
+# status codes after which reconnecting cannot help
+_FATAL = {grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED,
+          grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.UNIMPLEMENTED}
+
+
+class WorkerState(enum.Enum):
+    IDLE = 1
+    RECEIVING = 2   # task header seen, parameters arriving
+    WORKING = 3
+    CANCELLING = 4
+
+
+_MOVES = {("IDLE", "RECEIVING"), ("RECEIVING", "WORKING"), ("RECEIVING", "IDLE"), ("WORKING", "CANCELLING"),
+          ("CANCELLING", "IDLE"), ("WORKING", "IDLE")}
+
+
+class Outcome(enum.Enum):
+    SHUTDOWN = 1        # the master ended the job
+    DISCONNECTED = 2    # stream broke: reconnect
+    FATAL = 3
+
+
+class Session:
+    """One joined connection's Work stream."""
+
+    def __init__(self, cfg: WorkerConfig, reply: pb.JoinReply, stub: pb_grpc.CoordinatorStub,
+                 compute: PartitionCompute, executor: concurrent.futures.Executor) -> None:
+        self.cfg = cfg
+        self.reply = reply
+        self.slot = reply.slot
+        self.stub = stub
+        self.compute = compute
+        self.executor = executor
+        self.delay = parse_delay(cfg.delay if cfg.delay is not None else reply.delay_spec or "none")
+        self.outbox: asyncio.Queue[pb.WorkerMessage | None] = asyncio.Queue()
+        self.state = WorkerState.IDLE
+        self.task: TaskRun | None = None
+        self.task_future: asyncio.Future[None] | None = None
+        self.last_iteration = -1
+        self._params: np.ndarray | None = None
+        self._params_filled = 0
+        self._header: wire.TaskHeader | None = None
+
+    def advance(self, to: WorkerState) -> None:
+        if (self.state.name, to.name) not in _MOVES:
+            raise InvalidTransitionError(f"worker slot={self.slot} {self.state.name}->{to.name}")
+        self.state = to
+
+    async def run(self) -> Outcome:
+        call = self.stub.Work()
+        writer = asyncio.create_task(self._write(call))
+        beat = asyncio.create_task(self._heartbeat())
+        try:
+            await call.write(pb.WorkerMessage(hello=pb.Hello(slot=self.slot, session_id=self.reply.session_id,
+                                                             worker_id=self.cfg.identity,
+                                                             token=self.cfg.token or "")))
+            self._send(pb.WorkerMessage(ready=pb.Ready(after_iteration=self.last_iteration)))
+            while True:
+                msg = await call.read()
+                if msg is grpc.aio.EOF:
+                    return Outcome.DISCONNECTED
+                kind = msg.WhichOneof("kind")
+                if kind == "shutdown":
+                    _log.info("shutdown slot=%d reason=%s", self.slot, msg.shutdown.reason)
+                    return Outcome.SHUTDOWN
+                try:
+                    await self._handle(kind, msg)
+                except WireError as exc:
+                    # a malformed task: reject it clearly, stay connected, ask for the next one
+                    _log.warning("task rejected slot=%d error=%s", self.slot, exc)
+                    iteration = self._header.iteration if self._header else -1
+                    self._reset_task()
+                    self._send(pb.WorkerMessage(task_rejected=pb.TaskRejected(iteration=iteration,
+                                                                              reason=str(exc))))
+                    self._send(pb.WorkerMessage(ready=pb.Ready(after_iteration=max(iteration,
+                                                                                   self.last_iteration))))
+        except grpc.aio.AioRpcError as exc:
+            _log.warning("stream ended slot=%d code=%s details=%s", self.slot, exc.code().name, exc.details())
+            return Outcome.FATAL if exc.code() in _FATAL else Outcome.DISCONNECTED
+        finally:
+            if self.task is not None:
+                self.task.cancel.set()
+            beat.cancel()
+            writer.cancel()
+            call.cancel()
+
+    def _reset_task(self) -> None:
+        self._header = None
+        self._params = None
+        self._params_filled = 0
+        if self.state is WorkerState.RECEIVING:
+            self.advance(WorkerState.IDLE)
+
+    async def _handle(self, kind: str | None, msg: pb.MasterMessage) -> None:
+        if kind == "task":
+            if self.state is not WorkerState.IDLE:
+                raise WireError(f"task {msg.task.iteration} while {self.state.name} on iteration "
+                                f"{self.task.iteration if self.task else '?'}")
+            self._header = wire.task_header(msg.task, self.compute.d - 1, len(self.compute.slot_code.level_prefix))
+            self._params = np.empty(self._header.total_elements, dtype=wire.numpy_dtype(self._header.dtype))
+            self._params_filled = 0
+            self.advance(WorkerState.RECEIVING)
+        elif kind == "params":
+            if self.state is not WorkerState.RECEIVING or self._header is None or self._params is None:
+                raise WireError("params chunk without a task header")
+            self._params_filled = wire.accept_params_chunk(self._params, self._params_filled, msg.params,
+                                                           self._header.iteration)
+            if msg.params.last:
+                self._start()
+        elif kind == "cancel":
+            await self._cancel(msg.cancel.iteration)
+        elif kind == "pull":
+            self._pull(msg.pull.iteration, msg.pull.level)
+        else:
+            raise WireError(f"unexpected message kind {kind!r}")
+
+    def _start(self) -> None:
+        assert self._header is not None and self._params is not None
+        header = self._header
+        real = realize(self.delay, self.reply.delay_seed, header.iteration, self.slot,
+                       self.compute.slot_code.partitions, self.reply.k)
+        task = TaskRun(header.iteration, self._params.astype(np.float64), header.max_levels, real.durations_s)
+        self.task = task
+        self._header, self._params = None, None
+        self.advance(WorkerState.WORKING)
+        loop = asyncio.get_running_loop()
+
+        def emit(level: int, vector: np.ndarray) -> None:  # compute thread
+            if task.cancel.is_set():
+                return
+            if self.compute.slot_code.signaling == "notify":
+                task.vectors[level] = vector
+                note = pb.WorkerMessage(level_done=pb.LevelDone(iteration=task.iteration, level=level,
+                                                                times=wire.times_to_proto(task.times)))
+                loop.call_soon_threadsafe(self.outbox.put_nowait, note)
+                return
+            for m in wire.result_chunks(task.iteration, self.slot, level, vector, self.reply.chunk_bytes,
+                                        task.times):
+                loop.call_soon_threadsafe(self.outbox.put_nowait, m)
+
+        self.task_future = loop.run_in_executor(self.executor, self.compute.run, task, emit)
+
+    def _pull(self, iteration: int, level: int) -> None:
+        task = self.task
+        if task is None or task.iteration != iteration or task.cancel.is_set():
+            return  # stale pull: the iteration is over
+        vector = task.vectors.get(level)
+        if vector is None:
+            raise WireError(f"pull for iteration {iteration} level {level} before LevelDone")
+        for m in wire.result_chunks(iteration, self.slot, level, vector, self.reply.chunk_bytes, task.times):
+            self.outbox.put_nowait(m)
+
+    async def _cancel(self, iteration: int) -> None:
+        task = self.task
+        if task is None or task.iteration != iteration:
+            return  # nothing running for that iteration (already acknowledged)
+        self.advance(WorkerState.CANCELLING)
+        task.cancel.set()
+        if self.task_future is not None:
+            await self.task_future
+        self.task, self.task_future = None, None
+        self.last_iteration = max(self.last_iteration, iteration)
+        self._send(pb.WorkerMessage(cancel_ack=pb.CancelAck(iteration=iteration,
+                                                            partitions_done=task.partitions_done,
+                                                            times=wire.times_to_proto(task.times),
+                                                            finished=task.finished)))
+        self.advance(WorkerState.IDLE)
+        self._send(pb.WorkerMessage(ready=pb.Ready(after_iteration=self.last_iteration)))
+
+    def _send(self, msg: pb.WorkerMessage) -> None:
+        self.outbox.put_nowait(msg)
+
+    async def _write(self, call: Any) -> None:
+        while True:
+            msg = await self.outbox.get()
+            if msg is None:
+                return
+            await call.write(msg)
+
+    async def _heartbeat(self) -> None:
+        interval = max(0.05, self.reply.heartbeat_interval_s or 2.0)
+        while True:
+            await asyncio.sleep(interval)
+            self._send(pb.WorkerMessage(heartbeat=pb.Heartbeat(sent_unix_ns=0)))
+
+
+async def _load_data(stub: pb_grpc.CoordinatorStub, reply: pb.JoinReply, cfg: WorkerConfig,
+                     spec: DataSpec, partitions: tuple[int, ...]) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    if spec.source == "synthetic":
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(None, lambda: {j: synthetic_partition(spec, j) for j in partitions})
+    data = {}
+    for j in partitions:
+        arrays: dict[str, np.ndarray] = {}
+        fills: dict[str, int] = {}
+        req = pb.PartitionRequest(slot=reply.slot, partition=j, session_id=reply.session_id,
+                                  token=cfg.token or "")
+        async for chunk in stub.FetchPartition(req):
+            if chunk.name not in ("X", "y") or chunk.dtype != "<f8":
+                raise WireError(f"partition {j}: unexpected array {chunk.name!r} dtype {chunk.dtype!r}")
+            if chunk.name not in arrays:
+                arrays[chunk.name] = np.empty(int(np.prod(chunk.shape)), dtype="<f8")
+                fills[chunk.name] = 0
+                shape = tuple(chunk.shape)
+                arrays[chunk.name + "_shape"] = np.array(shape)
+            buf = arrays[chunk.name]
+            part = np.frombuffer(chunk.data, "<f8")
+            if chunk.offset != fills[chunk.name] or fills[chunk.name] + part.size > buf.size:
+                raise WireError(f"partition {j}: chunk of {chunk.name} out of order")
+            buf[chunk.offset:chunk.offset + part.size] = part
+            fills[chunk.name] += part.size
+        if "X" not in arrays or "y" not in arrays or fills["X"] != arrays["X"].size:
+            raise WireError(f"partition {j}: incomplete transfer")
+        data[j] = (arrays["X"].reshape(tuple(arrays["X_shape"])), arrays["y"])
+    return data
+
+
+def data_spec_from(reply: pb.JoinReply) -> DataSpec:
+    ds = reply.data
+    return DataSpec(model=ds.model, source=ds.source, samples=ds.samples, features=ds.features,
+                    classes=ds.classes, seed=ds.seed, partitions=ds.partitions, noise=ds.noise or 0.1)
+
+
+async def run_worker(cfg: WorkerConfig, stop: asyncio.Event | None = None) -> int:
+    """Join and work until the master's Shutdown (exit 0), a fatal rejection (exit 2) or `stop`."""
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            loop.add_signal_handler(sig, stop.set)
+    tls = transport.TlsConfig(cfg.tls_cert, cfg.tls_key, cfg.tls_ca)
+    executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="compute")
+    slot = cfg.slot
+    backoff = 0.05
+    compute: PartitionCompute | None = None
+    last_iteration = -1
+    try:
+        while not stop.is_set():
+            channel = transport.aio_channel(cfg.master, tls, server_name=cfg.server_name)
+            try:
+                stub = pb_grpc.CoordinatorStub(channel)
+                try:
+                    reply = await stub.Join(pb.JoinRequest(worker_id=cfg.identity, preferred_slot=slot,
+                                                           token=cfg.token or "", version=__version__),
+                                            timeout=10)
+                except grpc.aio.AioRpcError as exc:
+                    if exc.code() in _FATAL:
+                        _log.error("join refused code=%s details=%s", exc.code().name, exc.details())
+                        return 2
+                    if exc.code() is grpc.StatusCode.FAILED_PRECONDITION and "finished" in (exc.details() or ""):
+                        _log.info("job already finished")
+                        return await _linger(cfg, stop)
+                    _log.info("join failed code=%s; retrying in %.2fs", exc.code().name, backoff)
+                    await _sleep_or_stop(backoff, stop)
+                    backoff = min(cfg.reconnect_max_s, backoff * 2) * (0.8 + 0.4 * random.random())
+                    continue
+                slot = reply.slot
+                spec = data_spec_from(reply)
+                sc = wire.slot_code_from_proto(reply.slot_code, reply.k)
+                if compute is None or not _same_code(compute.slot_code, sc):
+                    data = await _load_data(stub, reply, cfg, spec, sc.partitions)
+                    dtype = np.dtype("<f4") if reply.data.dtype == "float32" else np.dtype("<f8")
+                    compute = PartitionCompute(sc, spec.model, spec.classes, data, spec.d + 1, dtype,
+                                               cfg.rows_per_chunk)
+                _log.info("joined slot=%d n=%d code=%s", slot, reply.n, reply.code_spec)
+                session = Session(cfg, reply, stub, compute, executor)
+                session.last_iteration = last_iteration
+                backoff = 0.05
+                run = asyncio.ensure_future(session.run())
+                stopper = asyncio.ensure_future(stop.wait())
+                await asyncio.wait({run, stopper}, return_when=asyncio.FIRST_COMPLETED)
+                stopper.cancel()
+                if not run.done():
+                    run.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await run
+                    return 0
+                last_iteration = session.last_iteration
+                outcome = run.result()
+                if outcome is Outcome.SHUTDOWN:
+                    return await _linger(cfg, stop)
+                if outcome is Outcome.FATAL:
+                    return 2
+                _log.info("reconnecting slot=%d in %.2fs", slot, backoff)
+                await _sleep_or_stop(backoff, stop)
+            finally:
+                await channel.close()
+    finally:
+        executor.shutdown(wait=False, cancel_futures=True)
+    return 0
+
+
+def _same_code(a: wire.SlotCode, b: wire.SlotCode) -> bool:
+    return (a.partitions == b.partitions and a.level_prefix == b.level_prefix and a.signaling == b.signaling
+            and np.array_equal(a.coefficients, b.coefficients))
+
+
+async def _linger(cfg: WorkerConfig, stop: asyncio.Event) -> int:
+    if cfg.linger:
+        _log.info("lingering until SIGTERM")
+        await stop.wait()
+    return 0
+
+
+async def _sleep_or_stop(seconds: float, stop: asyncio.Event) -> None:
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), seconds)

@@ -1,0 +1,360 @@
+"""`flexgc analyze` (latency of codes under a delay model) and `flexgc codes check|table` (numerical quality)."""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import logging
+import math
+import re
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from flexgc.common.analysis import SimResult, simulate
+from flexgc.common.codes import Code, parse_code, validation_patterns
+from flexgc.common.decoder import Decoder
+from flexgc.common.delays import DelayModel, parse_delay
+from flexgc.common.errors import CodeConstructionError, ConfigError
+
+_log = logging.getLogger(__name__)
+
+DEFAULT_WORKERS = 10
+DEFAULT_CODES = ("uncoded", "ignore:s=3", "frc:s=1", "crc:s=1", "crc:s=3",
+                 "nested:levels=0,1,2,3,decoder=per-level", "nested:levels=0,1,2,3", "multimessage:smax=3")
+DEFAULT_DELAY = "shifted-exp:a=1,mu=1"
+DEFAULT_TRIALS = 100_000
+TABLE_WORKERS = (8, 16, 32, 64)
+TABLE_TOLERANCES = (1, 2, 4, 8)
+RESIDUAL_MAX = 1e-9
+REL_ERR_MAX = {"float64": 1e-10, "float32": 1e-5}
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    analyze = sub.add_parser("analyze", help="expected iteration latency of codes under a delay model",
+                             description="Monte Carlo (and closed-form, where one exists) iteration latency "
+                             "of each code under one delay model. Latencies are in model time units.")
+    analyze.add_argument("--workers", "-n", type=int, default=DEFAULT_WORKERS, help="worker slots n (10)")
+    analyze.add_argument("--code", action="append", metavar="SPEC",
+                         help=f"code spec, repeatable (default: {' '.join(DEFAULT_CODES)})")
+    analyze.add_argument("--delay", default=DEFAULT_DELAY, metavar="SPEC",
+                         help=f"delay model spec (default {DEFAULT_DELAY})")
+    analyze.add_argument("--trials", type=int, default=DEFAULT_TRIALS, help=f"({DEFAULT_TRIALS})")
+    analyze.add_argument("--seed", type=int, default=0, help="(0)")
+    analyze.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    analyze.add_argument("--plot", metavar="FILE.png",
+                         help="also plot mean latency against the number of dead workers (needs the `plot` "
+                              "extra: pip install 'flexgc[plot]')")
+    analyze.add_argument("--dead-pattern", choices=("contiguous", "spread"), default="contiguous",
+                         help="which slots are dead in the plot: 0..r-1 or spread evenly (contiguous)")
+    analyze.set_defaults(handler=run_analyze)
+
+    codes = sub.add_parser("codes", help="numerical quality of codes")
+    codes_sub = codes.add_subparsers(dest="codes_command", metavar="SUBCOMMAND", required=True)
+    check = codes_sub.add_parser("check", help="decode every straggler pattern a code claims to tolerate",
+                                 description="Decodes every straggler pattern of up to s_max slots (all "
+                                 "alive slots send every level), or a seeded sample when there are more than "
+                                 "--max-exhaustive; exit 1 if any pattern fails.")
+    check.add_argument("--workers", "-n", type=int, default=DEFAULT_WORKERS)
+    check.add_argument("--code", action="append", metavar="SPEC", required=True, help="repeatable")
+    check.add_argument("--json", action="store_true")
+    check.add_argument("--max-exhaustive", type=int, default=20_000,
+                       help="largest pattern count checked exhaustively (20000)")
+    check.add_argument("--samples", type=int, default=2000, help="random patterns when sampling (2000)")
+    check.add_argument("--dim", type=int, default=64, help="gradient length d of the random test g (64)")
+    check.add_argument("--seed", type=int, default=0)
+    check.set_defaults(handler=run_check)
+
+    table = codes_sub.add_parser("table", help="worst cond(B_F) of CRC, nested and FRC over a grid of n, s")
+    table.add_argument("--markdown", action="store_true")
+    table.add_argument("--workers-list", default=",".join(map(str, TABLE_WORKERS)), metavar="N,N,...")
+    table.add_argument("--tolerances", default=",".join(map(str, TABLE_TOLERANCES)), metavar="S,S,...")
+    table.set_defaults(handler=run_table)
+
+
+def _positive(name: str, value: int) -> int:
+    if value < 1:
+        raise ConfigError(f"{name}={value}; need an integer >= 1")
+    return value
+
+
+def _int_list(name: str, text: str) -> list[int]:
+    try:
+        values = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise ConfigError(f"{name}={text!r}; need integers separated by ','") from None
+    if not values or min(values) < 1:
+        raise ConfigError(f"{name}={text!r}; need one or more integers >= 1")
+    return values
+
+
+def _jsonable(value: Any) -> Any:
+    """JSON has no inf/NaN: non-finite floats become null."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+def _print_table(header: Sequence[str], rows: Sequence[Sequence[str]], markdown: bool = False) -> None:
+    if markdown:
+        print("| " + " | ".join(header) + " |")
+        print("|" + "|".join(" --- " for _ in header) + "|")
+        for row in rows:
+            print("| " + " | ".join(row) + " |")
+        return
+    widths = [max(len(h), *(len(r[c]) for r in rows)) for c, h in enumerate(header)]
+    print("  ".join(h.ljust(w) for h, w in zip(header, widths)))
+    print("  ".join("-" * w for w in widths))
+    for row in rows:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)))
+
+
+def _num(x: float | None, fmt: str = ".4f") -> str:
+    if x is None:
+        return "-"
+    return format(x, fmt) if math.isfinite(x) else "inf"
+
+
+# ---------------------------------------------------------------------------------------------
+# analyze
+
+
+def run_analyze(args: argparse.Namespace) -> int:
+    n = _positive("workers", args.workers)
+    trials = _positive("trials", args.trials)
+    model = parse_delay(args.delay, "delay")
+    model.check_slots(n)
+    codes = [parse_code(spec, n, field_name="code") for spec in (args.code or DEFAULT_CODES)]
+    started = time.perf_counter()
+    results = [simulate(code, model, trials, args.seed) for code in codes]
+    elapsed_s = time.perf_counter() - started
+    _log.debug("analyzed codes=%d trials=%d elapsed_s=%.2f", len(codes), trials, elapsed_s)
+    if args.plot:
+        _plot(args.plot, codes, model, trials, args.seed, args.dead_pattern)
+    if args.json:
+        payload = {"workers": n, "delay": model.spec, "trials": trials, "seed": args.seed,
+                   "results": [r.as_dict() for r in results]}
+        print(json.dumps(_jsonable(payload), indent=2, allow_nan=False))
+        return 0
+    print(f"n={n}  delay={model.spec}  trials={trials}  seed={args.seed}  (latency in model time units; "
+          f"mean and CI over decodable trials)")
+    header = ["code", "decoder", "mean ± 95% CI", "median", "p90", "P(excess)", "P(fail)", "load",
+              "layer use %", "closed form"]
+    rows = [[r.code, r.policy + (" (approx.)" if r.approximate else ""),
+             f"{_num(r.mean)} ± {_num(r.ci95)}", _num(r.median), _num(r.p90), _num(r.p_excess),
+             _num(r.p_fail), _num(r.mean_load, ".3f"), "/".join(f"{100 * u:.1f}" for u in r.layer_use),
+             _num(r.closed_form)] for r in results]
+    _print_table(header, rows)
+    print("P(excess): more unresponsive or dead workers than s_max; P(fail): never decodable; load: mean "
+          "fraction of the data computed per responsive worker at the decode instant")
+    if args.plot:
+        print(f"plot written to {args.plot}")
+    return 0
+
+
+def dead_slots(n: int, r: int, pattern: str) -> list[int]:
+    """r dead slots: 0..r-1 (contiguous) or spread evenly over the n slots."""
+    if pattern == "contiguous":
+        return list(range(r))
+    return sorted({(j * n) // r for j in range(r)}) if r else []
+
+
+def _plot(path: str, codes: list[Code], model: DelayModel, trials: int, seed: int, pattern: str) -> None:
+    try:
+        import matplotlib
+        import matplotlib.ticker
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise ConfigError("plot: matplotlib is not installed; install the `plot` extra "
+                          "(pip install 'flexgc[plot]')") from None
+    n = codes[0].n
+    r_max = max(code.s_max for code in codes)
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for code in codes:
+        xs, ys = [], []
+        for r in range(r_max + 1):
+            result: SimResult = simulate(code, model.with_dead(dead_slots(n, r, pattern)), trials, seed)
+            if math.isfinite(result.mean):
+                xs.append(r)
+                ys.append(result.mean)
+        ax.plot(xs, ys, marker="o", label=code.spec)
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+    ax.set_xlabel(f"dead workers r ({pattern} slots)")
+    ax.set_ylabel("mean iteration latency (model time)")
+    ax.set_title(f"n={n}, {model.spec}, {trials} trials")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize="small")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+# ---------------------------------------------------------------------------------------------
+# codes check
+
+
+def straggler_patterns(n: int, s: int, max_exhaustive: int, samples: int,
+                       seed: int) -> tuple[list[tuple[int, ...]], bool, int]:
+    """Every set of at most s straggler slots when there are at most `max_exhaustive` of them, else a
+    seeded sample of sets of exactly s (contiguous, spread and random). Returns (patterns, exhaustive,
+    number of sets of at most s)."""
+    total = sum(math.comb(n, r) for r in range(s + 1))
+    if total <= max_exhaustive:
+        patterns = [p for r in range(s + 1) for p in itertools.combinations(range(n), r)]
+        return patterns, True, total
+    return validation_patterns(n, s, samples, seed), False, total
+
+
+def check_code(code: Code, max_exhaustive: int = 20_000, samples: int = 2000, dim: int = 64,
+               seed: int = 0) -> dict[str, Any]:
+    """Decode every claimed straggler pattern of `code` (all alive slots send every level)."""
+    n, k = code.n, code.k
+    patterns, exhaustive, total = straggler_patterns(n, code.s_max, max_exhaustive, samples, seed)
+    decoder = Decoder(code)
+    rng = np.random.default_rng(seed)
+    G = rng.standard_normal((k, dim))
+    rows = code.B.reshape(code.n_messages, k)
+    coded = {"float64": rows @ G, "float32": rows.astype(np.float32) @ G.astype(np.float32)}
+    truth = {"float64": G.sum(axis=0), "float32": G.astype(np.float32).astype(np.float64).sum(axis=0)}
+    worst = {"residual": 0.0, "cond": 1.0, "float64": 0.0, "float32": 0.0}
+    failures: list[str] = []
+    approximate = 0
+    for stragglers in patterns:
+        alive = [i for i in range(n) if i not in stragglers]
+        mask = sum(1 << code.message_id(level, i) for level in range(code.n_levels) for i in alive)
+        decoding = decoder.solve(mask)
+        if decoding is None:
+            failures.append(f"stragglers={list(stragglers)}: not decodable")
+            continue
+        if not decoding.exact:  # ignore-s rescales by design; nothing exact to compare with
+            approximate += 1
+            continue
+        worst["residual"] = max(worst["residual"], decoding.residual)
+        worst["cond"] = max(worst["cond"], decoding.cond)
+        ids = list(decoding.messages)
+        for dtype, V in coded.items():
+            g = Decoder.combine(decoding, V[ids]).astype(np.float64)
+            err = float(np.linalg.norm(g - truth[dtype]) / np.linalg.norm(truth[dtype]))
+            worst[dtype] = max(worst[dtype], err)
+            if err > REL_ERR_MAX[dtype]:
+                failures.append(f"stragglers={list(stragglers)}: {dtype} relative error {err:.2e} > "
+                                f"{REL_ERR_MAX[dtype]:g}")
+        if decoding.residual > RESIDUAL_MAX:
+            failures.append(f"stragglers={list(stragglers)}: residual {decoding.residual:.2e} > {RESIDUAL_MAX}")
+    return {"code": code.spec, "workers": n, "s_max": code.s_max, "decoder": decoder.policy,
+            "exhaustive": exhaustive, "patterns_checked": len(patterns), "patterns_claimed": total,
+            "approximate_decodes": approximate, "worst_residual": worst["residual"],
+            "worst_cond": worst["cond"], "worst_rel_err_float64": worst["float64"],
+            "worst_rel_err_float32": worst["float32"], "failures": failures, "ok": not failures}
+
+
+def run_check(args: argparse.Namespace) -> int:
+    n = _positive("workers", args.workers)
+    for name in ("max_exhaustive", "samples", "dim"):
+        _positive(name.replace("_", "-"), getattr(args, name))
+    codes = [parse_code(spec, n, field_name="code") for spec in args.code]
+    reports = [check_code(code, args.max_exhaustive, args.samples, args.dim, args.seed) for code in codes]
+    ok = all(r["ok"] for r in reports)
+    if args.json:
+        print(json.dumps(_jsonable({"ok": ok, "codes": reports}), indent=2, allow_nan=False))
+        return 0 if ok else 1
+    header = ["code", "decoder", "patterns", "failures", "worst residual", "worst cond", "rel err f64",
+              "rel err f32", "verdict"]
+    rows = []
+    for r in reports:
+        if r["exhaustive"]:
+            checked = f"exhaustive: all {r['patterns_checked']} sets of <= {r['s_max']} stragglers"
+        else:
+            checked = (f"sampled: {r['patterns_checked']} sets of {r['s_max']} of {r['patterns_claimed']} "
+                       f"sets of <= {r['s_max']}")
+        if r["approximate_decodes"]:
+            checked += f" ({r['approximate_decodes']} approximate by design)"
+        rows.append([r["code"], r["decoder"], checked, str(len(r["failures"])), f"{r['worst_residual']:.2e}",
+                     f"{r['worst_cond']:.3g}", f"{r['worst_rel_err_float64']:.2e}",
+                     f"{r['worst_rel_err_float32']:.2e}", "ok" if r["ok"] else "FAIL"])
+    _print_table(header, rows)
+    print(f"limits: residual <= {RESIDUAL_MAX:g}, relative error <= {REL_ERR_MAX['float64']:g} (float64), "
+          f"<= {REL_ERR_MAX['float32']:g} (float32); random g of length {args.dim}, seed {args.seed}")
+    for r in reports:
+        for failure in r["failures"][:10]:
+            print(f"FAIL {r['code']}: {failure}", file=sys.stderr)
+        if len(r["failures"]) > 10:
+            print(f"FAIL {r['code']}: ... {len(r['failures']) - 10} more", file=sys.stderr)
+    return 0 if ok else 1
+
+
+# ---------------------------------------------------------------------------------------------
+# codes table
+
+
+def _refusal(exc: CodeConstructionError) -> str:
+    text = str(exc)
+    found = re.search(r"crc s=(\d+).*?\(([^)]*)\) has worst cond\(B_F\)=([^ ]+) > max_cond=([^;]+)", text)
+    if found:
+        s, name, cond, limit = found.groups()
+        return f"refused: level s={s} ({name}) cond {cond} > {limit}"
+    return "refused: " + text.split(";")[0][:80]
+
+
+def _patterns_note(n: int, s: int) -> str:
+    total = math.comb(n, s)
+    count = len(validation_patterns(n, s))
+    return f"exhaustive ({total})" if count == total else f"sampled ({count} of {total})"
+
+
+def _frc_worst_cond(code: Code) -> float:
+    """Worst cond of the rows the decoder uses (repeated group rows are rank-deficient, so the condition
+    number is over the rank, as the decoder reports it) over the validation patterns."""
+    decoder = Decoder(code, "per-level")
+    worst = 1.0
+    for stragglers in validation_patterns(code.n, code.s_max):
+        mask = sum(1 << code.message_id(0, i) for i in range(code.n) if i not in stragglers)
+        decoding = decoder.solve(mask)
+        worst = max(worst, decoding.cond if decoding is not None else math.inf)
+    return worst
+
+
+def quality_rows(workers: Sequence[int], tolerances: Sequence[int]) -> list[list[str]]:
+    """One row per (n, s): worst cond(B_F) of CRC(s), nested levels 0..s and FRC(s), with constructions."""
+    rows = []
+    for n in workers:
+        for s in tolerances:
+            if s >= n:
+                continue
+            _log.info("quality n=%d s=%d", n, s)
+            cells = [str(n), str(s)]
+            try:
+                crc = parse_code(f"crc:s={s}", n)
+                cells += [f"{crc.worst_cond[0]:.3g}", crc.construction[0]]
+            except CodeConstructionError as exc:
+                cells += [_refusal(exc), "-"]
+            try:
+                nested = parse_code("nested:levels=" + ",".join(map(str, range(s + 1))), n)
+                worst_level = int(np.argmax(nested.worst_cond))
+                cells += [f"{max(nested.worst_cond):.3g}",
+                          f"s={nested.levels[worst_level]} ({nested.construction[worst_level]})"]
+            except CodeConstructionError as exc:
+                cells += [_refusal(exc), "-"]
+            frc = parse_code(f"frc:s={s}", n)
+            cells += [f"{_frc_worst_cond(frc):.3g}", frc.construction[0], _patterns_note(n, s)]
+            rows.append(cells)
+    return rows
+
+
+def run_table(args: argparse.Namespace) -> int:
+    workers = _int_list("workers-list", args.workers_list)
+    tolerances = _int_list("tolerances", args.tolerances)
+    header = ["n", "s", "CRC(s) worst cond", "CRC construction", "nested 0..s worst cond",
+              "nested worst level", "FRC(s) worst cond", "FRC construction", "patterns (CRC level s)"]
+    _print_table(header, quality_rows(workers, tolerances), markdown=args.markdown)
+    return 0

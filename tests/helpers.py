@@ -1,0 +1,72 @@
+"""Shared helpers for the integration tests: run real jobs, read run logs, wait on conditions."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from flexgc.cluster import LocalCluster
+from flexgc.common.codes import parse_code
+from flexgc.common.config import MasterConfig, master_config
+from flexgc.common.models import DataSpec, full_gradient, synthetic_partition
+
+
+def wait_for(predicate: Callable[[], Any], timeout_s: float, what: str, interval_s: float = 0.02) -> Any:
+    """Poll a condition until it holds or the deadline passes (then fail with `what`)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+        time.sleep(interval_s)
+
+
+def read_records(out: Path) -> list[dict[str, Any]]:
+    path = out / "run.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def job_config(out: Path, **overrides: Any) -> MasterConfig:
+    base: dict[str, Any] = dict(host="127.0.0.1", port=0, workers=4, code="nested:levels=0,1,2", iterations=4,
+                                samples=240, features=6, out=str(out), checkpoint_every=0, dtype="float64",
+                                join_timeout_s=30.0, deadline_s=30.0, lr=0.5, momentum=0.5)
+    base.update(overrides)
+    return master_config(**base)
+
+
+def run_job(cfg: MasterConfig, dead: tuple[int, ...] = (), timeout_s: float = 90.0,
+            **worker_overrides: Any) -> tuple[dict[str, Any], list[dict[str, Any]], np.ndarray]:
+    out = Path(cfg.out or "")
+    with LocalCluster(cfg) as cluster:
+        cluster.start_master()
+        for slot in range(cfg.workers):
+            if slot not in dead:
+                cluster.start_worker(slot, **worker_overrides)
+        rc = cluster.wait_master(timeout_s)
+        assert rc == 0, f"master exit code {rc}"
+    summary = json.loads((out / "summary.json").read_text())
+    return summary, read_records(out), np.load(out / "params.npy")
+
+
+def centralized_params(cfg: MasterConfig) -> np.ndarray:
+    """Full-batch gradient descent with the same data, optimizer and iteration count, in one process."""
+    k = parse_code(cfg.code, cfg.workers).k
+    spec = DataSpec(model=cfg.model, samples=cfg.samples, features=cfg.features,
+                    classes=cfg.classes if cfg.model == "softmax" else 1, seed=cfg.data_seed, partitions=k)
+    parts = [synthetic_partition(spec, j) for j in range(k)]
+    w = np.zeros(spec.d)
+    v = np.zeros(spec.d)
+    for _ in range(cfg.iterations):
+        g = full_gradient(spec, w, parts)[:-1] / spec.samples
+        v = cfg.momentum * v + g
+        w = w - cfg.lr * v
+    return w

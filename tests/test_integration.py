@@ -114,9 +114,9 @@ def test_slow_worker_is_cancelled_within_a_compute_chunk(tmp_path: Path) -> None
         assert slow["partitions_done"] == 0          # never finished stale work
         assert slow["cancel_ack_ms"] - slow["cancel_sent_ms"] < 150  # << the 600 ms it was sleeping
         assert all(slot != 3 for slot, _, _ in r["rows_used"])
-    # it works on the next iteration right after acknowledging (pull: its task goes out at once)
-    for prev, nxt in zip(records, records[1:]):
-        assert nxt["workers"][3]["task_sent_ms"] is not None
+    # it acknowledged at once, so it already holds the next iteration's task when that one starts
+    for r in records[1:]:
+        assert r["workers"][3]["task_sent_ms"] < 50
 
 
 def test_sigkill_of_smax_workers_mid_job_still_decodes_and_restarted_worker_rejoins(tmp_path: Path) -> None:

@@ -84,6 +84,7 @@ MASTER_OPTIONS: list[Option] = [
            "on the master)"),
     Option("linger", bool, False, "after the job, keep serving health until SIGTERM"),
     Option("max_workers", int, 0, "refuse joins beyond this many connected workers (0: = workers)", minimum=0),
+    Option("blas_threads", int, 1, "BLAS threads in this process (several processes share the cores)", minimum=1),
     *_TLS,
 ]
 
@@ -98,6 +99,7 @@ WORKER_OPTIONS: list[Option] = [
     Option("linger", bool, False, "after the master's Shutdown, stay idle until SIGTERM instead of exiting"),
     Option("rows_per_chunk", int, 4096, "rows per compute chunk (cancel is noticed between chunks)",
            minimum=1),
+    Option("blas_threads", int, 1, "BLAS threads in this process (several workers share the cores)", minimum=1),
     *_TLS,
 ]
 
@@ -214,6 +216,7 @@ class MasterConfig:
     verify: bool
     linger: bool
     max_workers: int
+    blas_threads: int
     tls_cert: str | None
     tls_key: str | None
     tls_ca: str | None
@@ -257,6 +260,7 @@ class WorkerConfig:
     reconnect_max_s: float
     linger: bool
     rows_per_chunk: int
+    blas_threads: int
     tls_cert: str | None
     tls_key: str | None
     tls_ca: str | None

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from threadpoolctl import threadpool_limits
 
 from flexgc import __version__
 from flexgc.common import transport
@@ -215,6 +216,9 @@ async def serve(cfg: MasterConfig, on_port: Callable[[int], None] | None = None,
     code = parse_code(cfg.code, cfg.workers)
     data, partitions = data_spec_for(cfg, code)
     stop = stop or asyncio.Event()
+    # several processes share the cores: a multi-threaded BLAS per process oversubscribes them (measured
+    # 20x slower partial gradients with 5 processes on 2 cores)
+    threadpool_limits(cfg.blas_threads)
     metrics = Metrics()
     coordinator = Coordinator(code, data, dtype=cfg.dtype, chunk_bytes=cfg.chunk_bytes,
                               deadline_s=cfg.deadline_s, on_deadline=cfg.on_deadline, token=cfg.token,

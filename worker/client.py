@@ -20,6 +20,7 @@ from typing import Any
 
 import grpc
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from flexgc import __version__
 from flexgc.common import transport, wire
@@ -259,6 +260,7 @@ def data_spec_from(reply: pb.JoinReply) -> DataSpec:
 async def run_worker(cfg: WorkerConfig, stop: asyncio.Event | None = None) -> int:
     """Join and work until the master's Shutdown (exit 0), a fatal rejection (exit 2) or `stop`."""
     stop = stop or asyncio.Event()
+    threadpool_limits(cfg.blas_threads)  # workers share the cores: one BLAS thread each by default
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):

@@ -8,17 +8,22 @@ run's recorded compute times into the ideal latency of exactly that realization 
 
 Decodability is decided without linear algebra where the structure allows it:
 
-* MDS levels (constructions ``identity``, ``cyclic-mds``, ``trig-phase:*``, ``random-orthonormal:*``):
-  level l is decodable once n - s_l of its messages have arrived, an order statistic.
-* FRC levels: once every group has one finisher (max over groups of min over members).
+* ``per-level`` is the paper's rule (DESIGN §2): an MDS level (constructions ``identity``,
+  ``cyclic-mds``, ``trig-phase:*``, ``random-orthonormal:*``) decodes once n - s_l of its messages have
+  arrived, an order statistic; an FRC level once every group has one finisher (max over groups of min
+  over members); the code at the minimum over levels. A level of any other construction falls back to
+  the Decoder's per-level test.
 * ``uncoded`` is the s = 0 MDS case; ``ignore:s=S`` takes the (n-S)-th arrival (approximate);
   ``multimessage`` decodes once every partition was sent by someone.
-* ``per-level`` takes the minimum over levels.
-* ``any-span`` mixes levels. Decodability is monotone in the received set, so each trial binary-searches
-  the earliest prefix of its time-sorted message events between two bounds (the instant every
-  partition is covered by some received row, and the per-level instant). Each probed set is a bitmask,
-  deduplicated across trials with np.unique and checked through `Decoder(code, "any-span").solve`,
-  whose answers are cached per mask.
+* ``any-span`` is exactly the shared Decoder: the all-ones row in the span of everything received.
+  It mixes levels, and even within one level it may need fewer than n - s rows (the real cyclic-MDS
+  rows of CRC(1) at even n are pairs (1, 1)/sqrt(2): every other worker suffices). Decodability is
+  monotone in the received set, so each trial binary-searches the earliest prefix of its time-sorted
+  message events between two bounds (the instant every partition is covered by some received row, and
+  the per-level instant). Each probed set is a bitmask (one uint64 when n * L <= 64), deduplicated
+  across trials with np.unique and checked through `Decoder(code, "any-span").solve`, whose answers are
+  cached per mask. One level of identity rows or FRC groups needs no search: there the span test is
+  the per-level rule.
 """
 
 from __future__ import annotations
@@ -76,13 +81,15 @@ def expected_latency_frc(n: int, s: int, a: float, mu: float) -> float:
     return (s + 1) / n * (a + harmonic(n // (s + 1)) / ((s + 1) * mu))
 
 
-def closed_form(code: Code, model: DelayModel) -> float | None:
-    """The closed-form E[T] for `code` under `model`, or None where none exists (nested, multimessage,
-    unequal FRC groups, any model other than plain model A with p = 0, k != n)."""
+def closed_form(code: Code, model: DelayModel, policy: str | None = None) -> float | None:
+    """The closed-form E[T] of `code` under `model` and `policy` (default ``code.decoder``), or None
+    where none exists: nested, multimessage, unequal FRC groups, any model but plain model A with
+    p = 0, k != n, and CRC under ``any-span`` (the decoder may finish before n - s rows, see
+    `decode_times`; the closed form is the per-level rule)."""
     if not model.is_model_a or code.k != code.n:
         return None
     n, a, mu = code.n, model.a, model.mu
-    if code.family in ("uncoded", "crc"):
+    if code.family == "uncoded" or (code.family == "crc" and (policy or code.decoder) == "per-level"):
         return expected_latency_crc(n, code.levels[0], a, mu)
     if code.family == "ignore" and code.ignore_s is not None:
         # each worker computes 1/n; the master takes the (n-s)-th arrival
@@ -151,7 +158,7 @@ def decode_times(code: Code, durations: np.ndarray, policy: str | None = None) -
         else:
             latency = per_level.min(axis=1)
             level = np.where(np.isfinite(latency), per_level.argmin(axis=1), -1)
-            if policy == "any-span" and code.n_levels > 1:
+            if policy == "any-span" and not _span_is_count_rule(code):
                 latency, level = _oracle_times(code, arrival, policy, bound=latency)
     return DecodeTimes(latency, level, _load(code, durations, finish, latency), approximate)
 
@@ -175,6 +182,13 @@ def _level_kind(code: Code, level: int) -> str | None:
     if code.family in ("frc", "nested-frc") and name in FRC_CONSTRUCTIONS:
         return "frc"
     return None
+
+
+def _span_is_count_rule(code: Code) -> bool:
+    """True where any-span decodes exactly when the per-level rule does: one level of identity rows or of
+    FRC groups (disjoint indicator blocks). Elsewhere smaller sets may span 1: the real cyclic-MDS rows
+    of CRC(1) at even n are (1, 1)/sqrt(2), so every other worker suffices."""
+    return code.n_levels == 1 and (code.levels[0] == 0 or _level_kind(code, 0) == "frc")
 
 
 def _per_level_times(code: Code, arrival: np.ndarray) -> np.ndarray | None:
@@ -386,6 +400,6 @@ def simulate(code: Code, model: DelayModel, trials: int, seed: int,
         median=median, p90=p90, p_excess=float((np.concatenate(unresponsive) > code.s_max).mean()),
         p_fail=float(1 - m / trials), layer_use=tuple(float(u) for u in use),
         mean_load=float(np.concatenate(load).mean()), approximate=approximate,
-        closed_form=closed_form(code, model))
+        closed_form=closed_form(code, model, policy))
     _log.debug("simulated code=%s policy=%s trials=%d mean=%.4f", code.spec, policy, trials, mean)
     return result

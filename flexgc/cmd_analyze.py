@@ -24,8 +24,9 @@ from flexgc.common.errors import CodeConstructionError, ConfigError
 _log = logging.getLogger(__name__)
 
 DEFAULT_WORKERS = 10
-DEFAULT_CODES = ("uncoded", "ignore:s=3", "frc:s=1", "crc:s=1", "crc:s=3",
-                 "nested:levels=0,1,2,3,decoder=per-level", "nested:levels=0,1,2,3", "multimessage:smax=3")
+DEFAULT_CODES = ("uncoded", "ignore:s=3", "frc:s=1", "crc:s=1,decoder=per-level", "crc:s=3,decoder=per-level",
+                 "crc:s=3", "nested:levels=0,1,2,3,decoder=per-level", "nested:levels=0,1,2,3",
+                 "multimessage:smax=3")
 DEFAULT_DELAY = "shifted-exp:a=1,mu=1"
 DEFAULT_TRIALS = 100_000
 TABLE_WORKERS = (8, 16, 32, 64)

@@ -32,6 +32,9 @@ COMPOSE_OVERRIDE = DEPLOY / "compose.slow-link.yml"
 KUSTOMIZATIONS = {name: DEPLOY / "k8s" / path for name, path in
                   {"base": "base", "example": "overlays/example", "shaped": "overlays/shaped"}.items()}
 SCRIPTS = sorted(DEPLOY.rglob("*.sh"))
+# read by deploy/entrypoint.sh, not by flexgc
+ENTRYPOINT_ENV = {"FLEXGC_TC_DELAY", "FLEXGC_TC_JITTER", "FLEXGC_TC_LOSS", "FLEXGC_TC_RATE", "FLEXGC_TC_BURST",
+                  "FLEXGC_TC_INTERFACE", "FLEXGC_RUN_UID", "FLEXGC_RUN_GID"}
 
 
 def _tool(name: str, package: str) -> str:
@@ -113,14 +116,30 @@ def test_docker_compose_accepts_the_files() -> None:
     assert _ok(overridden), _explain(overridden)
 
 
-def test_compose_runs_one_master_and_as_many_workers_as_it_expects() -> None:
-    # Prepare
+def _compose_services(*files: Path) -> dict[str, Any]:
     import json
 
-    # Execute
-    result = _compose(COMPOSE, command=("config", "--format", "json"))
+    result = _compose(*files, command=("config", "--format", "json"))
     assert _ok(result), _explain(result)
-    services = json.loads(result.stdout)["services"]
+    services: dict[str, Any] = json.loads(result.stdout)["services"]
+    return services
+
+
+def _role_env() -> dict[str, set[str]]:
+    """The FLEXGC_* variables each role reads: its options (flexgc.common.config) plus the entrypoint's."""
+    from flexgc.common.config import MASTER_OPTIONS, WORKER_OPTIONS
+
+    return {"master": {o.env for o in MASTER_OPTIONS} | {"FLEXGC_CONFIG"},
+            "worker": {o.env for o in WORKER_OPTIONS} | {"FLEXGC_CONFIG"} | ENTRYPOINT_ENV}
+
+
+def _unknown_env(role: str, names: Any) -> list[str]:
+    return sorted(n for n in names if n.startswith("FLEXGC_") and n not in _role_env()[role])
+
+
+def test_compose_runs_one_master_and_as_many_workers_as_it_expects() -> None:
+    # Execute
+    services = _compose_services(COMPOSE)
 
     # Assert
     master = services.pop("master")
@@ -139,6 +158,13 @@ def test_compose_runs_one_master_and_as_many_workers_as_it_expects() -> None:
         assert worker["cap_add"] == ["NET_ADMIN"] and worker["user"] == "0", name  # for tc, then dropped
         assert {"FLEXGC_TC_DELAY", "FLEXGC_TC_JITTER", "FLEXGC_TC_LOSS", "FLEXGC_TC_RATE"} <= set(
             worker["environment"]), name
+
+
+def test_compose_sets_only_variables_that_flexgc_reads() -> None:
+    # a misspelled FLEXGC_* variable would be ignored silently, and the job would run with the default
+    for name, service in _compose_services(COMPOSE, COMPOSE_OVERRIDE).items():
+        role = "master" if name == "master" else "worker"
+        assert _unknown_env(role, service["environment"]) == [], f"{name}: not {role} options"
 
 
 def test_compose_schema_rejects_an_unknown_service_key(tmp_path: Path) -> None:
@@ -223,6 +249,12 @@ def test_kustomization_runs_the_job_it_configures(name: str) -> None:
     assert master_container["livenessProbe"]["grpc"] == {"port": 50051}
     for container in (master_container, worker_container):
         assert {"requests", "limits"} <= set(container["resources"])
+    # every FLEXGC_* variable is an option of the role that gets it (a misspelled one is ignored silently)
+    for role, container in (("master", master_container), ("worker", worker_container)):
+        maps = [ref["configMapRef"]["name"] for ref in container.get("envFrom", [])]
+        names = [e["name"] for e in container.get("env", [])]
+        names += [key for (kind, n), doc in docs.items() if kind == "ConfigMap" and n in maps for key in doc["data"]]
+        assert _unknown_env(role, names) == [], f"{role}: not {role} options"
 
 
 def test_kustomize_rejects_a_missing_resource(tmp_path: Path) -> None:

@@ -165,6 +165,8 @@ class Trainer:
             self.runlog.add(it, outcome, loss, verify)
             self._emit(self.runlog.flush(self.code, newest=t))
             if cfg.checkpoint_every and (t + 1) % cfg.checkpoint_every == 0:
+                # the run log must hold every iteration before the checkpoint, or a resume leaves a gap
+                self._emit(self.runlog.flush(self.code, force=True))
                 self.checkpoint()
             if cfg.target_loss is not None and loss is not None and loss <= cfg.target_loss:
                 self.stopped_early = True

@@ -1,0 +1,89 @@
+"""Faults with real processes: hung workers, master crash and resume from checkpoint."""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from flexgc.cluster import LocalCluster
+from tests.helpers import centralized_params, job_config, read_records, wait_for
+
+pytestmark = pytest.mark.slow
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_hung_worker_is_a_straggler_and_discards_stale_work_on_resume(tmp_path: Path) -> None:
+    cfg = job_config(tmp_path, code="nested:levels=0,1,2", iterations=30, delay="shifted-exp:a=1,mu=4,unit_s=0.06")
+    out = tmp_path
+    with LocalCluster(cfg) as cluster:
+        cluster.start_master()
+        cluster.start_workers()
+        wait_for(lambda: len(read_records(out)) >= 3, 60, "3 iterations")
+        cluster.signal_worker(1, signal.SIGSTOP)
+        stopped_at = len(read_records(out))
+        wait_for(lambda: len(read_records(out)) >= stopped_at + 5, 60, "5 iterations while slot 1 hangs")
+        cluster.signal_worker(1, signal.SIGCONT)
+        resumed_at = len(read_records(out))
+        assert cluster.wait_master(120) == 0
+    records = read_records(out)
+    assert all(r["outcome"] == "EXACT" for r in records)
+    hung = records[stopped_at + 1:resumed_at - 1]
+    assert hung and all(1 in r["stragglers"] for r in hung)
+    # back at work after SIGCONT: it delivers again, and what it computed before the stop was dropped
+    assert any(r["workers"][1]["first_byte_ms"] is not None for r in records[resumed_at + 2:])
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["exact_iterations"] == cfg.iterations
+
+
+def test_master_crash_resumes_from_checkpoint_with_identical_parameters(tmp_path: Path) -> None:
+    port = _free_port()
+    cfg = job_config(tmp_path, code="nested:levels=0,1,2", iterations=24, checkpoint_every=3, port=port,
+                     delay="shifted-exp:a=1,mu=4,unit_s=0.04")
+    out = tmp_path
+    with LocalCluster(cfg) as cluster:
+        cluster.start_master()
+        cluster.start_workers(reconnect_max_s=0.2)
+        wait_for(lambda: len(read_records(out)) >= 8, 60, "8 iterations")
+        assert cluster.master is not None and cluster.master.pid is not None
+        cluster.master.kill()
+        cluster.master.join(10)
+        assert (out / "checkpoint.npz").exists()
+        with np.load(out / "checkpoint.npz") as ckpt:
+            resumed_from = int(ckpt["iteration"])
+        assert resumed_from >= 6 and resumed_from % 3 == 0
+        cluster.start_master()                      # same port and run directory; workers reconnect alone
+        assert cluster.wait_master(120) == 0
+    records = read_records(out)
+    assert [r["iteration"] for r in records] == list(range(cfg.iterations))
+    params = np.load(out / "params.npy")
+    reference = centralized_params(cfg)
+    assert np.linalg.norm(params - reference) <= 1e-9 * np.linalg.norm(reference)
+
+
+def test_sigterm_writes_a_checkpoint(tmp_path: Path) -> None:
+    cfg = job_config(tmp_path, iterations=10_000, checkpoint_every=0, delay="shifted-exp:a=1,mu=4,unit_s=0.02")
+    out = tmp_path
+    with LocalCluster(cfg) as cluster:
+        cluster.start_master()
+        cluster.start_workers()
+        wait_for(lambda: len(read_records(out)) >= 3, 60, "3 iterations")
+        assert cluster.master is not None
+        cluster.master.terminate()
+        assert cluster.wait_master(30) == 0
+        summary = json.loads((out / "summary.json").read_text())
+        for slot in range(cfg.workers):           # workers exit by themselves after the Shutdown
+            cluster.workers[slot].join(30)
+            assert cluster.workers[slot].exitcode == 0
+    assert summary["interrupted"] is True
+    with np.load(out / "checkpoint.npz") as ckpt:
+        assert int(ckpt["iteration"]) == summary["next_iteration"] >= 3

@@ -63,6 +63,7 @@ def test_metrics_endpoint_and_health(tmp_path: Path) -> None:
         body = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read().decode()
     for name in ("flexgc_iteration_latency_seconds_bucket", "flexgc_result_latency_seconds_bucket",
                  "flexgc_decode_seconds_count", "flexgc_level_used_total", "flexgc_cancelled_partitions_total",
-                 'flexgc_bytes_total{direction="up"}', "flexgc_connected_workers", 'flexgc_iterations_total{outcome="EXACT"}'):
+                 'flexgc_bytes_total{direction="up"}', "flexgc_connected_workers",
+                 'flexgc_iterations_total{outcome="EXACT"}'):
         assert name in body, name
     assert main(["health", "--target", f"127.0.0.1:{port}", "--timeout-s", "1"]) == 1  # master is gone

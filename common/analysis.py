@@ -23,7 +23,9 @@ Decodability is decided without linear algebra where the structure allows it:
   the per-level instant). Each probed set is a bitmask (one uint64 when n * L <= 64), deduplicated
   across trials with np.unique and checked through `Decoder(code, "any-span").solve`, whose answers are
   cached per mask. One level of identity rows or FRC groups needs no search: there the span test is
-  the per-level rule.
+  the per-level rule. A probed set in which every sending slot's rows are independent over the
+  partitions it computed is decided by coverage alone (exact; nested codes with levels 0, 1, ..., s
+  are always in this case, which makes their any-span instants those of multimessage).
 """
 
 from __future__ import annotations
@@ -277,7 +279,7 @@ def _oracle_times(code: Code, arrival: np.ndarray, policy: str,
     never = ~unknown & ~np.isfinite(bound) if bound is not None else ~unknown
     if unknown.any():  # the full finite set: decodable at all?
         rows = np.flatnonzero(unknown)
-        ok = _decodable(decoder, flat[rows] <= times[rows, hi[rows] - 1][:, None])
+        ok = _decodable(code, decoder, flat[rows] <= times[rows, hi[rows] - 1][:, None])
         never[rows[~ok]] = True
     never |= lo >= hi
     active = np.flatnonzero(~never & (hi - lo > 1))
@@ -286,7 +288,7 @@ def _oracle_times(code: Code, arrival: np.ndarray, policy: str,
         # probe the cover instant first: mixing levels usually decodes right there
         mid = lo[active] + 1 if first else (lo[active] + hi[active]) // 2
         first = False
-        ok = _decodable(decoder, flat[active] <= times[active, mid - 1][:, None])
+        ok = _decodable(code, decoder, flat[active] <= times[active, mid - 1][:, None])
         probes += active.size
         hi[active[ok]] = mid[ok]
         lo[active[~ok]] = mid[~ok]
@@ -296,8 +298,53 @@ def _oracle_times(code: Code, arrival: np.ndarray, policy: str,
     return latency, _level_at(arrival, latency)
 
 
-def _decodable(decoder: Decoder, received: np.ndarray) -> np.ndarray:
-    """``(rows,)`` bool: is each received set ``(rows, L*n)`` bool (columns = message ids) decodable?"""
+def _decodable(code: Code, decoder: Decoder, received: np.ndarray) -> np.ndarray:
+    """``(rows,)`` bool: is each received set decodable? `received` is ``(rows, L*n)`` bool (columns =
+    message ids), prefix-closed per slot (a slot's level-l message arrives after its level-(l-1) one).
+
+    A set in which every sending slot's rows are independent over the partitions it has computed
+    spans exactly the partitions covered, so it is decodable iff they are all covered (nested codes
+    with levels 0, 1, ..., s: a worker past level l has sent l+1 rows on its l+1 partitions). Every
+    other set goes through the Decoder.
+    """
+    trials = received.shape[0]
+    reached = received.reshape(trials, code.n_levels, code.n).sum(axis=1)  # (rows, n) levels received
+    settled = np.all(_full_slots(code)[reached, np.arange(code.n)], axis=1)
+    answers = np.empty(trials, dtype=bool)
+    if settled.any():
+        padded = np.concatenate([received[settled], np.zeros((int(settled.sum()), 1), dtype=bool)], axis=1)
+        answers[settled] = np.all(np.any(padded[:, _cover_table(code)], axis=2), axis=1)
+    rest = np.flatnonzero(~settled)
+    if rest.size:
+        answers[rest] = _decoder_answers(decoder, received[rest])
+    return answers
+
+
+FULL_SLOT_MAX_COND = 1e6
+_FULL_SLOTS: weakref.WeakKeyDictionary[Code, np.ndarray] = weakref.WeakKeyDictionary()
+
+
+def _full_slots(code: Code) -> np.ndarray:
+    """``(L+1, n)`` bool: entry [m, i] is True when slot i's first m rows are independent (cond <=
+    FULL_SLOT_MAX_COND) over the ``prefix[m-1, i]`` partitions it computed for them (always for m = 0)."""
+    table = _FULL_SLOTS.get(code)
+    if table is None:
+        table = np.zeros((code.n_levels + 1, code.n), dtype=bool)
+        table[0] = True
+        for m in range(1, code.n_levels + 1):
+            for i in range(code.n):
+                width = int(code.prefix[m - 1, i])
+                if width != m:
+                    continue
+                rows = code.B[:m, i][:, list(code.order[i][:width])]
+                sv = np.linalg.svd(rows, compute_uv=False)
+                table[m, i] = sv[-1] > 0 and sv[0] / sv[-1] <= FULL_SLOT_MAX_COND
+        _FULL_SLOTS[code] = table
+    return table
+
+
+def _decoder_answers(decoder: Decoder, received: np.ndarray) -> np.ndarray:
+    """`Decoder.solve` on each distinct received set (bitmasks deduplicated with np.unique)."""
     packed = np.packbits(received, axis=1, bitorder="little")
     words = -(-packed.shape[1] // 8)
     packed = np.pad(packed, ((0, 0), (0, 8 * words - packed.shape[1])))

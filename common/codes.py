@@ -106,6 +106,11 @@ class Code:
         """Levels whose message slot `slot` can send right after finishing its m-th partition."""
         return [level for level in range(self.n_levels) if self.prefix[level, slot] == m]
 
+    def level_is_mds(self, level: int) -> bool:
+        """Any n - s_l rows of this level decode (the paper's per-level rule applies)."""
+        name = self.construction[level]
+        return name in ("identity", "cyclic-mds") or name.startswith(("trig-phase:", "random-orthonormal:"))
+
     def max_partitions(self, slot: int) -> int:
         return int(self.prefix[-1, slot])
 

@@ -81,6 +81,7 @@ class Decoder:
         self._all = (1 << code.k) - 1
         self._level_mask = [sum(1 << code.message_id(level, i) for i in range(code.n))
                             for level in range(code.n_levels)]
+        self._mds = [code.level_is_mds(level) for level in range(code.n_levels)]
         self.hits = 0
         self.misses = 0
 
@@ -115,8 +116,12 @@ class Decoder:
 
     def _solve_uncached(self, mask: int) -> Decoding | None:
         if self.policy == "per-level":
+            # the paper's rule: n - s_l messages of one MDS level (even if fewer happen to span 1, as the
+            # CRC(1) rows at even n do); an FRC level once its rows span 1 (every group has a finisher)
             for level in range(self.code.n_levels):
                 sub = mask & self._level_mask[level]
+                if self._mds[level] and sub.bit_count() < self.code.n - self.code.levels[level]:
+                    continue
                 if sub and self._covers(sub):
                     d = self._least_squares(sub)
                     if d.residual <= self.residual_tol:

@@ -10,7 +10,7 @@ import sys
 from flexgc import __version__
 from flexgc.common.errors import ConfigError, FlexgcError
 
-_COMMAND_MODULES = ("flexgc.cmd_analyze", "flexgc.cmd_services", "flexgc.bench")
+_COMMAND_MODULES = ("flexgc.cmd_analyze", "flexgc.cmd_services", "flexgc.bench", "flexgc.soak")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,26 @@
+"""The soak in its short CI form: random faults every few iterations, every gradient verified."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from flexgc.soak import run_soak
+
+pytestmark = pytest.mark.slow
+
+
+def test_short_soak_has_no_wrong_gradient_and_bounded_master_resources(tmp_path: Path) -> None:
+    result = run_soak(iterations=150, n=8, code="nested:levels=0,1,2,3", out=tmp_path, fault_every=4, seed=3,
+                      timeout_s=240, progress=False)
+
+    assert result["exit_code"] == 0
+    assert result["iterations"] == 150
+    assert result["verified"] == 150 and result["wrong_gradients"] == 0
+    assert sum(result["faults"].values()) >= 10
+    assert result["outcomes"]["FAILED"] == 0
+    start, end = result["master_start"], result["master_end"]
+    assert end["threads"] <= start["threads"] + 4
+    assert end["fds"] <= start["fds"] + 16
+    assert end["rss_kb"] <= start["rss_kb"] + 64 * 1024

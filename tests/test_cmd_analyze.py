@@ -158,13 +158,17 @@ def test_codes_table_markdown(capsys: pytest.CaptureFixture[str]) -> None:
 
     assert rc == 0
     lines = out.splitlines()
-    assert lines[0].startswith("| n | s | CRC(s) worst cond") and lines[1].startswith("| --- |")
-    rows = [line.split(" | ") for line in lines[2:]]
-    assert [(r[0].strip("| "), r[1]) for r in rows] == [("8", "1"), ("8", "2"), ("16", "1"), ("16", "2"),
-                                                         ("16", "8")]  # s >= n skipped
+    assert lines[0].startswith("| n | s | CRC(s) construction | CRC(s) worst cond") and lines[1].startswith("| --- |")
+    rows = [line.strip("| ").split(" | ") for line in lines[2:]]
+    assert [(r[0], r[1]) for r in rows] == [("8", "1"), ("8", "2"), ("16", "1"), ("16", "2"),
+                                            ("16", "8")]  # s >= n skipped
     n8s1 = rows[0]
-    assert n8s1[3] == "cyclic-mds" and float(n8s1[2]) < 10 and "exhaustive (8)" in n8s1[8]
-    assert "sampled" in rows[-1][8]
+    assert n8s1[2] == "cyclic-mds" and float(n8s1[3]) < 10 and n8s1[8] == "exhaustive (8)"
+    assert rows[-1][8] == "exhaustive (12870)"
+    for row in rows:  # every set checked includes the construction's own validation sets
+        assert float(row[3]) >= float(row[4]) * 0.999
+        assert float(row[5]) >= float(row[3]) * 0.999  # nested includes level s
+        assert float(row[7].split()[0]) < 4 and "frc" in row[7]
 
 
 def test_codes_table_shows_refusals(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:

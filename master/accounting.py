@@ -109,6 +109,14 @@ def iteration_record(code: Code, it: Iteration, outcome: Outcome, loss: float | 
     }
 
 
+def slim(rec: dict[str, Any]) -> dict[str, Any]:
+    """What the summary needs of a record; a long job keeps only this in memory (the file has the rest)."""
+    return {"iteration": rec["iteration"], "outcome": rec["outcome"], "latency_ms": rec["latency_ms"],
+            "level": rec["level"], "loss": rec["loss"], "stale_results": rec["stale_results"],
+            "bytes_up": rec["bytes_up"], "bytes_down": rec["bytes_down"],
+            "loads": [w["load"] for w in rec["workers"] if w["task_sent_ms"] is not None]}
+
+
 class RunLog:
     """Appends one record per iteration to OUT/run.jsonl once its cancel acks are in (or later ones are)."""
 
@@ -127,7 +135,7 @@ class RunLog:
                         continue  # a torn last line from a crash
                     if rec.get("iteration", math.inf) < resume_from:
                         kept.append(rec)
-            self.records = kept
+            self.records = [slim(r) for r in kept]
             tmp = self.path.with_suffix(".tmp")
             tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
             os.replace(tmp, self.path)
@@ -145,7 +153,7 @@ class RunLog:
                 continue
             del self._pending[number]
             rec = iteration_record(code, it, outcome, loss, verify)
-            self.records.append(rec)
+            self.records.append(slim(rec))
             out.append(rec)
             if self.path is not None:
                 self._fh.write(json.dumps(rec) + "\n")
@@ -159,7 +167,7 @@ class RunLog:
 def summarize(code: Code, records: list[dict[str, Any]], extra: dict[str, Any]) -> dict[str, Any]:
     lat = np.array([r["latency_ms"] for r in records if r["outcome"] != "FAILED"], dtype=float)
     outcomes = [r["outcome"] for r in records]
-    loads = [w["load"] for r in records for w in r["workers"] if w["task_sent_ms"] is not None]
+    loads = [x for r in records for x in r["loads"]]
     levels: dict[str, int] = {}
     for r in records:
         if r["level"] is not None:

@@ -20,7 +20,8 @@ from flexgc.common.analysis import simulate
 from flexgc.common.codes import parse_code
 from flexgc.common.delays import parse_delay
 
-CASES = ("nested:smax=4,decoder=per-level", "nested:smax=4", "crc:s=3", "multimessage:smax=4")
+CASES = ("nested:smax=4,decoder=per-level", "nested:smax=4", "nested:levels=0,2,4", "crc:s=3",
+         "multimessage:smax=4")
 
 
 def main() -> None:

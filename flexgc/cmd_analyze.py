@@ -112,10 +112,8 @@ def _print_table(header: Sequence[str], rows: Sequence[Sequence[str]], markdown:
             print("| " + " | ".join(row) + " |")
         return
     widths = [max(len(h), *(len(r[c]) for r in rows)) for c, h in enumerate(header)]
-    print("  ".join(h.ljust(w) for h, w in zip(header, widths)))
-    print("  ".join("-" * w for w in widths))
-    for row in rows:
-        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)))
+    for cells in (header, ["-" * w for w in widths], *rows):
+        print("  ".join(cell.ljust(w) for cell, w in zip(cells, widths)).rstrip())
 
 
 def _num(x: float | None, fmt: str = ".4f") -> str:

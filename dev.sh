@@ -33,11 +33,22 @@ export MALLOC_MMAP_THRESHOLD_=${MALLOC_MMAP_THRESHOLD_:-268435456}
 export MALLOC_TRIM_THRESHOLD_=${MALLOC_TRIM_THRESHOLD_:-1073741824}
 export MALLOC_TOP_PAD_=${MALLOC_TOP_PAD_:-268435456}
 
+# mypy cannot follow setuptools' package-dir mapping (flexgc.common -> common/, ...), so it checks a tree
+# of symlinks laid out as the installed package: build/typecheck/flexgc/{*.py,common,master,worker,v1}
+typecheck_tree() {
+  local t=build/typecheck/flexgc
+  rm -rf build/typecheck && mkdir -p "$t"
+  for f in flexgc/*.py; do ln -s "../../../$f" "$t/"; done
+  for d in common master worker; do ln -s "../../../$d" "$t/$d"; done
+  ln -s ../../../flexgc/v1 "$t/v1"
+}
+
 cmd=${1:-demo}; shift || true
 case "$cmd" in
   demo)   exec flexgc demo "$@" ;;
   test)
     ruff check .
+    typecheck_tree
     mypy
     set +e
     python -m pytest "$@"

@@ -295,7 +295,7 @@ def _frc_nested(n: int, groups: tuple[int, ...], unequal_ok: bool) -> Code:
         sizes = frc_group_sizes(n, size - 1)
         starts = list(itertools.accumulate([0, *sizes[:-1]]))
         blocks_by_level = [[range(st, st + sz) for st, sz in zip(starts, sizes)]]
-        levels = (size - 1,)
+        levels: tuple[int, ...] = (size - 1,)
     else:
         blocks_by_level = [[range(st, st + m) for st in range(0, n, m)] for m in groups]
         levels = tuple(m - 1 for m in groups)

@@ -17,7 +17,7 @@ import numpy as np
 from flexgc.common.errors import WireError
 from flexgc.v1 import coordinator_pb2 as pb
 
-WIRE_DTYPES = {"<f4": np.dtype("<f4"), "<f8": np.dtype("<f8")}
+WIRE_DTYPES: dict[str, np.dtype] = {"<f4": np.dtype("<f4"), "<f8": np.dtype("<f8")}
 
 
 def wire_dtype(dtype: str | np.dtype) -> str:

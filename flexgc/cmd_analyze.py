@@ -223,7 +223,7 @@ def check_code(code: Code, max_exhaustive: int = 20_000, samples: int = 2000, di
     rng = np.random.default_rng(seed)
     G = rng.standard_normal((k, dim))
     rows = code.B.reshape(code.n_messages, k)
-    coded = {"float64": rows @ G, "float32": rows.astype(np.float32) @ G.astype(np.float32)}
+    coded: dict[str, np.ndarray] = {"float64": rows @ G, "float32": rows.astype(np.float32) @ G.astype(np.float32)}
     truth = {"float64": G.sum(axis=0), "float32": G.astype(np.float32).astype(np.float64).sum(axis=0)}
     worst = {"residual": 0.0, "cond": 1.0, "float64": 0.0, "float32": 0.0}
     failures: list[dict[str, Any]] = []
@@ -243,8 +243,8 @@ def check_code(code: Code, max_exhaustive: int = 20_000, samples: int = 2000, di
         ids = list(decoding.messages)
         for dtype, V in coded.items():
             g = Decoder.combine(decoding, V[ids]).astype(np.float64)
-            err = float(np.linalg.norm(g - truth[dtype]) / np.linalg.norm(truth[dtype]))
-            worst[dtype] = max(worst[dtype], err)
+            err = float(np.linalg.norm(g - truth[dtype])) / float(np.linalg.norm(truth[dtype]))
+            worst[dtype] = max(float(worst[dtype]), err)
             if err > REL_ERR_MAX[dtype]:
                 failures.append({"stragglers": list(stragglers), "kind": f"{dtype} relative error",
                                  "value": err})

@@ -126,7 +126,7 @@ class Trainer:
             source = self._partitions or (lambda j: synthetic_partition(self.data, j))
             self._verify_data = [source(j) for j in range(self.data.partitions)]
         direct = full_gradient(self.data, self.state.params, self._verify_data)
-        return float(np.linalg.norm(gradient - direct) / max(np.linalg.norm(direct), 1e-300))
+        return float(np.linalg.norm(gradient - direct)) / max(float(np.linalg.norm(direct)), 1e-300)
 
     async def run(self, stop: asyncio.Event) -> None:
         cfg, c = self.cfg, self.coordinator

@@ -26,7 +26,7 @@ from flexgc.v1 import coordinator_pb2_grpc as pb_grpc
 
 _log = logging.getLogger(__name__)
 
-_STATUS = {
+_STATUS: dict[type[BaseException], grpc.StatusCode] = {
     WireError: grpc.StatusCode.INVALID_ARGUMENT,
     UnknownSlotError: grpc.StatusCode.NOT_FOUND,
     StaleIterationError: grpc.StatusCode.FAILED_PRECONDITION,

@@ -271,6 +271,7 @@ async def run_worker(cfg: WorkerConfig, stop: asyncio.Event | None = None) -> in
     backoff = 0.05
     compute: PartitionCompute | None = None
     last_iteration = -1
+    session_id = ""
     try:
         while not stop.is_set():
             channel = transport.aio_channel(cfg.master, tls, server_name=cfg.server_name)
@@ -300,6 +301,9 @@ async def run_worker(cfg: WorkerConfig, stop: asyncio.Event | None = None) -> in
                     compute = PartitionCompute(sc, spec.model, spec.classes, data, spec.d + 1, dtype,
                                                cfg.rows_per_chunk)
                 _log.info("joined slot=%d n=%d code=%s", slot, reply.n, reply.code_spec)
+                if reply.session_id != session_id:
+                    # a new master session (e.g. restarted from a checkpoint) may repeat iterations
+                    session_id, last_iteration = reply.session_id, -1
                 session = Session(cfg, reply, stub, compute, executor)
                 session.last_iteration = last_iteration
                 backoff = 0.05

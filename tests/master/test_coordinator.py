@@ -1,0 +1,777 @@
+"""The master's domain, in process: lifecycles, membership, the receive buffer and stale/duplicate handling.
+
+Every test drives a real `Coordinator` on a fresh event loop, the way the servicer does (one domain call
+per wire message), and checks decoded gradients against the exact sum of known partial gradients.
+The code is nested:levels=0,1 on n = 3 slots (k = 3): slot i computes partitions (i, i+1 mod 3); level 0
+needs all three slots, level 1 any two.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import itertools
+import random
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from flexgc.common import wire
+from flexgc.common.codes import parse_code
+from flexgc.common.errors import (
+    AuthError,
+    DuplicateResultError,
+    InvalidTransitionError,
+    JobFinishedError,
+    StaleIterationError,
+    UnknownSlotError,
+    WireError,
+)
+from flexgc.common.models import DataSpec
+from flexgc.master.accounting import Metrics
+from flexgc.master.coordinator import (
+    Connection,
+    Coordinator,
+    Iteration,
+    IterationPhase,
+    SlotState,
+    is_close,
+    phase_transition_allowed,
+    slot_transition_allowed,
+)
+from flexgc.v1 import coordinator_pb2 as pb
+
+T = TypeVar("T")
+TOKEN = "tok-42"
+N, FEATURES = 3, 5
+D = FEATURES + 1                 # gradient plus the trailing loss
+CHUNK_BYTES = 16                 # 2 float64 elements per chunk: every result is 3 chunks
+
+# The lifecycles of STYLE §3 as the coordinator implements them (module docstring of coordinator.py).
+SLOT_MOVES = {
+    ("JOINED", "IDLE"), ("JOINED", "WORKING"), ("IDLE", "IDLE"), ("IDLE", "WORKING"),
+    ("WORKING", "CANCELLING"), ("WORKING", "IDLE"), ("CANCELLING", "IDLE"), ("CANCELLING", "WORKING"),
+    ("JOINED", "GONE"), ("IDLE", "GONE"), ("WORKING", "GONE"), ("CANCELLING", "GONE"),
+}
+PHASE_MOVES = {("SCHEDULED", "COLLECTING"), ("COLLECTING", "EXACT"), ("COLLECTING", "APPROXIMATE"),
+               ("COLLECTING", "FAILED")}
+
+
+def run(make: Callable[[], Awaitable[T]], timeout_s: float = 10.0) -> T:
+    async def bounded() -> T:
+        return await asyncio.wait_for(make(), timeout_s)
+    return asyncio.run(bounded())
+
+
+class Job:
+    """A coordinator plus known partial gradients G[t] (k, D) per iteration; coded messages are B[l, i] @ G[t]."""
+
+    def __init__(self, *, token: str | None = TOKEN, decode_inline_elements: int = 1 << 20,
+                 deadline_s: float = 0.0, on_deadline: str = "fail", dtype: str = "float64") -> None:
+        self.code = parse_code("nested:levels=0,1", N)
+        self.metrics = Metrics()
+        self.c = Coordinator(self.code, DataSpec(samples=30, features=FEATURES, partitions=self.code.k),
+                             dtype=dtype, chunk_bytes=CHUNK_BYTES, deadline_s=deadline_s, on_deadline=on_deadline,
+                             token=token, metrics=self.metrics, decode_inline_elements=decode_inline_elements)
+        self.token = token or ""
+        self.G: dict[int, np.ndarray] = {}
+
+    def partials(self, iteration: int) -> np.ndarray:
+        if iteration not in self.G:
+            self.G[iteration] = np.random.default_rng(100 + iteration).standard_normal((self.code.k, D)) * 10
+        return self.G[iteration]
+
+    def expected(self, iteration: int) -> np.ndarray:
+        return self.partials(iteration).sum(axis=0)
+
+    def coded(self, iteration: int, level: int, slot: int) -> np.ndarray:
+        return self.code.B[level, slot] @ self.partials(iteration)
+
+    def chunks(self, iteration: int, level: int, slot: int, vector: np.ndarray | None = None) -> list[pb.ResultChunk]:
+        v = self.coded(iteration, level, slot) if vector is None else vector
+        return [m.result for m in wire.result_chunks(iteration, slot, level, v, CHUNK_BYTES)]
+
+    def connect(self, slot: int, worker_id: str | None = None, ready_after: int | None = -1) -> Connection:
+        wid = worker_id or f"w{slot}"
+        grant = self.c.join(wid, slot, self.token)
+        conn = self.c.open_stream(grant.slot, wid, grant.session_id, self.token)
+        if ready_after is not None:
+            self.c.on_ready(conn, ready_after)
+        return conn
+
+    def begin(self) -> tuple[list[Connection], Iteration]:
+        """Every slot connected and Ready, then iteration 0 started (its task goes to all of them)."""
+        conns = [self.connect(slot) for slot in range(N)]
+        return conns, self.start(0)
+
+    def deliver(self, conn: Connection, iteration: int, level: int) -> None:
+        for chunk in self.chunks(iteration, level, conn.slot):
+            self.c.on_result(conn, chunk)
+
+    def start(self, iteration: int) -> Iteration:
+        return self.c.start_iteration(iteration, np.zeros(FEATURES))
+
+    def discarded(self, kind: str) -> float:
+        return self.metrics.registry.get_sample_value("flexgc_discarded_results_total", {"kind": kind}) or 0.0
+
+    def finish_and_ack(self, it: Iteration, conns: list[Connection]) -> None:
+        """Each worker acknowledges the cancel of `it` and asks for the next task."""
+        for conn in conns:
+            self.c.on_cancel_ack(conn, pb.CancelAck(iteration=it.number, partitions_done=2))
+            self.c.on_ready(conn, it.number)
+
+
+def drain(conn: Connection) -> list[Any]:
+    items = []
+    while not conn.outbox.empty():
+        items.append(conn.outbox.get_nowait())
+    return items
+
+
+def assert_exact(it: Iteration, expected: np.ndarray) -> None:
+    assert it.done.done(), "iteration did not decode"
+    outcome = it.done.result()
+    assert outcome.phase is IterationPhase.EXACT
+    np.testing.assert_allclose(outcome.gradient, expected, rtol=1e-12, atol=1e-12)
+
+
+# -- lifecycles: every (from, to) pair ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(("src", "dst"), list(itertools.product(SlotState, SlotState)),
+                         ids=lambda s: s.name)
+def test_slot_transition(src: SlotState, dst: SlotState) -> None:
+    conn = Connection(slot=1, worker_id="w", epoch=1, outbox=asyncio.Queue(), state=src)
+    allowed = (src.name, dst.name) in SLOT_MOVES
+
+    assert slot_transition_allowed(src, dst) is allowed
+    if allowed:
+        conn.advance(dst)
+        assert conn.state is dst
+    else:
+        with pytest.raises(InvalidTransitionError, match=f"slot=1 {src.name}->{dst.name}"):
+            conn.advance(dst)
+        assert conn.state is src
+
+
+@pytest.mark.parametrize(("src", "dst"), list(itertools.product(IterationPhase, IterationPhase)),
+                         ids=lambda s: s.name)
+def test_phase_transition(src: IterationPhase, dst: IterationPhase) -> None:
+    async def scenario() -> None:
+        it = Iteration(9, parse_code("crc:s=1", 3), [], 0.0)
+        it.phase = src
+        allowed = (src.name, dst.name) in PHASE_MOVES
+
+        assert phase_transition_allowed(src, dst) is allowed
+        if allowed:
+            it.advance(dst)
+            assert it.phase is dst
+        else:
+            with pytest.raises(InvalidTransitionError, match=f"iteration=9 {src.name}->{dst.name}"):
+                it.advance(dst)
+            assert it.phase is src
+
+    run(scenario)
+
+
+def test_terminal_phases_are_exactly_the_outcomes() -> None:
+    assert {p for p in IterationPhase if p.terminal} == {IterationPhase.EXACT, IterationPhase.APPROXIMATE,
+                                                         IterationPhase.FAILED}
+    assert not any(phase_transition_allowed(p, q) for p in IterationPhase if p.terminal for q in IterationPhase)
+
+
+def test_iteration_and_slot_lifecycle_through_one_exact_iteration() -> None:
+    async def scenario() -> None:
+        job = Job()
+        conns = [job.connect(slot, ready_after=None) for slot in range(N)]
+        assert {c.state for c in conns} == {SlotState.JOINED}
+        for conn in conns:
+            job.c.on_ready(conn, -1)
+        assert {c.state for c in conns} == {SlotState.IDLE}
+
+        it = job.start(0)
+        assert it.phase is IterationPhase.COLLECTING
+        assert {c.state for c in conns} == {SlotState.WORKING}
+        assert it.sent == {0, 1, 2}
+        job.deliver(conns[0], 0, 1)
+        job.deliver(conns[1], 0, 1)
+
+        assert_exact(it, job.expected(0))
+        assert {c.state for c in conns} == {SlotState.CANCELLING}
+        for conn in conns:
+            kinds = [m.WhichOneof("kind") for m in drain(conn)]
+            assert kinds[0] == "task" and kinds[-1] == "cancel" and set(kinds[1:-1]) == {"params"}
+        job.finish_and_ack(it, conns)
+        assert {c.state for c in conns} == {SlotState.IDLE}
+        assert all(it.timing[s].cancel_ack_ms is not None for s in range(N))
+
+    run(scenario)
+
+
+def test_start_iteration_while_collecting_is_refused() -> None:
+    async def scenario() -> None:
+        job = Job()
+        job.start(0)
+
+        with pytest.raises(InvalidTransitionError, match="iteration 0 still collecting"):
+            job.start(1)
+
+    run(scenario)
+
+
+# -- membership ---------------------------------------------------------------------------------
+
+
+def test_reconnecting_worker_id_gets_its_slot_back() -> None:
+    async def scenario() -> None:
+        job = Job()
+        first = job.c.join("pod-a", 2, TOKEN)
+        conn = job.c.open_stream(first.slot, "pod-a", first.session_id, TOKEN)
+        again_while_connected = job.c.join("pod-a", -1, TOKEN)
+        job.c.close_stream(conn, "link cut")
+
+        after_disconnect = job.c.join("pod-a", 0, TOKEN)       # its old slot wins over the preference
+
+        assert first.slot == again_while_connected.slot == after_disconnect.slot == 2
+        assert after_disconnect.session_id == first.session_id
+        new = job.c.open_stream(2, "pod-a", first.session_id, TOKEN)
+        assert new.epoch > conn.epoch and conn.state is SlotState.GONE
+
+    run(scenario)
+
+
+def test_slot_code_in_the_grant_matches_the_code() -> None:
+    async def scenario() -> None:
+        job = Job()
+
+        grant = job.c.join("pod-a", 1, TOKEN)
+
+        sc = wire.slot_code_from_proto(wire.slot_code_to_proto(grant.slot_code), job.code.k)
+        assert sc.partitions == job.code.order[1]
+        np.testing.assert_array_equal(sc.coefficients, job.code.B[:, 1, list(job.code.order[1])])
+
+    run(scenario)
+
+
+@pytest.mark.parametrize("preferred", [3, 99, -2, -2**31])
+def test_join_refuses_unknown_slots(preferred: int) -> None:
+    async def scenario() -> None:
+        job = Job()
+
+        with pytest.raises(UnknownSlotError, match=f"preferred_slot={preferred}; allowed -1 or 0..2"):
+            job.c.join("pod-a", preferred, TOKEN)
+
+    run(scenario)
+
+
+def test_join_does_not_hand_out_a_connected_slot() -> None:
+    async def scenario() -> None:
+        job = Job()
+        for slot in range(N - 1):
+            job.connect(slot)
+
+        other = job.c.join("intruder", 0, TOKEN)          # slot 0 is held and connected: the free one
+        job.c.open_stream(other.slot, "intruder", other.session_id, TOKEN)
+
+        assert other.slot == 2
+        with pytest.raises(UnknownSlotError, match="all 3 slots are held by connected workers"):
+            job.c.join("late", -1, TOKEN)
+        with pytest.raises(UnknownSlotError, match="slot=0 is not held by worker_id='intruder'; join first"):
+            job.c.open_stream(0, "intruder", other.session_id, TOKEN)
+
+    run(scenario)
+
+
+@pytest.mark.parametrize("token", ["", "tok-4", "TOK-42", "tok-42 "])
+def test_bad_token_is_refused_everywhere_and_never_echoed(token: str) -> None:
+    async def scenario() -> None:
+        job = Job()
+        grant = job.c.join("pod-a", 0, TOKEN)
+
+        errors = []
+        for call in (lambda: job.c.join("pod-b", -1, token),
+                     lambda: job.c.open_stream(0, "pod-a", grant.session_id, token),
+                     lambda: job.c.check_token(token)):
+            with pytest.raises(AuthError) as info:
+                call()
+            errors.append(str(info.value))
+
+        assert errors == ["join token missing or wrong"] * 3
+        assert job.c.connected == 0
+
+    run(scenario)
+
+
+@pytest.mark.parametrize(("worker_id", "session", "error", "match"), [
+    ("", None, WireError, "worker_id must be 1..256 characters"),
+    ("x" * 257, None, WireError, "worker_id must be 1..256 characters"),
+    ("pod-a", "stale-session", StaleIterationError, "session_id='stale-session' is not this job's session"),
+])
+def test_join_and_open_stream_validate_identity(worker_id: str, session: str | None, error: type[Exception],
+                                                match: str) -> None:
+    async def scenario() -> None:
+        job = Job()
+
+        with pytest.raises(error, match=match):
+            if session is None:
+                job.c.join(worker_id, -1, TOKEN)
+            else:
+                grant = job.c.join(worker_id, -1, TOKEN)
+                job.c.open_stream(grant.slot, worker_id, session, TOKEN)
+
+    run(scenario)
+
+
+def test_join_after_the_job_finished() -> None:
+    async def scenario() -> None:
+        job = Job()
+        conn = job.connect(0)
+
+        job.c.shutdown("job finished")
+
+        with pytest.raises(JobFinishedError):
+            job.c.join("pod-z", -1, TOKEN)
+        items = drain(conn)
+        assert items[-2].WhichOneof("kind") == "shutdown" and is_close(items[-1])
+
+    run(scenario)
+
+
+def test_open_stream_replaces_the_old_connection_of_the_slot() -> None:
+    async def scenario() -> None:
+        job = Job()
+        old = job.connect(0)
+        it = job.start(0)
+
+        new = job.connect(0)
+
+        assert is_close(drain(old)[-1])
+        assert old.state is SlotState.GONE and job.c.connections[0] is new
+        assert new.epoch == old.epoch + 1
+        assert it.sent == {0}                                   # the task went out again on the new stream
+        assert drain(new)[0].WhichOneof("kind") == "task"
+
+    run(scenario)
+
+
+# -- results: stale, future, duplicate ----------------------------------------------------------
+
+
+def test_chunk_of_an_older_iteration_is_discarded_counted_and_never_written() -> None:
+    async def scenario() -> None:
+        job = Job()
+        conns, it0 = job.begin()
+        job.deliver(conns[0], 0, 1)
+        job.deliver(conns[1], 0, 1)                           # slot 2 straggles in iteration 0
+        assert_exact(it0, job.expected(0))
+        job.finish_and_ack(it0, conns[:2])
+        it1 = job.start(1)
+        before = job.c._buf.copy()
+
+        poison = np.full(D, 1e6)
+        for chunk in job.chunks(0, 1, 2, poison) + job.chunks(0, 0, 2, poison):
+            job.c.on_result(conns[2], chunk)                  # the straggler's late iteration-0 result
+
+        np.testing.assert_array_equal(job.c._buf, before)
+        assert job.c.stale_results == 6 and it0.stale_results == 6
+        assert job.discarded("stale") == 6
+        job.c.on_cancel_ack(conns[2], pb.CancelAck(iteration=0, partitions_done=2, finished=True))
+        job.c.on_ready(conns[2], 0)
+        job.deliver(conns[2], 1, 1)
+        job.deliver(conns[0], 1, 1)
+        assert_exact(it1, job.expected(1))
+        assert set(it1.done.result().decoding.messages) == {job.code.message_id(1, 0), job.code.message_id(1, 2)}
+
+    run(scenario)
+
+
+def test_result_after_the_decode_of_the_same_iteration_is_stale() -> None:
+    async def scenario() -> None:
+        job = Job()
+        conns, it = job.begin()
+        job.deliver(conns[0], 0, 1)
+        job.deliver(conns[1], 0, 1)
+        gradient = it.done.result().gradient.copy()
+
+        job.deliver(conns[2], 0, 1)
+
+        assert job.discarded("stale") == 3 and it.stale_results == 3
+        np.testing.assert_array_equal(it.done.result().gradient, gradient)
+
+    run(scenario)
+
+
+@pytest.mark.parametrize("current", [None, 0])
+def test_future_iteration_raises(current: int | None) -> None:
+    async def scenario() -> None:
+        job = Job()
+        conn = job.connect(0)
+        if current is not None:
+            job.start(current)
+
+        with pytest.raises(StaleIterationError, match="iteration=1 is in the future"):
+            job.c.on_result(conn, job.chunks(1, 0, 0)[0])
+
+        assert job.c.stale_results == 0
+
+    run(scenario)
+
+
+def test_duplicate_on_the_same_connection_raises_but_not_from_a_new_connection() -> None:
+    async def scenario() -> None:
+        job = Job()
+        conns, it = job.begin()
+        job.deliver(conns[0], 0, 0)                              # level 0 alone does not decode
+
+        with pytest.raises(DuplicateResultError, match="slot=0 iteration=0 level=0: already received"):
+            job.deliver(conns[0], 0, 0)
+
+        again = job.connect(0)                                   # the worker reconnects and recomputes
+        job.deliver(again, 0, 0)
+        assert it.duplicates == 3 and job.discarded("duplicate") == 3
+        job.deliver(conns[1], 0, 0)
+        job.deliver(conns[2], 0, 0)
+        assert_exact(it, job.expected(0))
+
+    run(scenario)
+
+
+def test_result_for_another_slot_on_a_stream() -> None:
+    async def scenario() -> None:
+        job = Job()
+        conn = job.connect(0)
+        job.start(0)
+
+        with pytest.raises(UnknownSlotError, match="result for slot=1 on the stream of slot=0"):
+            job.c.on_result(conn, job.chunks(0, 0, 1)[0])
+
+    run(scenario)
+
+
+def test_result_without_a_task_on_this_connection() -> None:
+    async def scenario() -> None:
+        job = Job()
+        conn = job.connect(0, ready_after=None)                  # never said Ready: no task sent
+        job.start(0)
+
+        with pytest.raises(WireError, match="slot=0: result for iteration 0 without a task on this connection"):
+            job.deliver(conn, 0, 0)
+
+    run(scenario)
+
+
+# -- results: malformed chunks never enter a decode ---------------------------------------------
+
+
+def _bad_sequences(job: Job) -> dict[str, list[pb.ResultChunk]]:
+    good = job.chunks(0, 1, 0)
+    finite = job.chunks(0, 1, 0, np.arange(D, dtype=float) * 1e3)   # a plausible first chunk, then trouble
+
+    def edit(chunk: pb.ResultChunk, **changes: Any) -> pb.ResultChunk:
+        out = pb.ResultChunk()
+        out.CopyFrom(chunk)
+        for key, value in changes.items():
+            if key == "times":
+                out.times.CopyFrom(value)
+            else:
+                setattr(out, key, value)
+        return out
+
+    nan = np.full(2, np.nan).tobytes()
+    return {
+        "dtype": [edit(good[0], dtype="<f4")],
+        "dtype-big-endian": [edit(good[0], dtype=">f8")],
+        "total_elements": [edit(good[0], total_elements=D + 1)],
+        "level": [edit(good[0], level=2)],
+        "first-offset": [good[1]],
+        "replayed-chunk": [finite[0], finite[0]],
+        "skipped-chunk": [finite[0], finite[2]],
+        "truncated": [finite[0], edit(finite[1], last=True)],
+        "oversized": [finite[0], finite[1], edit(finite[2], data=finite[2].data + finite[2].data)],
+        "ragged-bytes": [edit(good[0], data=good[0].data[:-3])],
+        "nan-first": [edit(good[0], data=nan)],
+        "nan-middle": [finite[0], edit(finite[1], data=nan)],
+        "inf-last": [finite[0], finite[1], edit(finite[2], data=np.array([1.0, np.inf]).tobytes())],
+        "times": [edit(good[0], times=pb.PartitionTimes(compute_ms=[1.0, 2.0, 3.0]))],
+    }
+
+
+@pytest.mark.parametrize("kind", [
+    "dtype", "dtype-big-endian", "total_elements", "level", "first-offset", "replayed-chunk", "skipped-chunk",
+    "truncated", "oversized", "ragged-bytes", "nan-first", "nan-middle", "inf-last", "times"])
+def test_malformed_result_raises_wire_error_and_the_decode_stays_exact(kind: str) -> None:
+    async def scenario() -> None:
+        job = Job()
+        conns, it = job.begin()
+        *accepted, bad = _bad_sequences(job)[kind]
+        for chunk in accepted:
+            job.c.on_result(conns[0], chunk)
+
+        with pytest.raises(WireError):
+            job.c.on_result(conns[0], bad)
+
+        assert not it.complete & (1 << job.code.message_id(1, 0))
+        assert np.isfinite(job.c._buf).all()
+        job.c.close_stream(conns[0], "aborted: INVALID_ARGUMENT")   # what the servicer does next
+        retry = job.connect(0)
+        job.deliver(retry, 0, 1)
+        job.deliver(conns[1], 0, 1)
+        assert_exact(it, job.expected(0))
+
+    run(scenario)
+
+
+def test_partial_row_of_an_aborted_stream_is_never_used() -> None:
+    async def scenario() -> None:
+        job = Job()
+        conns, it = job.begin()
+        poison = job.chunks(0, 1, 0, np.full(D, 7e7))
+        job.c.on_result(conns[0], poison[0])
+        job.c.on_result(conns[0], poison[1])
+        job.c.close_stream(conns[0], "client went away")         # end of stream is never completion
+
+        job.deliver(conns[1], 0, 1)
+        job.deliver(conns[2], 0, 1)
+
+        assert_exact(it, job.expected(0))
+        assert job.code.message_id(1, 0) not in it.done.result().decoding.messages
+
+    run(scenario)
+
+
+# -- no decode mixes two iterations ---------------------------------------------------------------
+
+
+def _interleave(rng: random.Random, streams: list[list[Any]]) -> list[Any]:
+    """A random merge of the streams that keeps each stream's own order."""
+    pending = [list(s) for s in streams if s]
+    out = []
+    while pending:
+        s = rng.choice(pending)
+        out.append(s.pop(0))
+        if not s:
+            pending.remove(s)
+    return out
+
+
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), stale_slots=st.sets(st.integers(0, N - 1), min_size=1),
+       fresh=st.sampled_from([(0, 1), (1, 2), (0, 2)]))
+def test_delayed_stale_results_never_mix_into_the_next_iteration(seed: int, stale_slots: set[int],
+                                                                 fresh: tuple[int, int]) -> None:
+    async def scenario() -> None:
+        job = Job()
+        rng = random.Random(seed)
+        conns, it0 = job.begin()
+        job.deliver(conns[0], 0, 0)
+        job.deliver(conns[1], 0, 0)
+        job.deliver(conns[2], 0, 0)
+        assert_exact(it0, job.expected(0))
+        job.finish_and_ack(it0, conns)
+        it1 = job.start(1)
+        stale = [(conns[s], c) for s in stale_slots for level in (0, 1)
+                 for c in job.chunks(0, level, s, job.coded(0, level, s) + 1e3)]
+        current = [[(conns[s], c) for c in job.chunks(1, 1, s)] for s in fresh]
+
+        for conn, chunk in _interleave(rng, [stale, *current]):
+            job.c.on_result(conn, chunk)
+
+        assert_exact(it1, job.expected(1))
+        assert job.discarded("stale") == len(stale)
+        assert it0.done.result().gradient is not it1.done.result().gradient
+        np.testing.assert_allclose(it0.done.result().gradient, job.expected(0), rtol=1e-12)
+
+    run(scenario)
+
+
+class GatedExecutor(concurrent.futures.ThreadPoolExecutor):
+    """Holds submitted work until `release()`, so the test decides when an off-loop decode runs."""
+
+    def __init__(self) -> None:
+        super().__init__(max_workers=1)
+        self.held: list[tuple[concurrent.futures.Future[Any], Callable[[], Any]]] = []
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> concurrent.futures.Future[Any]:
+        future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        self.held.append((future, lambda: fn(*args, **kwargs)))
+        return future
+
+    def release(self) -> None:
+        for future, call in self.held:
+            future.set_result(call())
+        self.held.clear()
+
+
+@pytest.mark.xfail(strict=True, reason="Coordinator.start_iteration only checks current.phase.terminal: for a "
+                   "decode run off the loop (rows.size > decode_inline_elements, _finish -> run_in_executor), "
+                   "the next iteration may start and overwrite the shared _buf rows before combine() reads "
+                   "them, so iteration t's gradient is computed from iteration t+1's rows")
+def test_off_loop_decode_is_not_mixed_with_the_next_iteration() -> None:
+    async def scenario() -> None:
+        job = Job(decode_inline_elements=0)                    # every decode goes to the executor
+        gate = GatedExecutor()
+        asyncio.get_running_loop().set_default_executor(gate)
+        conns, it0 = job.begin()
+        job.deliver(conns[0], 0, 1)
+        job.deliver(conns[1], 0, 1)
+        assert it0.phase is IterationPhase.EXACT and gate.held    # decoded, combine still pending
+        job.finish_and_ack(it0, conns)
+
+        try:
+            it1 = job.start(1)
+            job.deliver(conns[0], 1, 1)
+            job.deliver(conns[1], 1, 1)
+        except InvalidTransitionError:
+            it1 = None                                         # refusing the early start is a fix too
+        gate.release()
+        outcome0 = await it0.done
+
+        np.testing.assert_allclose(outcome0.gradient, job.expected(0), rtol=1e-12)
+        if it1 is not None:
+            np.testing.assert_allclose((await it1.done).gradient, job.expected(1), rtol=1e-12)
+
+    run(scenario)
+
+
+def test_off_loop_decode_is_exact_when_awaited_before_the_next_iteration() -> None:
+    async def scenario() -> None:
+        job = Job(decode_inline_elements=0)
+        conns = [job.connect(slot) for slot in range(N)]
+        for t in range(3):
+            it = job.start(t)
+            job.deliver(conns[t % N], t, 1)
+            job.deliver(conns[(t + 1) % N], t, 1)
+
+            outcome = await it.done
+
+            np.testing.assert_allclose(outcome.gradient, job.expected(t), rtol=1e-12)
+            job.finish_and_ack(it, conns)
+
+    run(scenario)
+
+
+# -- other worker messages ----------------------------------------------------------------------
+
+
+def test_ready_while_working_on_a_newer_task_is_refused() -> None:
+    async def scenario() -> None:
+        job = Job()
+        conn = job.connect(0)
+        job.start(0)
+
+        with pytest.raises(WireError, match=r"slot=0: Ready\(after=-1\) while working on iteration 0"):
+            job.c.on_ready(conn, -1)
+
+        job.c.on_ready(conn, 0)                                # after the task it holds: fine, idle
+        assert conn.state is SlotState.IDLE
+
+    run(scenario)
+
+
+@pytest.mark.xfail(strict=True, reason="Coordinator.on_ready resends the whole task whenever a connection asks "
+                   "Ready(after < current) from IDLE, even if this connection already got that task: alternating "
+                   "Ready(after=0) / Ready(after=-1) makes the master enqueue the full parameter vector on every "
+                   "pair, into an unbounded outbox (no per-worker in-flight bound; a token holder can exhaust memory)")
+def test_ready_going_backwards_never_resends_the_task() -> None:
+    async def scenario() -> None:
+        job = Job()
+        conn = job.connect(0)
+        it = job.start(0)
+        drain(conn)
+        job.c.on_ready(conn, 0)
+
+        with contextlib.suppress(WireError):                    # refusing the move back is a fix too
+            for _ in range(50):
+                job.c.on_ready(conn, -1)
+                job.c.on_ready(conn, 0)
+
+        assert conn.outbox.qsize() <= len(it.task), f"{conn.outbox.qsize()} messages queued for one task"
+
+    run(scenario)
+
+
+def test_cancel_ack_bounds_and_unknown_iterations() -> None:
+    async def scenario() -> None:
+        job = Job()
+        conns, it = job.begin()
+        job.deliver(conns[0], 0, 1)
+        job.deliver(conns[1], 0, 1)
+
+        job.c.on_cancel_ack(conns[2], pb.CancelAck(iteration=57, partitions_done=1))
+        assert job.discarded("stale") == 1
+        for bad in (-1, 3):
+            with pytest.raises(WireError, match=f"slot=2: partitions_done={bad} out of range"):
+                job.c.on_cancel_ack(conns[2], pb.CancelAck(iteration=0, partitions_done=bad))
+        with pytest.raises(WireError, match="partition times"):
+            job.c.on_cancel_ack(conns[2], pb.CancelAck(iteration=0, partitions_done=1,
+                                                       times=pb.PartitionTimes(compute_ms=[-1.0])))
+        job.c.on_cancel_ack(conns[2], pb.CancelAck(iteration=0, partitions_done=1,
+                                                   times=pb.PartitionTimes(compute_ms=[3.0], delay_ms=[1.0])))
+        assert conns[2].state is SlotState.IDLE
+        assert (it.timing[2].partitions_done, it.timing[2].compute_ms) == (1, [3.0])
+
+    run(scenario)
+
+
+@pytest.mark.parametrize(("level", "match"), [(0, "LevelDone under signaling=push"),
+                                              (2, r"slot=0: level=2; allowed 0..1"),
+                                              (-1, r"slot=0: level=-1; allowed 0..1")])
+def test_level_done_is_refused_under_push_and_out_of_range(level: int, match: str) -> None:
+    async def scenario() -> None:
+        job = Job()
+        conn = job.connect(0)
+        job.start(0)
+
+        with pytest.raises(WireError, match=match):
+            job.c.on_level_done(conn, 0, level, None)
+
+    run(scenario)
+
+
+def test_deadline_fail_policy_and_late_results() -> None:
+    async def scenario() -> None:
+        job = Job(deadline_s=0.05, on_deadline="fail")
+        conns, it = job.begin()
+        job.deliver(conns[0], 0, 1)                             # one level-1 message: not decodable
+
+        outcome = await it.done
+
+        assert outcome.phase is IterationPhase.FAILED and outcome.gradient is None
+        job.deliver(conns[1], 0, 1)
+        assert job.discarded("stale") == 3
+
+    run(scenario)
+
+
+def test_deadline_approximate_policy_is_flagged() -> None:
+    async def scenario() -> None:
+        job = Job(deadline_s=0.05, on_deadline="approximate")
+        conns, it = job.begin()
+        job.deliver(conns[0], 0, 1)
+
+        outcome = await it.done
+
+        assert outcome.phase is IterationPhase.APPROXIMATE
+        assert outcome.decoding is not None and not outcome.decoding.exact
+        assert np.isfinite(outcome.gradient).all()
+
+    run(scenario)
+
+
+def test_reject_counts_by_kind() -> None:
+    async def scenario() -> None:
+        job = Job()
+
+        job.c.reject("WireError")
+        job.c.reject("WireError")
+        job.c.reject("no_hello")
+
+        assert job.c.rejected == {"WireError": 2, "no_hello": 1}
+        assert job.metrics.registry.get_sample_value("flexgc_rejected_messages_total", {"kind": "WireError"}) == 2
+
+    run(scenario)

@@ -1,0 +1,374 @@
+"""The worker's Session against a scripted in-process gRPC master: malformed tasks are rejected with a
+clear TaskRejected, the stream stays up, and the next good task is computed exactly.
+
+The fake master is a real grpc.aio server on loopback; the test plays the master's side of the Work
+stream message by message. A last test runs the Session against the real CoordinatorService.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+import numpy as np
+import pytest
+
+from flexgc.common import wire
+from flexgc.common.codes import parse_code
+from flexgc.common.config import worker_config
+from flexgc.common.models import DataSpec, full_gradient, synthetic_partition
+from flexgc.master.coordinator import Coordinator
+from flexgc.master.service import CoordinatorService
+from flexgc.v1 import coordinator_pb2 as pb
+from flexgc.v1 import coordinator_pb2_grpc as pb_grpc
+from flexgc.worker.client import Outcome, Session, data_spec_from
+from flexgc.worker.compute import PartitionCompute
+
+CODE = parse_code("nested:levels=0,1", 3)
+SLOT = 0
+SPEC = DataSpec(model="logistic", samples=60, features=4, partitions=CODE.k)
+D = SPEC.d                       # parameters on the wire; results carry D + 1 (the loss)
+CHUNK_BYTES = 16                 # 2 float64 per chunk: every task has 2 params chunks, every result 3 chunks
+WAIT_S = 5.0
+
+
+def slot_code(slot: int = SLOT) -> wire.SlotCode:
+    parts = CODE.order[slot]
+    return wire.SlotCode(parts, tuple(int(x) for x in CODE.prefix[:, slot]), CODE.levels,
+                         np.stack([CODE.B[level, slot, list(parts)] for level in range(CODE.n_levels)]),
+                         CODE.signaling)
+
+
+def join_reply(spec: DataSpec = SPEC) -> pb.JoinReply:
+    reply = pb.JoinReply(slot=SLOT, session_id="session-1", n=CODE.n, k=CODE.k, code_spec=CODE.spec,
+                         chunk_bytes=CHUNK_BYTES, max_message_bytes=8 << 20, heartbeat_interval_s=60.0,
+                         delay_spec="none", delay_seed=0, compute_chunk_s=0.0,
+                         data=pb.DataSpec(model=spec.model, source="synthetic", samples=spec.samples,
+                                          features=spec.features, classes=spec.classes, seed=spec.seed,
+                                          partitions=spec.partitions, dtype="float64", noise=spec.noise))
+    reply.slot_code.CopyFrom(wire.slot_code_to_proto(slot_code()))
+    return reply
+
+
+def make_compute(spec: DataSpec = SPEC) -> PartitionCompute:
+    sc = slot_code()
+    data = {j: synthetic_partition(spec, j) for j in sc.partitions}
+    return PartitionCompute(sc, spec.model, spec.classes, data, spec.d + 1, np.dtype("<f8"), rows_per_chunk=7)
+
+
+def expected_coded(params: np.ndarray) -> dict[int, np.ndarray]:
+    """Level -> coded message of SLOT for `params`, computed directly from the partitions."""
+    sc = slot_code()
+    partials = [full_gradient(SPEC, params, [synthetic_partition(SPEC, j)]) for j in sc.partitions]
+    return {level: sum(sc.coefficients[level, m] * partials[m] for m in range(prefix))
+            for level, prefix in enumerate(sc.level_prefix)}
+
+
+async def within(aw: Awaitable[Any], what: str, timeout_s: float = WAIT_S) -> Any:
+    try:
+        return await asyncio.wait_for(aw, timeout_s)
+    except TimeoutError:
+        raise AssertionError(f"timed out after {timeout_s} s waiting for {what}") from None
+
+
+class FakeMaster(pb_grpc.CoordinatorServicer):
+    """The master side of Work, played by the test: `send` to the worker, `receive` what it says."""
+
+    def __init__(self) -> None:
+        self.to_worker: asyncio.Queue[pb.MasterMessage | None] = asyncio.Queue()
+        self.from_worker: asyncio.Queue[pb.WorkerMessage] = asyncio.Queue()
+        self.streams = 0
+
+    async def Work(self, request_iterator: AsyncIterator[pb.WorkerMessage],
+                   context: grpc.aio.ServicerContext) -> AsyncIterator[pb.MasterMessage]:
+        self.streams += 1
+
+        async def read() -> None:
+            async for msg in request_iterator:
+                if msg.WhichOneof("kind") != "heartbeat":
+                    self.from_worker.put_nowait(msg)
+
+        reader = asyncio.create_task(read())
+        try:
+            while (msg := await self.to_worker.get()) is not None:
+                yield msg
+        finally:
+            reader.cancel()
+
+    def send(self, *messages: pb.MasterMessage) -> None:
+        for msg in messages:
+            self.to_worker.put_nowait(msg)
+
+    async def receive(self, what: str) -> pb.WorkerMessage:
+        return await within(self.from_worker.get(), what)
+
+    async def receive_kind(self, kind: str) -> Any:
+        msg = await self.receive(kind)
+        assert msg.WhichOneof("kind") == kind, f"expected {kind}, got {msg}"
+        return getattr(msg, kind)
+
+    def pending(self) -> list[pb.WorkerMessage]:
+        out = []
+        while not self.from_worker.empty():
+            out.append(self.from_worker.get_nowait())
+        return out
+
+
+@dataclass
+class Wiring:
+    """A servicer on a loopback grpc.aio server, a channel to it, and the worker's compute executor."""
+
+    target: str
+    stub: pb_grpc.CoordinatorStub
+    executor: concurrent.futures.Executor
+    runs: list[asyncio.Task[Outcome]] = field(default_factory=list)
+
+    def start(self, reply: pb.JoinReply, compute: PartitionCompute) -> asyncio.Task[Outcome]:
+        session = Session(worker_config(master=self.target, worker_id="w0"), reply, self.stub, compute, self.executor)
+        self.runs.append(asyncio.create_task(session.run()))
+        return self.runs[-1]
+
+
+@contextlib.asynccontextmanager
+async def served(servicer: pb_grpc.CoordinatorServicer) -> AsyncIterator[Wiring]:
+    server = grpc.aio.server()
+    pb_grpc.add_CoordinatorServicer_to_server(servicer, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+    wiring = Wiring(f"127.0.0.1:{port}", pb_grpc.CoordinatorStub(channel),
+                    concurrent.futures.ThreadPoolExecutor(max_workers=1))
+    try:
+        yield wiring
+    finally:
+        for run in wiring.runs:
+            if not run.done():
+                run.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await run
+        await channel.close()
+        await server.stop(0)
+        wiring.executor.shutdown(wait=True, cancel_futures=True)
+
+
+async def with_session(script: Callable[[FakeMaster, asyncio.Task[Outcome]], Awaitable[None]]) -> None:
+    """Start a fake master and a Session connected to it, run `script`, clean everything up."""
+    fake = FakeMaster()
+    async with served(fake) as wiring:
+        run = wiring.start(join_reply(), make_compute())
+        hello = await fake.receive_kind("hello")
+        assert (hello.slot, hello.session_id, hello.worker_id) == (SLOT, "session-1", "w0")
+        assert (await fake.receive_kind("ready")).after_iteration == -1
+        await script(fake, run)
+
+
+def run_async(make: Callable[[], Awaitable[None]], timeout_s: float = 20.0) -> None:
+    async def bounded() -> None:
+        await asyncio.wait_for(make(), timeout_s)
+    asyncio.run(bounded())
+
+
+async def compute_good_task(fake: FakeMaster, iteration: int) -> None:
+    """Send a valid task; check every level's coded result, then cancel, ack and the next Ready."""
+    params = np.linspace(-0.5, 0.5, D)
+    fake.send(*wire.task_messages(iteration, params, CHUNK_BYTES, 0.0, CODE.n_levels))
+    rows = {level: np.zeros(D + 1) for level in range(CODE.n_levels)}
+    filled = dict.fromkeys(rows, 0)
+    done: set[int] = set()
+    while done != set(rows):
+        chunk = await fake.receive_kind("result")
+        wire.result_header(chunk, "<f8", D + 1, CODE.n_levels, CODE.max_partitions(SLOT))
+        assert (chunk.iteration, chunk.slot) == (iteration, SLOT)
+        filled[chunk.level] = wire.accept_chunk(rows[chunk.level], filled[chunk.level], chunk)
+        if chunk.last:
+            done.add(chunk.level)
+    for level, vector in expected_coded(params).items():
+        np.testing.assert_allclose(rows[level], vector, rtol=1e-12, atol=1e-12)
+    fake.send(pb.MasterMessage(cancel=pb.Cancel(iteration=iteration)))
+    ack = await fake.receive_kind("cancel_ack")
+    assert (ack.iteration, ack.partitions_done, ack.finished) == (iteration, CODE.max_partitions(SLOT), True)
+    assert (await fake.receive_kind("ready")).after_iteration == iteration
+
+
+# -- the good path ------------------------------------------------------------------------------
+
+
+def test_good_tasks_are_computed_exactly_and_shutdown_ends_the_session() -> None:
+    async def script(fake: FakeMaster, run: asyncio.Task[Outcome]) -> None:
+        await compute_good_task(fake, 0)
+        await compute_good_task(fake, 1)
+
+        fake.send(pb.MasterMessage(shutdown=pb.Shutdown(reason="job finished")))
+
+        assert await within(run, "the session to end") is Outcome.SHUTDOWN
+        assert fake.streams == 1
+
+    run_async(lambda: with_session(script))
+
+
+# -- malformed tasks ----------------------------------------------------------------------------
+
+
+def _task(iteration: int = 0, params: np.ndarray | None = None, **header: Any) -> list[pb.MasterMessage]:
+    messages = wire.task_messages(iteration, np.zeros(D) if params is None else params, CHUNK_BYTES, 0.0,
+                                  CODE.n_levels)
+    for key, value in header.items():
+        setattr(messages[0].task, key, value)
+    return messages
+
+
+def _with_nan(index: int) -> np.ndarray:
+    params = np.zeros(D)
+    params[index] = np.nan
+    return params
+
+
+def _edit_params(messages: list[pb.MasterMessage], index: int, **changes: Any) -> list[pb.MasterMessage]:
+    """Change the `index`-th ParamsChunk (messages[0] is the Task header)."""
+    chunk = messages[1 + index]
+    assert chunk.WhichOneof("kind") == "params"
+    for key, value in changes.items():
+        setattr(chunk.params, key, value)
+    return messages
+
+
+_HEADER_BUG = ("Session.run's WireError handler takes the iteration from self._header, which task_header() "
+               "never set: TaskRejected carries iteration=-1 and the worker then asks Ready(after=last_iteration"
+               "=-1) while the master holds it WORKING on iteration 0 (Coordinator.on_ready raises WireError, "
+               "the stream is aborted INVALID_ARGUMENT, which the worker treats as fatal); the remaining "
+               "ParamsChunks of the task each add a TaskRejected('params chunk without a task header') + Ready")
+_TRAILING_BUG = ("after rejecting a task mid-parameters, Session keeps no note of the rejected iteration: every "
+                 "remaining ParamsChunk of that task raises 'params chunk without a task header' and sends "
+                 "another TaskRejected(iteration=-1) + Ready(after=last_iteration=-1), a Ready the master refuses "
+                 "while it holds the worker WORKING on iteration 0")
+
+MALFORMED = [
+    pytest.param(_task(total_elements=D + 1), 0, "total_elements=5, expected 4",
+                 marks=pytest.mark.xfail(strict=True, reason=_HEADER_BUG), id="wrong-total-elements"),
+    pytest.param(_task(dtype="float64"), 0, "dtype='float64'; allowed: <f4, <f8",
+                 marks=pytest.mark.xfail(strict=True, reason=_HEADER_BUG), id="wrong-dtype"),
+    pytest.param(_task(max_levels=3), 0, "max_levels=3; allowed 1..2",
+                 marks=pytest.mark.xfail(strict=True, reason=_HEADER_BUG), id="too-many-levels"),
+    pytest.param(_task(params=_with_nan(0)), 0, "params of iteration 0: NaN/Inf",
+                 marks=pytest.mark.xfail(strict=True, reason=_TRAILING_BUG), id="nan-in-first-params-chunk"),
+    pytest.param(_edit_params(_task(), 0, offset=1), 0, "params chunk: 2 elements at 1 do not fit (0/4)",
+                 marks=pytest.mark.xfail(strict=True, reason=_TRAILING_BUG), id="params-out-of-order"),
+    pytest.param(_task(params=_with_nan(D - 1)), 0, "params of iteration 0: NaN/Inf", id="nan-in-last-params-chunk"),
+    pytest.param(_task(params=np.array([0.0, 0.0, 0.0, np.inf])), 0, "params of iteration 0: NaN/Inf",
+                 id="inf-in-last-params-chunk"),
+    pytest.param(_edit_params(_task(), 1, data=b"\x00" * 9), 0, "params chunk of 9 B is not a multiple of 8",
+                 id="ragged-last-params-chunk"),
+    pytest.param(_edit_params(_task(), 1, iteration=3), 0, "params chunk of iteration 3 inside task 0",
+                 id="last-params-chunk-of-another-iteration"),
+    pytest.param(_edit_params(_task(), 0, iteration=3), 0, "params chunk of iteration 3 inside task 0",
+                 marks=pytest.mark.xfail(strict=True, reason=_TRAILING_BUG),
+                 id="first-params-chunk-of-another-iteration"),
+]
+
+
+@pytest.mark.parametrize(("messages", "iteration", "reason"), MALFORMED)
+def test_malformed_task_is_rejected_once_and_the_worker_stays_connected(
+        messages: list[pb.MasterMessage], iteration: int, reason: str) -> None:
+    async def script(fake: FakeMaster, run: asyncio.Task[Outcome]) -> None:
+        fake.send(*messages)
+
+        rejected = await fake.receive_kind("task_rejected")
+        ready = await fake.receive_kind("ready")
+
+        assert reason in rejected.reason
+        assert rejected.iteration == iteration
+        assert ready.after_iteration >= iteration, "the master refuses a Ready older than the task it sent"
+        # a good task right behind the bad one is computed, on the same stream, with nothing in between
+        await compute_good_task(fake, iteration + 1)
+        assert not fake.pending()
+        assert not run.done() and fake.streams == 1
+
+    run_async(lambda: with_session(script))
+
+
+def test_params_chunk_without_a_task_header() -> None:
+    async def script(fake: FakeMaster, run: asyncio.Task[Outcome]) -> None:
+        fake.send(pb.MasterMessage(params=pb.ParamsChunk(iteration=0, offset=0, data=np.zeros(2).tobytes(),
+                                                         last=True)))
+
+        rejected = await fake.receive_kind("task_rejected")
+        await fake.receive_kind("ready")
+        await compute_good_task(fake, 0)
+
+        assert rejected.reason == "params chunk without a task header"
+        assert not run.done() and fake.streams == 1
+
+    run_async(lambda: with_session(script))
+
+
+def test_task_while_receiving_another_is_rejected() -> None:
+    async def script(fake: FakeMaster, run: asyncio.Task[Outcome]) -> None:
+        first = _task(0)
+        fake.send(first[0])                                     # header only, parameters still to come
+        fake.send(_task(1)[0])
+
+        rejected = await fake.receive_kind("task_rejected")
+        await fake.receive_kind("ready")
+        await compute_good_task(fake, 2)
+
+        assert rejected.reason.startswith("task 1 while RECEIVING")
+        assert not run.done() and fake.streams == 1
+
+    run_async(lambda: with_session(script))
+
+
+def test_stale_cancel_and_pull_are_ignored() -> None:
+    async def script(fake: FakeMaster, run: asyncio.Task[Outcome]) -> None:
+        fake.send(pb.MasterMessage(cancel=pb.Cancel(iteration=7)), pb.MasterMessage(pull=pb.Pull(iteration=7)))
+
+        await compute_good_task(fake, 8)
+
+        assert not fake.pending() and not run.done()
+
+    run_async(lambda: with_session(script))
+
+
+# -- against the real master service ------------------------------------------------------------
+
+
+@pytest.mark.xfail(strict=True, reason=_HEADER_BUG)
+def test_rejected_task_keeps_the_worker_connected_to_the_real_master() -> None:
+    """A worker whose data disagrees with the master (d differs) rejects every task: it must stay connected."""
+
+    async def scenario() -> None:
+        coordinator = Coordinator(CODE, SPEC, dtype="float64", chunk_bytes=CHUNK_BYTES, deadline_s=0.0,
+                                  on_deadline="fail")
+        reply = join_reply()
+        extra = {f.name: getattr(reply, f.name) for f in reply.DESCRIPTOR.fields
+                 if f.name not in ("slot", "session_id", "slot_code")}
+        async with served(CoordinatorService(coordinator, extra)) as wiring:
+            granted = await wiring.stub.Join(pb.JoinRequest(worker_id="w0", preferred_slot=SLOT), timeout=WAIT_S)
+            wrong = DataSpec(model="logistic", samples=60, features=5, partitions=CODE.k)   # d = 5, not 4
+            assert data_spec_from(granted).d == D
+            run = wiring.start(granted, make_compute(wrong))
+            await within(_until(lambda: SLOT in coordinator.connections
+                                and coordinator.connections[SLOT].ready_after is not None), "the worker's Ready")
+            coordinator.start_iteration(0, np.zeros(D))
+
+            await within(_until(lambda: coordinator.rejected or run.done()), "the worker's TaskRejected")
+            await within(_until(lambda: coordinator.connections.get(SLOT) is None
+                                or coordinator.connections[SLOT].ready_after == 0 or run.done()),
+                         "the worker's Ready after the rejection")
+
+            assert coordinator.rejected == {"task_rejected_by_worker": 1}
+            assert not run.done() and coordinator.connected == 1
+            coordinator.shutdown("job finished")
+            assert await within(run, "the session to end") is Outcome.SHUTDOWN
+
+    run_async(scenario)
+
+
+async def _until(predicate: Callable[[], Any], interval_s: float = 0.005) -> None:
+    """Poll a condition on the loop (callers bound it with `within`)."""
+    while not predicate():
+        await asyncio.sleep(interval_s)

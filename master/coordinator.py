@@ -487,8 +487,7 @@ class Coordinator:
         rows = self._buf[:len(it.row_of)]
 
         def combine() -> np.ndarray:
-            g = np.dot(weights.astype(self.dtype), rows)
-            return np.asarray(g, dtype=np.float64)
+            return combine_rows(weights, rows)
 
         if rows.size <= self._decode_inline:
             gradient = combine()
@@ -539,6 +538,15 @@ class Coordinator:
     def _count(self, kind: str) -> None:
         if self.metrics is not None:
             self.metrics.discarded.labels(kind=kind).inc()
+
+
+def combine_rows(weights: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """The decode g = sum_i w_i v_i over the receive buffer's rows: weights (m,), rows (m, d) -> (d,) float64.
+
+    Rows the decoding does not use carry weight 0 (they hold finite values: the buffer starts zeroed).
+    """
+    g = np.dot(weights.astype(rows.dtype), rows)
+    return np.asarray(g, dtype=np.float64)
 
 
 def is_close(item: Any) -> bool:

@@ -44,8 +44,6 @@ from flexgc.common.errors import ConfigError
 
 _log = logging.getLogger(__name__)
 
-MDS_CONSTRUCTIONS = ("identity", "cyclic-mds")
-MDS_CONSTRUCTION_PREFIXES = ("trig-phase:", "random-orthonormal:")
 FRC_CONSTRUCTIONS = ("frc", "frc-unequal-groups")
 CHUNK_TRIALS = 65536
 """`simulate` samples and decodes in chunks of this many trials (bounds memory; part of the seeding)."""
@@ -178,8 +176,7 @@ def _order_statistic(times: np.ndarray, m: int) -> np.ndarray:
 
 def _level_kind(code: Code, level: int) -> str | None:
     name = code.construction[level] if level < len(code.construction) else ""
-    if code.family in ("crc", "nested", "uncoded") and (
-            name in MDS_CONSTRUCTIONS or name.startswith(MDS_CONSTRUCTION_PREFIXES)):
+    if code.family in ("crc", "nested", "uncoded") and code.level_is_mds(level):
         return "mds"
     if code.family in ("frc", "nested-frc") and name in FRC_CONSTRUCTIONS:
         return "frc"

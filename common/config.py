@@ -13,7 +13,7 @@ import math
 import socket
 import tomllib
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -143,11 +143,14 @@ def _convert(opt: Option, raw: Any, source: str) -> Any:
             if not math.isfinite(value):
                 raise ValueError
         else:
-            value = str(raw)
+            if not isinstance(raw, str):  # e.g. `out = true` in TOML must not become the directory "True"
+                raise ValueError
+            value = raw
     except (TypeError, ValueError):
         kind = {bool: "true/false", int: "an integer", float: "a finite number", str: "a string"}[opt.kind]
         shown = "***" if opt.secret else repr(raw)
-        raise ConfigError(f"{where}={shown}: must be {kind}") from None
+        allowed = f"; allowed: {', '.join(opt.choices)}" if opt.choices else ""
+        raise ConfigError(f"{where}={shown}: must be {kind}{allowed}") from None
     if opt.choices is not None and value not in opt.choices:
         raise ConfigError(f"{where}={value!r}; allowed: {', '.join(opt.choices)}")
     if opt.minimum is not None and value < opt.minimum:
@@ -165,7 +168,7 @@ def resolve(options: Sequence[Option], cli: Mapping[str, Any], env: Mapping[str,
             table = tomllib.loads(Path(config_file).read_text())
         except OSError as exc:
             raise ConfigError(f"config={config_file!r}: cannot read ({exc.strerror})") from None
-        except tomllib.TOMLDecodeError as exc:
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
             raise ConfigError(f"config={config_file!r}: invalid TOML ({exc})") from None
         known = {o.name for o in options}
         unknown = sorted(set(table) - known)
@@ -220,7 +223,7 @@ class MasterConfig:
     tls_cert: str | None
     tls_key: str | None
     tls_ca: str | None
-    token: str | None
+    token: str | None = field(repr=False)  # never printed
 
     def __post_init__(self) -> None:
         from flexgc.common.codes import parse_code
@@ -264,13 +267,13 @@ class WorkerConfig:
     tls_cert: str | None
     tls_key: str | None
     tls_ca: str | None
-    token: str | None
+    token: str | None = field(repr=False)  # never printed
 
     def __post_init__(self) -> None:
         from flexgc.common.delays import parse_delay
 
         host, sep, port = self.master.rpartition(":")
-        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        if not sep or not host or not (port.isascii() and port.isdigit()) or not 0 < int(port) < 65536:
             raise ConfigError(f"master={self.master!r}; expected HOST:PORT with a port in 1..65535")
         if self.delay is not None:
             parse_delay(self.delay, "delay")

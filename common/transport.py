@@ -15,6 +15,10 @@ from flexgc.common.errors import ConfigError
 
 CHUNK_BYTES = 1 << 20            # 1 MiB: the measured sweet spot for gRPC streaming (DESIGN §7)
 MAX_MESSAGE_BYTES = 8 << 20       # every message is a chunk of <= CHUNK_BYTES plus a small header
+# The master's gRPC receive limit is twice the application limit, so a message between the two reaches
+# `wire`, which refuses it with INVALID_ARGUMENT and a counted rejection; beyond that gRPC core answers
+# RESOURCE_EXHAUSTED itself, before any servicer code runs (not counted by flexgc).
+SERVER_RECEIVE_BYTES = 2 * MAX_MESSAGE_BYTES
 
 _KEEPALIVE = [
     ("grpc.keepalive_time_ms", 10_000),
@@ -52,7 +56,8 @@ def _limits(max_message_bytes: int) -> list[tuple[str, int]]:
 
 
 def server_options(max_message_bytes: int = MAX_MESSAGE_BYTES) -> list[tuple[str, int]]:
-    return [*_limits(max_message_bytes), *_KEEPALIVE, ("grpc.so_reuseport", 0),
+    return [("grpc.max_send_message_length", max_message_bytes),
+            ("grpc.max_receive_message_length", 2 * max_message_bytes), *_KEEPALIVE, ("grpc.so_reuseport", 0),
             ("grpc.http2.min_ping_interval_without_data_ms", 5_000)]
 
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from flexgc.common.errors import WireError
+from flexgc.common.transport import MAX_MESSAGE_BYTES
 from flexgc.v1 import coordinator_pb2 as pb
 
 WIRE_DTYPES: dict[str, np.dtype] = {"<f4": np.dtype("<f4"), "<f8": np.dtype("<f8")}
@@ -127,6 +128,9 @@ def accept_chunk(row: np.ndarray, filled: int, chunk: pb.ResultChunk) -> int:
     """
     data = chunk.data  # each access copies with upb: read once
     itemsize = row.itemsize
+    if len(data) > MAX_MESSAGE_BYTES:
+        raise WireError(f"slot={chunk.slot} iteration={chunk.iteration}: oversized chunk of {len(data)} B "
+                        f"(limit {MAX_MESSAGE_BYTES} B)")
     if len(data) % itemsize:
         raise WireError(f"slot={chunk.slot} iteration={chunk.iteration}: {len(data)} B is not a multiple "
                         f"of {itemsize}")

@@ -296,8 +296,9 @@ class Coordinator:
     # -- tasks ----------------------------------------------------------------------------------
     def start_iteration(self, number: int, params: np.ndarray) -> Iteration:
         """Build the task once and send it to every worker that is waiting for one."""
-        if self.current is not None and not self.current.phase.terminal:
-            raise InvalidTransitionError(f"iteration {self.current.number} still collecting")
+        if self.current is not None and not (self.current.phase.terminal and self.current.done.done()):
+            # done: the decode (possibly in the executor) has read the buffer this iteration will reuse
+            raise InvalidTransitionError(f"iteration {self.current.number} still collecting or decoding")
         task = wire.task_messages(number, params.astype(self.dtype, copy=False), self.chunk_bytes,
                                   self.deadline_s, self.code.n_levels)
         it = Iteration(number, self.code, task, time.perf_counter())
@@ -311,6 +312,8 @@ class Coordinator:
         return it
 
     def _send_task(self, conn: Connection, it: Iteration) -> None:
+        if conn.task_iteration >= it.number:
+            return  # never the same task twice on one connection
         for msg in it.task:
             conn.outbox.put_nowait(msg)
         conn.ready_after = None
@@ -322,9 +325,10 @@ class Coordinator:
         t.bytes_down += it.task_bytes
 
     def on_ready(self, conn: Connection, after_iteration: int) -> None:
-        if conn.state is SlotState.WORKING and conn.task_iteration > after_iteration:
-            raise WireError(f"slot={conn.slot}: Ready(after={after_iteration}) while working on "
-                            f"iteration {conn.task_iteration}")
+        if conn.task_iteration > after_iteration:
+            # a Ready may never go back past a task this connection was sent (it would re-send the task)
+            raise WireError(f"slot={conn.slot}: Ready(after={after_iteration}) but iteration "
+                            f"{conn.task_iteration} was already sent on this connection")
         if conn.state is not SlotState.IDLE:
             conn.advance(SlotState.IDLE)
         conn.ready_after = after_iteration

@@ -76,6 +76,7 @@ class Session:
         self._params: np.ndarray | None = None
         self._params_filled = 0
         self._header: wire.TaskHeader | None = None
+        self._rejected_iteration: int | None = None
 
     def advance(self, to: WorkerState) -> None:
         if (self.state.name, to.name) not in _MOVES:
@@ -102,14 +103,7 @@ class Session:
                 try:
                     await self._handle(kind, msg)
                 except WireError as exc:
-                    # a malformed task: reject it clearly, stay connected, ask for the next one
-                    _log.warning("task rejected slot=%d error=%s", self.slot, exc)
-                    iteration = self._header.iteration if self._header else -1
-                    self._reset_task()
-                    self._send(pb.WorkerMessage(task_rejected=pb.TaskRejected(iteration=iteration,
-                                                                              reason=str(exc))))
-                    self._send(pb.WorkerMessage(ready=pb.Ready(after_iteration=max(iteration,
-                                                                                   self.last_iteration))))
+                    self._reject(kind, msg, exc)
         except grpc.aio.AioRpcError as exc:
             _log.warning("stream ended slot=%d code=%s details=%s", self.slot, exc.code().name, exc.details())
             return Outcome.FATAL if exc.code() in _FATAL else Outcome.DISCONNECTED
@@ -119,6 +113,24 @@ class Session:
             beat.cancel()
             writer.cancel()
             call.cancel()
+
+    def _reject(self, kind: str | None, msg: pb.MasterMessage, exc: WireError) -> None:
+        """A malformed task: reject it clearly, drop the rest of it, stay connected, ask for the next one."""
+        if self._header is not None:
+            iteration = self._header.iteration
+        elif kind == "task":
+            iteration = msg.task.iteration
+        elif kind == "params":
+            iteration = msg.params.iteration
+        else:
+            iteration = -1
+        _log.warning("task rejected slot=%d iteration=%d error=%s", self.slot, iteration, exc)
+        self._reset_task()
+        self._send(pb.WorkerMessage(task_rejected=pb.TaskRejected(iteration=iteration, reason=str(exc))))
+        if self.state is WorkerState.IDLE and iteration >= 0:
+            self._rejected_iteration = iteration
+            self.last_iteration = max(self.last_iteration, iteration)
+            self._send(pb.WorkerMessage(ready=pb.Ready(after_iteration=self.last_iteration)))
 
     def _reset_task(self) -> None:
         self._header = None
@@ -137,6 +149,8 @@ class Session:
             self._params_filled = 0
             self.advance(WorkerState.RECEIVING)
         elif kind == "params":
+            if self.state is WorkerState.IDLE and msg.params.iteration == self._rejected_iteration:
+                return  # the rest of a task already rejected
             if self.state is not WorkerState.RECEIVING or self._header is None or self._params is None:
                 raise WireError("params chunk without a task header")
             self._params_filled = wire.accept_params_chunk(self._params, self._params_filled, msg.params,

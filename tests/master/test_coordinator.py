@@ -607,10 +607,6 @@ class GatedExecutor(concurrent.futures.ThreadPoolExecutor):
         self.held.clear()
 
 
-@pytest.mark.xfail(strict=True, reason="Coordinator.start_iteration only checks current.phase.terminal: for a "
-                   "decode run off the loop (rows.size > decode_inline_elements, _finish -> run_in_executor), "
-                   "the next iteration may start and overwrite the shared _buf rows before combine() reads "
-                   "them, so iteration t's gradient is computed from iteration t+1's rows")
 def test_off_loop_decode_is_not_mixed_with_the_next_iteration() -> None:
     async def scenario() -> None:
         job = Job(decode_inline_elements=0)                    # every decode goes to the executor
@@ -664,7 +660,7 @@ def test_ready_while_working_on_a_newer_task_is_refused() -> None:
         conn = job.connect(0)
         job.start(0)
 
-        with pytest.raises(WireError, match=r"slot=0: Ready\(after=-1\) while working on iteration 0"):
+        with pytest.raises(WireError, match=r"slot=0: Ready\(after=-1\) but iteration 0 was already sent"):
             job.c.on_ready(conn, -1)
 
         job.c.on_ready(conn, 0)                                # after the task it holds: fine, idle
@@ -673,10 +669,6 @@ def test_ready_while_working_on_a_newer_task_is_refused() -> None:
     run(scenario)
 
 
-@pytest.mark.xfail(strict=True, reason="Coordinator.on_ready resends the whole task whenever a connection asks "
-                   "Ready(after < current) from IDLE, even if this connection already got that task: alternating "
-                   "Ready(after=0) / Ready(after=-1) makes the master enqueue the full parameter vector on every "
-                   "pair, into an unbounded outbox (no per-worker in-flight bound; a token holder can exhaust memory)")
 def test_ready_going_backwards_never_resends_the_task() -> None:
     async def scenario() -> None:
         job = Job()

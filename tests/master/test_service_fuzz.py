@@ -371,7 +371,7 @@ def test_bad_work_handshake(target: Master, case: str) -> None:
     (pb.WorkerMessage(hello=pb.Hello(slot=1)), "unexpected message kind 'hello'"),
     (pb.WorkerMessage(level_done=pb.LevelDone(iteration=0, level=0)), "LevelDone under signaling=push"),
     (pb.WorkerMessage(level_done=pb.LevelDone(iteration=0, level=9)), "level=9"),
-    (ready(-5), "Ready(after=-5) while working on iteration"),
+    (ready(-5), "Ready(after=-5) but iteration 0 was already sent"),
     (pb.WorkerMessage(cancel_ack=pb.CancelAck(iteration=-1, partitions_done=99)), None),
 ])
 def test_bad_message_on_a_live_stream(target: Master, message: pb.WorkerMessage, match: str | None) -> None:
@@ -500,24 +500,15 @@ def _send_oversized(target: Master) -> tuple[grpc.StatusCode, str]:
         stream.close()
 
 
-def test_oversized_message_is_refused_by_the_transport(target: Master) -> None:
-    got, details = _send_oversized(target)
-
-    assert got == S.RESOURCE_EXHAUSTED, details
-    target.assert_up()
-
-
-@pytest.mark.xfail(strict=True, reason="a message over the transport's max_receive_message_length is refused by "
-                   "gRPC core (RESOURCE_EXHAUSTED) before the servicer sees it: CoordinatorService._read just sees "
-                   "the request stream end, so nothing calls coordinator.reject() and "
-                   "flexgc_rejected_messages_total does not move")
-def test_oversized_message_is_counted(target: Master) -> None:
+def test_oversized_message_is_refused_and_counted(target: Master) -> None:
     before = rejected(target.metrics_port)
 
-    got, _ = _send_oversized(target)
+    got, details = _send_oversized(target)
 
-    assert got == S.RESOURCE_EXHAUSTED
+    assert got == S.INVALID_ARGUMENT, details
+    assert "oversized" in details
     assert rejected(target.metrics_port) == before + 1
+    target.assert_up()
 
 
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

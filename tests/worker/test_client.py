@@ -237,27 +237,13 @@ def _edit_params(messages: list[pb.MasterMessage], index: int, **changes: Any) -
     return messages
 
 
-_HEADER_BUG = ("Session.run's WireError handler takes the iteration from self._header, which task_header() "
-               "never set: TaskRejected carries iteration=-1 and the worker then asks Ready(after=last_iteration"
-               "=-1) while the master holds it WORKING on iteration 0 (Coordinator.on_ready raises WireError, "
-               "the stream is aborted INVALID_ARGUMENT, which the worker treats as fatal); the remaining "
-               "ParamsChunks of the task each add a TaskRejected('params chunk without a task header') + Ready")
-_TRAILING_BUG = ("after rejecting a task mid-parameters, Session keeps no note of the rejected iteration: every "
-                 "remaining ParamsChunk of that task raises 'params chunk without a task header' and sends "
-                 "another TaskRejected(iteration=-1) + Ready(after=last_iteration=-1), a Ready the master refuses "
-                 "while it holds the worker WORKING on iteration 0")
-
 MALFORMED = [
-    pytest.param(_task(total_elements=D + 1), 0, "total_elements=5, expected 4",
-                 marks=pytest.mark.xfail(strict=True, reason=_HEADER_BUG), id="wrong-total-elements"),
-    pytest.param(_task(dtype="float64"), 0, "dtype='float64'; allowed: <f4, <f8",
-                 marks=pytest.mark.xfail(strict=True, reason=_HEADER_BUG), id="wrong-dtype"),
-    pytest.param(_task(max_levels=3), 0, "max_levels=3; allowed 1..2",
-                 marks=pytest.mark.xfail(strict=True, reason=_HEADER_BUG), id="too-many-levels"),
-    pytest.param(_task(params=_with_nan(0)), 0, "params of iteration 0: NaN/Inf",
-                 marks=pytest.mark.xfail(strict=True, reason=_TRAILING_BUG), id="nan-in-first-params-chunk"),
+    pytest.param(_task(total_elements=D + 1), 0, "total_elements=5, expected 4", id="wrong-total-elements"),
+    pytest.param(_task(dtype="float64"), 0, "dtype='float64'; allowed: <f4, <f8", id="wrong-dtype"),
+    pytest.param(_task(max_levels=3), 0, "max_levels=3; allowed 1..2", id="too-many-levels"),
+    pytest.param(_task(params=_with_nan(0)), 0, "params of iteration 0: NaN/Inf", id="nan-in-first-params-chunk"),
     pytest.param(_edit_params(_task(), 0, offset=1), 0, "params chunk: 2 elements at 1 do not fit (0/4)",
-                 marks=pytest.mark.xfail(strict=True, reason=_TRAILING_BUG), id="params-out-of-order"),
+                 id="params-out-of-order"),
     pytest.param(_task(params=_with_nan(D - 1)), 0, "params of iteration 0: NaN/Inf", id="nan-in-last-params-chunk"),
     pytest.param(_task(params=np.array([0.0, 0.0, 0.0, np.inf])), 0, "params of iteration 0: NaN/Inf",
                  id="inf-in-last-params-chunk"),
@@ -266,7 +252,6 @@ MALFORMED = [
     pytest.param(_edit_params(_task(), 1, iteration=3), 0, "params chunk of iteration 3 inside task 0",
                  id="last-params-chunk-of-another-iteration"),
     pytest.param(_edit_params(_task(), 0, iteration=3), 0, "params chunk of iteration 3 inside task 0",
-                 marks=pytest.mark.xfail(strict=True, reason=_TRAILING_BUG),
                  id="first-params-chunk-of-another-iteration"),
 ]
 
@@ -336,7 +321,6 @@ def test_stale_cancel_and_pull_are_ignored() -> None:
 # -- against the real master service ------------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason=_HEADER_BUG)
 def test_rejected_task_keeps_the_worker_connected_to_the_real_master() -> None:
     """A worker whose data disagrees with the master (d differs) rejects every task: it must stay connected."""
 

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from flexgc.common.analysis import SimResult, simulate
-from flexgc.common.codes import Code, parse_code, validation_patterns
+from flexgc.common.codes import Code, parse_code, validation_patterns, worst_condition
 from flexgc.common.decoder import Decoder
 from flexgc.common.delays import DelayModel, parse_delay
 from flexgc.common.errors import CodeConstructionError, ConfigError
@@ -327,16 +327,8 @@ def table_patterns(n: int, s: int) -> tuple[list[tuple[int, ...]], str]:
 
 
 def worst_cond(B: np.ndarray, patterns: Sequence[tuple[int, ...]]) -> float:
-    """Worst cond(B_F) = sigma_max / sigma_min over the rank (as the decoder reports it) for the rows
-    F of the non-stragglers, over straggler sets of equal size. B: ``(n, k)``."""
-    n = B.shape[0]
-    alive = np.array([[i for i in range(n) if i not in p] for p in patterns], dtype=np.int64)
-    worst = 1.0
-    for start in range(0, len(alive), _BATCH):
-        sv = np.linalg.svd(B[alive[start:start + _BATCH]], compute_uv=False)  # (batch, min(n - s, k))
-        kept = np.where(sv > 1e-10 * sv[:, :1], sv, np.inf)
-        worst = max(worst, float(np.max(sv[:, 0] / kept.min(axis=1))))
-    return worst
+    """Worst cond(B_F) over straggler sets of equal size (see `codes.worst_condition`)."""
+    return worst_condition(B, list(patterns))
 
 
 def quality_rows(workers: Sequence[int], tolerances: Sequence[int]) -> list[list[str]]:

@@ -87,12 +87,15 @@ def result_chunks(iteration: int, slot: int, level: int, vector: np.ndarray, chu
     d = flat.size
     slices = list(chunk_slices(d, flat.itemsize, chunk_bytes))
     for index, (start, stop) in enumerate(slices):
-        chunk = pb.ResultChunk(iteration=iteration, slot=slot, level=level, dtype=name, total_elements=d,
-                               offset=start, data=flat[start:stop].tobytes(),
-                               last=index == len(slices) - 1)
+        # filled in place: WorkerMessage(result=chunk) would copy the whole chunk once more
+        msg = pb.WorkerMessage()
+        chunk = msg.result
+        chunk.iteration, chunk.slot, chunk.level, chunk.dtype = iteration, slot, level, name
+        chunk.total_elements, chunk.offset, chunk.last = d, start, index == len(slices) - 1
+        chunk.data = flat[start:stop].tobytes()
         if index == 0 and times is not None:
             chunk.times.CopyFrom(times_to_proto(times))
-        yield pb.WorkerMessage(result=chunk)
+        yield msg
 
 
 @dataclass(slots=True)
@@ -172,9 +175,11 @@ def task_messages(iteration: int, params: np.ndarray, chunk_bytes: int, deadline
     out = [header]
     slices = list(chunk_slices(flat.size, flat.itemsize, chunk_bytes))
     for index, (start, stop) in enumerate(slices):
-        out.append(pb.MasterMessage(params=pb.ParamsChunk(iteration=iteration, offset=start,
-                                                          data=flat[start:stop].tobytes(),
-                                                          last=index == len(slices) - 1)))
+        msg = pb.MasterMessage()  # filled in place: MasterMessage(params=chunk) would copy the chunk again
+        chunk = msg.params
+        chunk.iteration, chunk.offset, chunk.last = iteration, start, index == len(slices) - 1
+        chunk.data = flat[start:stop].tobytes()
+        out.append(msg)
     return out
 
 

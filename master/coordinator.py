@@ -242,6 +242,8 @@ class Coordinator:
 
     def open_stream(self, slot: int, worker_id: str, session_id: str, token: str) -> Connection:
         self.check_token(token)
+        if self.finished:
+            raise JobFinishedError("the job has finished; nothing to work on")
         if session_id != self.session_id:
             raise StaleIterationError(f"session_id={session_id!r} is not this job's session; join again")
         if self._owner.get(slot) != worker_id:
@@ -538,6 +540,9 @@ class Coordinator:
         self.rejected[kind] = self.rejected.get(kind, 0) + 1
         if self.metrics is not None:
             self.metrics.rejected.labels(kind=kind).inc()
+
+    def discard(self, kind: str) -> None:
+        self._count(kind)
 
     def _count(self, kind: str) -> None:
         if self.metrics is not None:

@@ -179,7 +179,11 @@ class Trainer:
                                            for s in last.sent if s in c.connections):
             c.acks_changed.clear()
             remaining = deadline - time.monotonic()
-            if remaining <= 0 or await _until(asyncio.wait_for(c.acks_changed.wait(), remaining), stop) is None:
+            if remaining <= 0 or stop.is_set():
+                break
+            try:
+                await _until(asyncio.wait_for(c.acks_changed.wait(), remaining), stop)
+            except TimeoutError:
                 break
         self._emit(self.runlog.flush(self.code, force=True))
 

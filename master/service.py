@@ -20,7 +20,7 @@ from flexgc.common.errors import (
     UnknownSlotError,
     WireError,
 )
-from flexgc.master.coordinator import Connection, Coordinator, is_close
+from flexgc.master.coordinator import Connection, Coordinator, SlotState, is_close
 from flexgc.v1 import coordinator_pb2 as pb
 from flexgc.v1 import coordinator_pb2_grpc as pb_grpc
 
@@ -36,6 +36,7 @@ _STATUS: dict[type[BaseException], grpc.StatusCode] = {
     JobFinishedError: grpc.StatusCode.FAILED_PRECONDITION,
 }
 _ERRORS = tuple(_STATUS)
+HELLO_TIMEOUT_S = 10.0
 
 
 class CoordinatorService(pb_grpc.CoordinatorServicer):
@@ -57,9 +58,12 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
     async def Work(self, request_iterator: AsyncIterator[pb.WorkerMessage],
                    context: grpc.aio.ServicerContext) -> AsyncIterator[pb.MasterMessage]:
         try:
-            first = await anext(aiter(request_iterator))
+            first = await asyncio.wait_for(anext(aiter(request_iterator)), HELLO_TIMEOUT_S)
         except StopAsyncIteration:
             return
+        except TimeoutError:
+            self._coordinator.reject("no_hello")
+            await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, f"no hello within {HELLO_TIMEOUT_S} s")
         if first.WhichOneof("kind") != "hello":
             self._coordinator.reject("no_hello")
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the first message on Work must be hello")
@@ -95,6 +99,11 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
     async def _read(self, request_iterator: AsyncIterator[pb.WorkerMessage], conn: Connection) -> None:
         c = self._coordinator
         async for msg in request_iterator:
+            if conn.state is SlotState.GONE:
+                # replaced by a newer connection of the same slot (or closed): whatever was still buffered
+                # on this one is dropped, not judged
+                c.discard("closed_connection")
+                continue
             kind = msg.WhichOneof("kind")
             try:
                 if kind == "result":
@@ -111,8 +120,8 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
                 elif kind == "heartbeat":
                     c.on_heartbeat(conn)
                 elif kind == "task_rejected":
-                    _log.warning("task rejected slot=%d iteration=%d reason=%s", conn.slot,
-                                 msg.task_rejected.iteration, msg.task_rejected.reason)
+                    _log.warning("task rejected slot=%d iteration=%d reason=%r", conn.slot,
+                                 msg.task_rejected.iteration, msg.task_rejected.reason[:200])
                     c.reject("task_rejected_by_worker")
                 else:
                     raise WireError(f"slot={conn.slot}: unexpected message kind {kind!r} on Work")
@@ -145,4 +154,5 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
         code = _STATUS.get(type(exc), grpc.StatusCode.INTERNAL)
         if code is not grpc.StatusCode.INTERNAL:
             self._coordinator.reject(type(exc).__name__)
+        _log.info("rejected code=%s kind=%s", code.name, type(exc).__name__)
         await context.abort(code, str(exc))

@@ -677,8 +677,16 @@ class Attacker:
             stream.send(hello(3, self.reply, "faulty"), ready(-1))
             try:
                 task = stream.recv_until("task")
-            except (grpc.RpcError, StopIteration):
-                # the job ended meanwhile: Shutdown, or silence on a stream opened just after it
+            except grpc.RpcError as exc:
+                # the job ended meanwhile: a stream opened after the Shutdown is refused (and counted)
+                if exc.code() == S.FAILED_PRECONDITION:
+                    assert "finished" in (exc.details() or ""), exc.details()
+                    self.tally(exc.code(), exc.details() or "")
+                else:  # the server went away at the end of the job
+                    assert self.job_over(), f"no task for the faulty worker while the job runs: {exc}"
+                return
+            except StopIteration:
+                # the job ended meanwhile: the Shutdown came instead of a task
                 assert self.job_over(), "no task for the faulty worker while the job runs"
                 return
             vector = np.array([self.rng.uniform(-1e3, 1e3) for _ in range(D)])

@@ -1,0 +1,462 @@
+"""Tests of `flexgc.common.codes`: spec grammar, code structure, nested windows, numerical quality.
+
+Numerical quality (DESIGN §2, STYLE §6): a shipped construction states its worst cond(B_F) and these
+tests check the statement, both against the bound (max_cond = 1e6) and against an independent
+recomputation on straggler patterns that codes.py did not choose.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import math
+import re
+from typing import NamedTuple
+
+import numpy as np
+import pytest
+
+from flexgc.common.codes import DEFAULT_MAX_COND, Code, frc_group_sizes, parse_code
+from flexgc.common.errors import CodeConstructionError, ConfigError
+
+QUALITY_S = (1, 2, 4, 8)
+RECOMPUTE_EXHAUSTIVE_UP_TO = 15000
+RECOMPUTE_SAMPLES = 4000
+
+
+def window(i: int, s: int, n: int) -> tuple[int, ...]:
+    """The cyclic window {i, i+1, ..., i+s} mod n, in that order."""
+    return tuple((i + j) % n for j in range(s + 1))
+
+
+def support(row: np.ndarray) -> set[int]:
+    return {int(j) for j in np.flatnonzero(row)}
+
+
+# ---------------------------------------------------------------------------------------------
+# spec errors
+
+
+@pytest.mark.parametrize(
+    ("spec", "n", "expected"),
+    [
+        ("crc:s=5", 5, ["s=5", "0 <= s < n=5"]),
+        ("frc:s=9", 4, ["s=9", "0 <= s < n=4"]),
+        ("ignore:s=4", 4, ["s=4", "0 <= s < n=4"]),
+        ("nested:smax=6", 6, ["smax=6", "0 <= smax < n=6"]),
+        ("multimessage:smax=3", 3, ["smax=3", "0 <= smax < n=3"]),
+        ("crc:s=-1", 4, ["s=-1", ">= 0"]),
+        ("crc:s=two", 4, ["s='two'", "not an integer"]),
+        ("crc", 4, ["s=S", "0 <= S < n=4"]),
+        ("nested:levels=0,2,1", 5, ["levels=0,2,1", "strictly increasing", "n=5"]),
+        ("nested:levels=1,1", 5, ["levels=1,1", "strictly increasing"]),
+        ("nested:levels=0,5", 5, ["levels=0,5", "< n=5"]),
+        ("nested:levels=0,1,smax=1", 4, ["levels=", "smax=S", "exactly one"]),
+        ("nested", 4, ["levels=", "smax=S"]),
+        ("nested-frc:groups=1,2,4", 10, ["groups=1,2,4", "divisor chain", "divisors of 10: 1,2,5,10"]),
+        ("nested-frc:groups=2,3", 6, ["groups=2,3", "divisor chain", "divisors of 6: 1,2,3,6"]),
+        ("nested-frc:groups=4,2", 8, ["groups=4,2", "divisor chain"]),
+        ("nested-frc", 8, ["groups=", "divisor chain"]),
+        ("bogus:s=1", 4, ["unknown family 'bogus'", "uncoded", "ignore", "frc", "crc", "nested-frc",
+                          "multimessage"]),
+        ("crc:s=1,foo=2", 4, ["unknown option foo", "decoder", "max_cond", "signaling"]),
+        ("uncoded:s=1", 4, ["unknown option s", "decoder", "signaling"]),
+        ("crc:s=1,decoder=fastest", 4, ["decoder='fastest'", "any-span", "per-level"]),
+        ("crc:s=1,signaling=smoke", 4, ["signaling='smoke'", "push", "notify"]),
+        ("multimessage:smax=1,decoder=per-level", 4, ["decoder=per-level", "allowed: any-span"]),
+        ("crc:s=1,max_cond=0.5", 4, ["max_cond=0.5", ">= 1"]),
+        ("", 4, ["empty spec", "FAMILY"]),
+    ],
+)
+def test_invalid_spec_names_field_and_allowed_values(spec: str, n: int, expected: list[str]) -> None:
+    # Execute
+    with pytest.raises(ConfigError) as caught:
+        parse_code(spec, n)
+
+    # Assert
+    missing = [part for part in expected if part not in str(caught.value)]
+    assert not missing, f"{caught.value!s} lacks {missing}"
+
+
+@pytest.mark.parametrize("n", [0, -3, 2.5, True])
+def test_invalid_worker_count_is_refused(n: object) -> None:
+    # Execute
+    with pytest.raises(ConfigError, match="workers="):
+        parse_code("uncoded", n)  # type: ignore[arg-type]
+
+
+# ---------------------------------------------------------------------------------------------
+# canonical specs
+
+
+def test_canonical_spec_round_trips(code_case: tuple[int, str]) -> None:
+    # Prepare
+    n, spec = code_case
+    code = parse_code(spec, n)
+
+    # Execute
+    again = parse_code(code.spec, n)
+
+    # Assert
+    assert again.spec == code.spec
+    assert again.levels == code.levels and again.order == code.order
+    np.testing.assert_array_equal(again.B, code.B)
+
+
+@pytest.mark.parametrize(
+    ("spec", "n", "canonical"),
+    [
+        ("nested:smax=3", 6, "nested:levels=0,1,2,3"),
+        (" NESTED : levels = 0 + 2 ", 6, "nested:levels=0,2"),
+        ("crc:s=2,decoder=any-span,signaling=push", 6, "crc:s=2"),
+        ("crc:signaling=notify,s=2,decoder=per-level", 6, "crc:s=2,decoder=per-level,signaling=notify"),
+        ("uncoded:decoder=per-level", 4, "uncoded:decoder=per-level"),
+        ("crc:s=2,max_cond=1e7", 6, "crc:s=2,max_cond=1e+07"),
+        ("nested:levels=0,1,max_cond=1e7", 6, "nested:levels=0,1,max_cond=1e+07"),
+        ("frc:s=2", 7, "frc:s=2"),
+        ("nested-frc:groups=1+2+4", 8, "nested-frc:groups=1,2,4"),
+        ("multimessage:smax=2,signaling=notify", 5, "multimessage:smax=2,signaling=notify"),
+    ],
+)
+def test_spec_is_normalized_to_canonical_form(spec: str, n: int, canonical: str) -> None:
+    # Execute
+    code = parse_code(spec, n)
+
+    # Assert
+    assert code.spec == canonical
+    assert parse_code(code.spec, n).spec == canonical
+
+
+@pytest.mark.parametrize(
+    ("spec", "decoder", "signaling"),
+    [
+        ("crc:s=1", "any-span", "push"),
+        ("crc:s=1,decoder=per-level", "per-level", "push"),
+        ("nested:smax=2,signaling=notify", "any-span", "notify"),
+        ("frc:s=1,decoder=per-level,signaling=notify", "per-level", "notify"),
+    ],
+)
+def test_options_reach_the_code(spec: str, decoder: str, signaling: str) -> None:
+    # Execute
+    code = parse_code(spec, 6)
+
+    # Assert
+    assert (code.decoder, code.signaling) == (decoder, signaling)
+
+
+# ---------------------------------------------------------------------------------------------
+# structure shared by every family
+
+
+def test_every_row_is_supported_inside_its_prefix(code_case: tuple[int, str]) -> None:
+    # Prepare
+    n, spec = code_case
+
+    # Execute
+    code = parse_code(spec, n)
+
+    # Assert
+    outside = [(level, i) for level in range(code.n_levels) for i in range(n)
+               if not support(code.B[level, i]) <= set(code.order[i][:code.prefix[level, i]])]
+    assert not outside
+
+
+def test_code_shapes_and_orders_are_consistent(code_case: tuple[int, str]) -> None:
+    # Prepare
+    n, spec = code_case
+
+    # Execute
+    code = parse_code(spec, n)
+
+    # Assert
+    L = len(code.levels)
+    assert code.k == n and code.B.shape == (L, n, n) and code.prefix.shape == (L, n)
+    assert list(code.levels) == sorted(set(code.levels))
+    assert len(code.construction) == len(code.worst_cond) == L
+    assert all(len(set(order)) == len(order) for order in code.order)
+    assert np.all(np.diff(code.prefix, axis=0) > 0) if L > 1 else True
+    assert np.array_equal(code.prefix[-1], [len(order) for order in code.order])
+
+
+def test_message_id_round_trips(code_case: tuple[int, str]) -> None:
+    # Prepare
+    n, spec = code_case
+    code = parse_code(spec, n)
+
+    # Execute
+    pairs = [code.message_of(code.message_id(level, i)) for level in range(code.n_levels) for i in range(n)]
+
+    # Assert
+    assert pairs == [(level, i) for level in range(code.n_levels) for i in range(n)]
+    assert sorted(code.message_id(level, i) for level, i in pairs) == list(range(code.n_messages))
+
+
+def test_coefficient_rows_are_read_only() -> None:
+    # Prepare
+    code = parse_code("nested:smax=2", 5)
+
+    # Execute / Assert
+    with pytest.raises(ValueError, match="read-only"):
+        code.B[0, 0, 0] = 3.0
+    with pytest.raises(ValueError, match="read-only"):
+        code.prefix[0, 0] = 3
+
+
+# ---------------------------------------------------------------------------------------------
+# nested invariants
+
+
+def test_level_prefixes_are_the_cyclic_windows(cyclic_case: tuple[int, str]) -> None:
+    # Prepare
+    n, spec = cyclic_case
+
+    # Execute
+    code = parse_code(spec, n)
+
+    # Assert
+    prefixes = [[code.order[i][:code.prefix[level, i]] for i in range(n)] for level in range(code.n_levels)]
+    assert prefixes == [[window(i, s, n) for i in range(n)] for s in code.levels]
+
+
+def test_cyclic_rows_use_their_whole_window(cyclic_case: tuple[int, str]) -> None:
+    # Prepare
+    n, spec = cyclic_case
+
+    # Execute
+    code = parse_code(spec, n)
+
+    # Assert
+    supports = [[support(code.B[level, i]) for i in range(n)] for level in range(code.n_levels)]
+    assert supports == [[set(window(i, s, n)) for i in range(n)] for s in code.levels]
+
+
+def test_order_of_a_nested_slot_is_its_smax_window() -> None:
+    # Prepare
+    n = 10
+
+    # Execute
+    code = parse_code("nested:levels=0,1,2,3", n)
+
+    # Assert
+    assert code.order[8] == (8, 9, 0, 1)
+    assert code.prefix[:, 8].tolist() == [1, 2, 3, 4]
+    assert code.levels_completed_by(8, 3) == [2]
+
+
+# ---------------------------------------------------------------------------------------------
+# FRC groups
+
+
+def test_frc_groups_cover_every_slot_and_hold_at_least_s_plus_one() -> None:
+    # Execute
+    sizes = {(n, s): frc_group_sizes(n, s) for n in range(1, 41) for s in range(n)}
+
+    # Assert
+    bad = {ns: g for ns, g in sizes.items() if sum(g) != ns[0] or min(g) < ns[1] + 1 or max(g) - min(g) > 1}
+    assert not bad
+
+
+@pytest.mark.parametrize(("n", "s", "name"), [(9, 2, "frc"), (10, 2, "frc-unequal-groups"),
+                                              (7, 6, "frc"), (7, 1, "frc-unequal-groups")])
+def test_frc_construction_says_when_groups_are_unequal(n: int, s: int, name: str) -> None:
+    # Execute
+    code = parse_code(f"frc:s={s}", n)
+
+    # Assert
+    assert code.construction == (name,)
+
+
+def test_nested_frc_levels_are_group_sizes_minus_one() -> None:
+    # Execute
+    code = parse_code("nested-frc:groups=1,2,4", 12)
+
+    # Assert
+    assert code.levels == (0, 1, 3)
+    assert [sorted(support(code.B[2, i])) for i in (0, 5, 11)] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9, 10, 11]]
+    assert code.order[5] == (5, 4, 6, 7)
+
+
+# ---------------------------------------------------------------------------------------------
+# numerical quality: the stated worst cond(B_F)
+
+
+def _quality_specs(n: int) -> list[str]:
+    levels = [s for s in QUALITY_S if s < n]
+    return [f"crc:s={s}" for s in levels] + ["nested:levels=0," + ",".join(map(str, levels))]
+
+
+@pytest.mark.parametrize(("n", "spec"), [(n, spec) for n in range(2, 33) for spec in _quality_specs(n)])
+def test_default_code_states_worst_cond_within_bound_or_refuses(n: int, spec: str) -> None:
+    # Execute
+    try:
+        code: Code | None = parse_code(spec, n)
+    except CodeConstructionError as refused:
+        code, message = None, str(refused)
+
+    # Assert
+    if code is None:
+        assert "max_cond" in message and "cyclic-MDS" in message
+    else:
+        assert max(code.worst_cond) <= DEFAULT_MAX_COND
+
+
+@pytest.mark.parametrize(("n", "s"), [(n, s) for n in range(2, 33) for s in QUALITY_S if s < n and (n - s) % 2])
+def test_odd_dimension_uses_cyclic_mds(n: int, s: int) -> None:
+    # Execute
+    code = parse_code(f"crc:s={s}", n)
+
+    # Assert
+    assert code.construction == ("cyclic-mds",)
+
+
+@pytest.mark.parametrize(
+    ("n", "s"),
+    [(n, 1) for n in range(2, 65, 2)]
+    + [
+        pytest.param(23, 2, marks=pytest.mark.xfail(strict=True, reason=(
+            "cyclic-MDS cond grows ~n^s, not linearly: crc:s=2 at n=23 has worst cond 112 (n=63: 846); "
+            "the codes.py docstring claim 'grows about linearly in n (<= 41 at n = 64)' holds for s=1 only"))),
+        pytest.param(17, 4, marks=pytest.mark.xfail(strict=True, reason=(
+            "cyclic-MDS cond grows ~n^s: crc:s=4 at n=17 has worst cond 607 (n=63: 1.2e5)"))),
+        pytest.param(31, 8, marks=pytest.mark.xfail(strict=True, reason=(
+            "cyclic-MDS cond grows ~n^s: crc:s=8 at n=31 has worst cond 6.3e5; n=33 is refused"))),
+    ],
+)
+def test_cyclic_mds_is_well_conditioned(n: int, s: int) -> None:
+    # Execute
+    code = parse_code(f"crc:s={s}", n)
+
+    # Assert
+    assert code.construction == ("cyclic-mds",)
+    assert code.worst_cond[0] <= 100
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "codes._nested_crc suggests 'use s with n-s odd (cyclic-MDS ...; nearest: ...)' and lists s-1/s+1 with "
+    "n-s odd; when the refused construction is itself cyclic-MDS (n-s odd) both neighbours have n-s even, "
+    "so the message reads 'nearest: none' although crc:s=7 and crc:s=9 build at n=33"))
+def test_refusal_names_a_tolerance_that_builds() -> None:
+    # Prepare: crc:s=8 at n=33 (n-s odd, cyclic-MDS) has worst cond 1.07e6 > 1e6
+    n, s = 33, 8
+
+    # Execute
+    with pytest.raises(CodeConstructionError) as caught:
+        parse_code(f"crc:s={s}", n)
+
+    # Assert
+    named = re.search(r"nearest: ([^)]*)\)", str(caught.value))
+    assert named is not None, str(caught.value)
+    candidates = [int(t) for t in re.findall(r"\d+", named.group(1))]
+    assert any(_builds(f"crc:s={t}", n) for t in candidates), str(caught.value)
+
+
+def _builds(spec: str, n: int) -> bool:
+    try:
+        parse_code(spec, n)
+    except CodeConstructionError:
+        return False
+    return True
+
+
+class Recomputed(NamedTuple):
+    stated: float  # the code's worst_cond
+    validation: str  # how codes.py validated it: exhaustive or sampled
+    patterns: np.ndarray  # (P, s) straggler sets
+    cond: np.ndarray  # (P,) cond(B_F)
+    residual: np.ndarray  # (P,) min-norm ||a^T B_F - 1||
+
+
+@functools.cache
+def _recomputed(n: int, s: int) -> Recomputed | None:
+    """cond(B_F) and residual of crc:s at n, independent of codes.py's validation set: every straggler
+    set when C(n, s) is small, else a seeded random sample. None when the code is refused (ships nothing)."""
+    try:
+        code = parse_code(f"crc:s={s}", n)
+    except CodeConstructionError:
+        return None
+    if math.comb(n, s) <= RECOMPUTE_EXHAUSTIVE_UP_TO:
+        patterns = np.array(list(itertools.combinations(range(n), s)), dtype=np.int64).reshape(-1, s)
+    else:
+        rng = np.random.default_rng(20240 + 100 * n + s)
+        patterns = np.sort(rng.random((RECOMPUTE_SAMPLES, n)).argsort(axis=1)[:, :s], axis=1)
+    alive = np.array([np.setdiff1d(np.arange(n), p) for p in patterns])
+    BF = code.B[0][alive]  # (P, n - s, n)
+    U, sv, Vt = np.linalg.svd(BF, full_matrices=False)
+    ones = np.ones(n)
+    a = np.einsum("pij,pj->pi", U, (Vt @ ones) / sv)  # minimum-norm a with a^T B_F = 1 (least squares)
+    residual = np.linalg.norm(np.einsum("pi,pij->pj", a, BF) - ones, axis=1)
+    return Recomputed(code.worst_cond[0], code.validation[0], patterns, sv[:, 0] / sv[:, -1], residual)
+
+
+RECOMPUTE_GRID = [(n, s) for n in (8, 16, 24, 32) for s in QUALITY_S if s < n]
+
+
+@pytest.mark.parametrize(("n", "s"), RECOMPUTE_GRID)
+def test_stated_worst_cond_is_within_10x_of_recomputed(n: int, s: int) -> None:
+    # Execute
+    recomputed = _recomputed(n, s)
+
+    # Assert (a refused code ships nothing to check)
+    assert recomputed is None or recomputed.cond.max() <= 10 * recomputed.stated
+
+
+@pytest.mark.parametrize(("n", "s"), [(n, s) for n, s in RECOMPUTE_GRID
+                                      if math.comb(n, s) <= RECOMPUTE_EXHAUSTIVE_UP_TO])
+def test_exhaustively_validated_worst_cond_is_the_true_worst(n: int, s: int) -> None:
+    # Execute
+    recomputed = _recomputed(n, s)
+
+    # Assert
+    assert recomputed is None or recomputed.validation == "exhaustive"
+    assert recomputed is None or recomputed.cond.max() == pytest.approx(recomputed.stated, rel=1e-6)
+
+
+@pytest.mark.parametrize(("n", "s"), RECOMPUTE_GRID)
+def test_accepted_code_keeps_recomputed_cond_within_max_cond(n: int, s: int) -> None:
+    # Execute
+    recomputed = _recomputed(n, s)
+
+    # Assert
+    assert recomputed is None or recomputed.cond.max() <= DEFAULT_MAX_COND
+
+
+@pytest.mark.parametrize(("n", "s"), RECOMPUTE_GRID)
+def test_accepted_code_decodes_every_recomputed_pattern(n: int, s: int) -> None:
+    # Execute
+    recomputed = _recomputed(n, s)
+
+    # Assert
+    if recomputed is not None:
+        worst = int(recomputed.residual.argmax())
+        assert recomputed.residual[worst] <= 1e-9, f"stragglers {recomputed.patterns[worst].tolist()}"
+
+
+_SAMPLED_VALIDATION_MISSES = (
+    "crc_rows validates on a 4000-set sample when C(n,s) > codes.EXHAUSTIVE_MAX (60000) and states the "
+    "sample's worst as worst_cond; a hill-climbing search finds straggler sets above max_cond=1e6, so an "
+    "accepted default code breaks the bound")
+
+
+@pytest.mark.parametrize(
+    ("n", "s", "stragglers"),
+    [
+        pytest.param(20, 8, (0, 1, 3, 5, 6, 8, 12, 15), marks=pytest.mark.xfail(strict=True, reason=(
+            f"{_SAMPLED_VALIDATION_MISSES}: crc:s=8 n=20 states 1.41e5, cond(B_F)=1.42e6 here"))),
+        pytest.param(28, 8, (0, 3, 5, 7, 11, 14, 18, 25), marks=pytest.mark.xfail(strict=True, reason=(
+            f"{_SAMPLED_VALIDATION_MISSES}: crc:s=8 n=28 states 1.99e5, cond(B_F)=1.10e7 here"))),
+        pytest.param(30, 8, (1, 12, 15, 17, 18, 25, 28, 29), marks=pytest.mark.xfail(strict=True, reason=(
+            f"{_SAMPLED_VALIDATION_MISSES}: crc:s=8 n=30 states 9.69e5, cond(B_F)=1.43e6 here"))),
+    ],
+)
+def test_accepted_code_keeps_cond_within_max_cond_on_searched_worst_sets(
+        n: int, s: int, stragglers: tuple[int, ...]) -> None:
+    # Prepare (the straggler sets come from a seeded hill-climbing search for large cond(B_F))
+    if not _builds(f"crc:s={s}", n):
+        return  # refused: ships nothing
+    B = parse_code(f"crc:s={s}", n).B[0]
+
+    # Execute
+    cond = np.linalg.cond(B[[i for i in range(n) if i not in stragglers]])
+
+    # Assert
+    assert cond <= DEFAULT_MAX_COND

@@ -7,6 +7,7 @@ editable install and a wheel both see it; nothing generated is committed or hand
 from __future__ import annotations
 
 import pathlib
+from typing import ClassVar
 
 from setuptools import Command, setup
 from setuptools.command.build_py import build_py
@@ -33,7 +34,7 @@ def generate_protos() -> None:
 
 class GenerateProtos(Command):
     description = "generate flexgc.v1 from proto/"
-    user_options: list = []
+    user_options: ClassVar[list[tuple[str, str, str]]] = []
 
     def initialize_options(self) -> None: ...
 

@@ -150,7 +150,7 @@ class RunLog:
             it, outcome, loss, verify = self._pending[number]
             acked = all(it.timing[s].cancel_ack_ms is not None for s in it.sent)
             if not (force or acked or (newest is not None and number <= newest - 2)):
-                continue
+                break  # records stay in iteration order: later ones wait for this one
             del self._pending[number]
             rec = iteration_record(code, it, outcome, loss, verify)
             self.records.append(slim(rec))

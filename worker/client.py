@@ -77,6 +77,7 @@ class Session:
         self._params_filled = 0
         self._header: wire.TaskHeader | None = None
         self._rejected_iteration: int | None = None
+        self._cancelled_through = -1      # results of iterations up to this one are not sent any more
 
     def advance(self, to: WorkerState) -> None:
         if (self.state.name, to.name) not in _MOVES:
@@ -205,6 +206,7 @@ class Session:
         if task is None or task.iteration != iteration:
             return  # nothing running for that iteration (already acknowledged)
         self.advance(WorkerState.CANCELLING)
+        self._cancelled_through = max(self._cancelled_through, iteration)
         task.cancel.set()
         if self.task_future is not None:
             await self.task_future
@@ -225,6 +227,10 @@ class Session:
             msg = await self.outbox.get()
             if msg is None:
                 return
+            kind = msg.WhichOneof("kind")
+            if (kind == "result" and msg.result.iteration <= self._cancelled_through) or (
+                    kind == "level_done" and msg.level_done.iteration <= self._cancelled_through):
+                continue  # queued before the Cancel: never upload stale work (the ack would wait behind it)
             await call.write(msg)
 
     async def _heartbeat(self) -> None:

@@ -449,19 +449,25 @@ def validation_patterns(n: int, s: int, samples: int = SAMPLED_PATTERNS, seed: i
     return [p for p in sorted(pats) if len(p) == s]
 
 
-def worst_condition(B: np.ndarray, patterns: list[tuple[int, ...]] | list[tuple[()]]) -> float:
+def worst_condition(B: np.ndarray, patterns: list[tuple[int, ...]] | list[tuple[()]],
+                    over_rank: bool = False) -> float:
     """Worst cond(B_F) = sigma_max / sigma_min over the straggler sets (F = the other slots), batched.
 
-    B: ``(n, k)`` rows of one level; every pattern has the same size s. A rank-deficient B_F (a set
-    that cannot decode) gives inf. Every row lies in the (n - s)-dim space V that contains 1, so full
-    rank n - s means rowspace(B_F) = V and the set decodes exactly.
+    B: ``(n, k)`` rows of one level; every pattern has the same size s. By default a rank-deficient B_F
+    (for a CRC level: a set that cannot decode) gives inf: every row lies in the (n - s)-dim space V
+    that contains 1, so full rank n - s means rowspace(B_F) = V and the set decodes exactly. With
+    `over_rank`, sigma_min is the smallest nonzero singular value (as the decoder reports cond; FRC's
+    repeated rows are rank-deficient by design).
     """
     n = B.shape[0]
     alive = np.array([[i for i in range(n) if i not in p] for p in patterns], dtype=np.int64)
     worst = 1.0
     for start in range(0, len(alive), _BATCH):
         sv = np.linalg.svd(B[alive[start:start + _BATCH]], compute_uv=False)  # (batch, n - s)
-        smallest = sv[:, -1]
+        if over_rank:
+            smallest = np.where(sv > 1e-10 * sv[:, :1], sv, np.inf).min(axis=1)
+        else:
+            smallest = sv[:, -1]
         ratio = np.where(smallest > 1e-13 * sv[:, 0], sv[:, 0] / np.maximum(smallest, 1e-300), np.inf)
         worst = max(worst, float(ratio.max()))
         if math.isinf(worst):

@@ -328,7 +328,7 @@ def table_patterns(n: int, s: int) -> tuple[list[tuple[int, ...]], str]:
 
 def worst_cond(B: np.ndarray, patterns: Sequence[tuple[int, ...]]) -> float:
     """Worst cond(B_F) over straggler sets of equal size (see `codes.worst_condition`)."""
-    return worst_condition(B, list(patterns))
+    return worst_condition(B, list(patterns), over_rank=True)
 
 
 def quality_rows(workers: Sequence[int], tolerances: Sequence[int]) -> list[list[str]]:

@@ -10,11 +10,14 @@
     worker and its compute: same stream, slower iterations). The rate is the master's own accounting:
     bytes of chunks 2..N over `result_arrival_ms - first_byte_ms` (the first chunk starts the clock).
     The TCP side is `sendall` of the same number of bytes into `recv_into` a preallocated buffer,
-    clocked from the request to the last byte (nothing can be buffered before it).
+    clocked from the request to the last byte (nothing can be buffered before it). A third figure,
+    a bare gRPC client stream of 1 MiB `bytes` messages through flexgc's transport settings (no
+    protobuf, no validation), shows what gRPC itself costs.
 (b) The master's decode (`coordinator.combine_rows`: one `np.dot(weights, buffer[:m])`, cast to
     float64) against one plain memory copy of the same bytes (`np.copyto`), one BLAS thread like the
     master (goal <= 0.5x). The buffer is laid out as the Coordinator's (n_messages, d + 1) and
-    refilled before every timing, as fresh results would be.
+    refilled before every timing, as fresh results would be. One read pass over the same bytes
+    (`np.dot(flat, flat)`) is timed too: no decode can be cheaper.
 
 Every measurement runs in spawned child processes, so `--malloc both` times each figure with and
 without the malloc settings of DESIGN §7 (`MALLOC_MMAP_THRESHOLD_` etc.; dev.sh sets them). A repeat

@@ -42,7 +42,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", default="64")
     parser.add_argument("--d", default="1000,1000000")
-    parser.add_argument("--iterations", type=int, default=0, help="0: 40 for d <= 10^4, else 10")
+    parser.add_argument("--iterations", type=int, default=0, help="0: 100 for d <= 10^4, else 10")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--malloc", choices=("on", "off"), default="on")
     parser.add_argument("--json", default=None)
@@ -54,7 +54,7 @@ def main() -> None:
           "  master RSS/peak MB thr  worker RSS med/max MB  peak med/max MB  thr  workers total RSS MB")
     for n in (int(x) for x in args.n.split(",")):
         for d in (int(x) for x in args.d.split(",")):
-            iterations = args.iterations or (40 if d <= 10_000 else 10)
+            iterations = args.iterations or (100 if d <= 10_000 else 10)
             job = run_job(n, d, iterations, args.warmup)
             row = figures(job, args.warmup)
             row["memory"] = memory_table(job.memory)

@@ -183,6 +183,28 @@ def task_messages(iteration: int, params: np.ndarray, chunk_bytes: int, deadline
     return out
 
 
+class Preserialized:
+    """A MasterMessage serialized once and written to many streams (the same task goes to every worker:
+    without this gRPC serializes it again per worker, n x the parameter bytes per iteration). Attribute
+    access goes to the message, so code and tests read it like the message itself."""
+
+    __slots__ = ("data", "message")
+
+    def __init__(self, message: pb.MasterMessage) -> None:
+        self.message = message
+        self.data = message.SerializeToString()
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.message, name)
+
+
+def serialize_master_message(msg: pb.MasterMessage | Preserialized) -> bytes:
+    """The Work stream's response serializer: pre-serialized bytes as they are, anything else as usual."""
+    if isinstance(msg, Preserialized):
+        return msg.data
+    return msg.SerializeToString()
+
+
 def task_header(msg: pb.Task, expected_d: int, n_levels: int) -> TaskHeader:
     numpy_dtype(msg.dtype)
     if msg.total_elements != expected_d:

@@ -130,11 +130,11 @@ class Outcome:
 
 
 class Iteration:
-    def __init__(self, number: int, code: Code, task: list[pb.MasterMessage], started: float) -> None:
+    def __init__(self, number: int, code: Code, task: list[wire.Preserialized], started: float) -> None:
         self.number = number
         self.phase = IterationPhase.SCHEDULED
         self.task = task
-        self.task_bytes = sum(len(m.params.data) for m in task if m.HasField("params"))
+        self.task_bytes = sum(len(m.message.params.data) for m in task if m.message.HasField("params"))
         self.started = started
         self.row_of: dict[int, int] = {}
         self.filled: dict[int, int] = {}
@@ -301,8 +301,8 @@ class Coordinator:
         if self.current is not None and not (self.current.phase.terminal and self.current.done.done()):
             # done: the decode (possibly in the executor) has read the buffer this iteration will reuse
             raise InvalidTransitionError(f"iteration {self.current.number} still collecting or decoding")
-        task = wire.task_messages(number, params.astype(self.dtype, copy=False), self.chunk_bytes,
-                                  self.deadline_s, self.code.n_levels)
+        task = [wire.Preserialized(m) for m in wire.task_messages(
+            number, params.astype(self.dtype, copy=False), self.chunk_bytes, self.deadline_s, self.code.n_levels)]
         it = Iteration(number, self.code, task, time.perf_counter())
         self.current = it
         it.advance(IterationPhase.COLLECTING)

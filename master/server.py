@@ -18,12 +18,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import grpc
 import numpy as np
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from threadpoolctl import threadpool_limits
 
 from flexgc import __version__
-from flexgc.common import transport
+from flexgc.common import transport, wire
 from flexgc.common.codes import Code, parse_code
 from flexgc.common.config import MasterConfig
 from flexgc.common.models import DataSpec, full_gradient, load_dataset, synthetic_partition
@@ -31,7 +32,6 @@ from flexgc.master.accounting import Metrics, RunLog, summarize
 from flexgc.master.coordinator import Coordinator, IterationPhase
 from flexgc.master.service import CoordinatorService
 from flexgc.v1 import coordinator_pb2 as pb
-from flexgc.v1 import coordinator_pb2_grpc as pb_grpc
 
 _log = logging.getLogger(__name__)
 
@@ -203,6 +203,24 @@ class Trainer:
                 self.on_record(rec)
 
 
+def add_coordinator_service(service: CoordinatorService, server: grpc.aio.Server) -> None:
+    """As the generated add_CoordinatorServicer_to_server, but the Work stream's responses may be
+    pre-serialized (`wire.Preserialized`): a task is serialized once per iteration, not once per worker."""
+    handlers = {
+        "Join": grpc.unary_unary_rpc_method_handler(
+            service.Join, request_deserializer=pb.JoinRequest.FromString,
+            response_serializer=pb.JoinReply.SerializeToString),
+        "Work": grpc.stream_stream_rpc_method_handler(
+            service.Work, request_deserializer=pb.WorkerMessage.FromString,
+            response_serializer=wire.serialize_master_message),
+        "FetchPartition": grpc.unary_stream_rpc_method_handler(
+            service.FetchPartition, request_deserializer=pb.PartitionRequest.FromString,
+            response_serializer=pb.PartitionChunk.SerializeToString),
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
+    server.add_registered_method_handlers(SERVICE_NAME, handlers)
+
+
 async def _until(aw: Any, stop: asyncio.Event) -> Any:
     """Await `aw` unless `stop` is set first; returns aw's result or None."""
     task = asyncio.ensure_future(aw)
@@ -237,7 +255,7 @@ async def serve(cfg: MasterConfig, on_port: Callable[[int], None] | None = None,
                                   partitions=data.partitions, dtype=cfg.dtype, noise=data.noise))
     service = CoordinatorService(coordinator, extra, partitions)
     server = transport.aio_server()
-    pb_grpc.add_CoordinatorServicer_to_server(service, server)
+    add_coordinator_service(service, server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     port = transport.bind(server, f"{cfg.host}:{cfg.port}", transport.TlsConfig(cfg.tls_cert, cfg.tls_key,

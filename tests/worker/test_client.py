@@ -23,6 +23,7 @@ from flexgc.common.codes import parse_code
 from flexgc.common.config import worker_config
 from flexgc.common.models import DataSpec, full_gradient, synthetic_partition
 from flexgc.master.coordinator import Coordinator
+from flexgc.master.server import add_coordinator_service
 from flexgc.master.service import CoordinatorService
 from flexgc.v1 import coordinator_pb2 as pb
 from flexgc.v1 import coordinator_pb2_grpc as pb_grpc
@@ -137,7 +138,7 @@ class Wiring:
 @contextlib.asynccontextmanager
 async def served(servicer: pb_grpc.CoordinatorServicer) -> AsyncIterator[Wiring]:
     server = grpc.aio.server()
-    pb_grpc.add_CoordinatorServicer_to_server(servicer, server)
+    add_coordinator_service(servicer, server)  # as the master registers it
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")

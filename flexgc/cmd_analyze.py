@@ -308,6 +308,10 @@ def _refusal(exc: CodeConstructionError) -> str:
     if found:
         s, name, cond, limit = found.groups()
         return f"refused: level s={s} ({name}) cond {cond} > {limit}"
+    found = re.search(r"crc s=(\d+).*?\(([^)]*)\) could only be checked on a sample of the C\(\d+,\d+\)=(\d+)", text)
+    if found:
+        s, name, total = found.groups()
+        return f"refused: level s={s} ({name}) unproven, C(n,s)={int(total):.3g} sets too many to check"
     return "refused: " + text.split(";")[0][:80]
 
 

@@ -240,6 +240,10 @@ async def serve(cfg: MasterConfig, on_port: Callable[[int], None] | None = None,
     code = parse_code(cfg.code, cfg.workers)
     data, partitions = data_spec_for(cfg, code)
     stop = stop or asyncio.Event()
+    if cfg.dtype == "float32" and code.worst_cond and max(code.worst_cond) * np.finfo(np.float32).eps > 1e-5:
+        _log.warning("float32 code=%s worst_cond=%.3g: decoded gradients may carry relative errors near %.1g; "
+                     "consider --dtype float64", code.spec, max(code.worst_cond),
+                     max(code.worst_cond) * np.finfo(np.float32).eps)
     # several processes share the cores: a multi-threaded BLAS per process oversubscribes them (measured
     # 20x slower partial gradients with 5 processes on 2 cores)
     threadpool_limits(cfg.blas_threads)

@@ -8,16 +8,16 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 VENV=${FLEXGC_VENV:-.venv}
-PY=${PYTHON:-}
-if [[ -z "$PY" ]]; then
-  for c in python3.13 python3.12 python3.11 python3; do
-    if command -v "$c" >/dev/null && "$c" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then PY=$c; break; fi
-  done
-fi
-[[ -n "$PY" ]] || { echo "dev.sh: need Python >= 3.11 (set PYTHON=...)" >&2; exit 2; }
-
 stamp="$VENV/.flexgc-installed"
 if [[ ! -x "$VENV/bin/python" ]]; then
+  PY=${PYTHON:-}
+  if [[ -z "$PY" ]]; then
+    for c in python3 python3.13 python3.12 python3.11; do
+      if command -v "$c" >/dev/null 2>&1 && "$c" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null
+      then PY=$c; break; fi
+    done
+  fi
+  [[ -n "$PY" ]] || { echo "dev.sh: need Python >= 3.11 (set PYTHON=...)" >&2; exit 2; }
   "$PY" -m venv "$VENV"
 fi
 # reinstall when the project metadata or the protos changed since the last install

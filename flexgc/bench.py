@@ -28,6 +28,7 @@ from flexgc.common.analysis import decode_times
 from flexgc.common.codes import parse_code
 from flexgc.common.config import master_config
 from flexgc.common.delays import parse_delay
+from flexgc.common.errors import ConfigError
 from flexgc.demo import realized_durations
 
 _log = logging.getLogger(__name__)
@@ -103,8 +104,37 @@ def run_one(code_spec: str, n: int, delay: str, seed: int, iterations: int, dead
     }
 
 
+SUITES = {
+    "codes": "the code comparison (BENCHMARKS.md sections 1 and 3), run in this process",
+    "signaling": "benchmarks/bench_signaling.py: push vs notify under tbf (section 2; root)",
+    "limits": "benchmarks/bench_limits.py: result stream vs raw TCP, decode vs copy (4a, 4b)",
+    "overhead": "benchmarks/bench_overhead.py: coordination overhead, n = 4..32, d = 1e3 and 1e6 (4c, 4d)",
+    "scale": "benchmarks/bench_scale.py: n = 64 workers (section 5)",
+}
+
+
+def run_script_suite(suite: str) -> int:
+    """The other BENCHMARKS.md tables come from scripts in the source checkout's benchmarks/ folder."""
+    import subprocess
+    import sys
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / f"bench_{suite}.py"
+    if not script.is_file():
+        raise ConfigError(f"suite={suite!r} runs {script.name} from a source checkout's benchmarks/ folder, "
+                          f"which this installation does not have; allowed here: codes")
+    print(f"flexgc bench --suite {suite}: {SUITES[suite]}", flush=True)
+    return subprocess.call([sys.executable, str(script)], cwd=script.parents[1])
+
+
 def run_bench(args: argparse.Namespace) -> int:
     from tqdm import tqdm
+
+    if args.suite != "codes":
+        suites = [s for s in SUITES if s != "codes"] if args.suite == "all" else [args.suite]
+        rc = 0
+        for suite in suites:
+            rc = max(rc, run_script_suite(suite))
+        return rc
 
     n = args.workers
     codes = args.code or (QUICK_CODES if args.quick else FULL_CODES)
@@ -210,6 +240,9 @@ def _print_table(rows: list[dict[str, Any]]) -> None:
 
 def register(sub: Any) -> None:
     p = sub.add_parser("bench", help="live clusters for several codes on identical delay realizations")
+    p.add_argument("--suite", default="codes", choices=[*SUITES, "all"],
+                   help="which table: " + "; ".join(f"{k}: {v}" for k, v in SUITES.items())
+                   + "; all: every script suite")
     p.add_argument("--quick", action="store_true", help="a short run (< 3 min on 2 cores)")
     p.add_argument("--workers", type=int, default=10)
     p.add_argument("--code", action="append", help="code spec (repeatable; default: the full comparison)")

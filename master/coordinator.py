@@ -438,6 +438,11 @@ class Coordinator:
             it.pulled |= 1 << mid
 
     def on_cancel_ack(self, conn: Connection, ack: pb.CancelAck) -> None:
+        self._record_ack(conn, ack)
+        if ack.ready:  # the ack doubles as Ready(after_iteration=ack.iteration)
+            self.on_ready(conn, ack.iteration)
+
+    def _record_ack(self, conn: Connection, ack: pb.CancelAck) -> None:
         it = self.current if self.current and self.current.number == ack.iteration else None
         it = it or self.history.get(ack.iteration)
         if it is None:

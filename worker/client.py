@@ -212,12 +212,14 @@ class Session:
             await self.task_future
         self.task, self.task_future = None, None
         self.last_iteration = max(self.last_iteration, iteration)
+        self.advance(WorkerState.IDLE)
         self._send(pb.WorkerMessage(cancel_ack=pb.CancelAck(iteration=iteration,
                                                             partitions_done=task.partitions_done,
                                                             times=wire.times_to_proto(task.times),
-                                                            finished=task.finished)))
-        self.advance(WorkerState.IDLE)
-        self._send(pb.WorkerMessage(ready=pb.Ready(after_iteration=self.last_iteration)))
+                                                            finished=task.finished,
+                                                            ready=iteration == self.last_iteration)))
+        if iteration != self.last_iteration:  # acknowledging an older task: ask for the newest one
+            self._send(pb.WorkerMessage(ready=pb.Ready(after_iteration=self.last_iteration)))
 
     def _send(self, msg: pb.WorkerMessage) -> None:
         self.outbox.put_nowait(msg)

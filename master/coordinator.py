@@ -53,6 +53,9 @@ class SlotState(enum.Enum):
     GONE = 5
 
 
+# Beyond STYLE §3's table: JOINED -> WORKING (a task already waiting when the first Ready arrives is sent
+# at once), CANCELLING -> WORKING (a CancelAck that doubles as Ready gets the next task immediately) and
+# IDLE -> IDLE (a repeated Ready).
 _SLOT_MOVES = {("JOINED", "IDLE"), ("JOINED", "WORKING"), ("IDLE", "WORKING"), ("WORKING", "CANCELLING"),
                ("WORKING", "IDLE"), ("CANCELLING", "IDLE"), ("CANCELLING", "WORKING"),
                ("IDLE", "IDLE")} | {(s.name, "GONE") for s in SlotState if s is not SlotState.GONE}

@@ -166,14 +166,19 @@ class TaskHeader:
 
 
 def task_messages(iteration: int, params: np.ndarray, chunk_bytes: int, deadline_s: float,
-                  max_levels: int) -> list[pb.MasterMessage]:
-    """The Task header and its ParamsChunk messages; built once per iteration, sent to every worker."""
+                  max_levels: int, inline: bool = False) -> list[pb.MasterMessage]:
+    """The Task header and its ParamsChunk messages; built once per iteration, sent to every worker.
+    With `inline`, parameters that fit one chunk travel inside the Task (a single message)."""
     flat = _flat_le(params)
     header = pb.MasterMessage(task=pb.Task(iteration=iteration, dtype=wire_dtype(flat.dtype),
                                            total_elements=flat.size, deadline_s=deadline_s,
                                            max_levels=max_levels))
     out = [header]
     slices = list(chunk_slices(flat.size, flat.itemsize, chunk_bytes))
+    if inline and len(slices) == 1:
+        header.task.params_inline = True
+        header.task.params = flat.tobytes()
+        return out
     for index, (start, stop) in enumerate(slices):
         msg = pb.MasterMessage()  # filled in place: MasterMessage(params=chunk) would copy the chunk again
         chunk = msg.params
@@ -217,6 +222,18 @@ def task_header(msg: pb.Task, expected_d: int, n_levels: int) -> TaskHeader:
     if not math.isfinite(msg.deadline_s) or msg.deadline_s < 0:
         raise WireError(f"task iteration={msg.iteration}: deadline_s={msg.deadline_s} must be >= 0")
     return TaskHeader(msg.iteration, msg.dtype, msg.total_elements, msg.deadline_s, msg.max_levels)
+
+
+def accept_inline_params(buf: np.ndarray, task: pb.Task) -> int:
+    """Fill `buf` from a Task that carries its parameters inline; returns the fill count."""
+    data = task.params  # read once
+    if len(data) != buf.nbytes:
+        raise WireError(f"task iteration={task.iteration}: {len(data)} B of inline params, expected {buf.nbytes}")
+    part = np.frombuffer(data, buf.dtype)
+    if not np.isfinite(part).all():
+        raise WireError(f"params of iteration {task.iteration}: NaN/Inf")
+    buf[:] = part
+    return buf.size
 
 
 def accept_params_chunk(buf: np.ndarray, filled: int, chunk: pb.ParamsChunk, iteration: int) -> int:

@@ -137,7 +137,8 @@ class Iteration:
         self.number = number
         self.phase = IterationPhase.SCHEDULED
         self.task = task
-        self.task_bytes = sum(len(m.message.params.data) for m in task if m.message.HasField("params"))
+        self.task_bytes = sum(len(m.message.params.data) if m.message.HasField("params") else
+                              len(m.message.task.params) for m in task)
         self.started = started
         self.row_of: dict[int, int] = {}
         self.filled: dict[int, int] = {}
@@ -305,7 +306,8 @@ class Coordinator:
             # done: the decode (possibly in the executor) has read the buffer this iteration will reuse
             raise InvalidTransitionError(f"iteration {self.current.number} still collecting or decoding")
         task = [wire.Preserialized(m) for m in wire.task_messages(
-            number, params.astype(self.dtype, copy=False), self.chunk_bytes, self.deadline_s, self.code.n_levels)]
+            number, params.astype(self.dtype, copy=False), self.chunk_bytes, self.deadline_s, self.code.n_levels,
+            inline=True)]
         it = Iteration(number, self.code, task, time.perf_counter())
         self.current = it
         it.advance(IterationPhase.COLLECTING)

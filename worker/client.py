@@ -149,6 +149,9 @@ class Session:
             self._params = np.empty(self._header.total_elements, dtype=wire.numpy_dtype(self._header.dtype))
             self._params_filled = 0
             self.advance(WorkerState.RECEIVING)
+            if msg.task.params_inline:
+                self._params_filled = wire.accept_inline_params(self._params, msg.task)
+                self._start()
         elif kind == "params":
             if self.state is WorkerState.IDLE and msg.params.iteration == self._rejected_iteration:
                 return  # the rest of a task already rejected

@@ -389,3 +389,31 @@ def test_times_proto_round_trip_and_limit() -> None:
     assert (back.compute_ms, back.delay_ms) == ([1.0, 2.0], [0.5, 0.0])
     with pytest.raises(WireError, match="longer than 1 partitions"):
         wire.times_from_proto(wire.times_to_proto(times), max_len=1)
+
+
+def test_small_parameters_travel_inside_the_task() -> None:
+    params = np.arange(5, dtype=np.float64)
+
+    messages = wire.task_messages(3, params, 1 << 20, 0.0, 2, inline=True)
+
+    assert len(messages) == 1 and messages[0].task.params_inline
+    buf = np.empty(5)
+    assert wire.accept_inline_params(buf, messages[0].task) == 5
+    np.testing.assert_array_equal(buf, params)
+
+
+def test_large_parameters_are_never_inline() -> None:
+    messages = wire.task_messages(3, np.zeros(100), 64, 0.0, 2, inline=True)
+
+    assert not messages[0].task.params_inline and len(messages) > 2
+
+
+@pytest.mark.parametrize(("data", "message"), [
+    (np.array([0.0, np.nan]).tobytes(), "NaN/Inf"),
+    (np.zeros(3).tobytes(), "24 B of inline params, expected 16"),
+])
+def test_inline_parameters_are_validated(data: bytes, message: str) -> None:
+    task = pb.Task(iteration=1, dtype="<f8", total_elements=2, max_levels=1, params_inline=True, params=data)
+
+    with pytest.raises(WireError, match=message):
+        wire.accept_inline_params(np.empty(2), task)

@@ -204,8 +204,8 @@ def test_iteration_and_slot_lifecycle_through_one_exact_iteration() -> None:
         assert_exact(it, job.expected(0))
         assert {c.state for c in conns} == {SlotState.CANCELLING}
         for conn in conns:
-            kinds = [m.WhichOneof("kind") for m in drain(conn)]
-            assert kinds[0] == "task" and kinds[-1] == "cancel" and set(kinds[1:-1]) == {"params"}
+            kinds = [m.WhichOneof("kind") for m in drain(conn)]  # small params travel inline
+            assert kinds[0] == "task" and kinds[-1] == "cancel" and set(kinds[1:-1]) <= {"params"}
         job.finish_and_ack(it, conns)
         assert {c.state for c in conns} == {SlotState.IDLE}
         assert all(it.timing[s].cancel_ack_ms is not None for s in range(N))

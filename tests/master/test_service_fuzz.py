@@ -176,9 +176,10 @@ class Master:
         stream = Stream(self.stub)
         stream.send(hello(slot, self.replies[slot], f"fuzz-{slot}"), ready(-1))
         task = stream.recv_until("task")
-        params = stream.recv_until("params")
-        while not params.last:
+        if not task.params_inline:  # small parameters travel inside the Task
             params = stream.recv_until("params")
+            while not params.last:
+                params = stream.recv_until("params")
         return stream, task.iteration
 
     def serving(self) -> bool:

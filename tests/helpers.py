@@ -14,6 +14,7 @@ from flexgc.cluster import LocalCluster
 from flexgc.common.codes import parse_code
 from flexgc.common.config import MasterConfig, master_config
 from flexgc.common.models import DataSpec, full_gradient, synthetic_partition
+from flexgc.v1 import coordinator_pb2 as pb
 
 
 def wait_for(predicate: Callable[[], Any], timeout_s: float, what: str, interval_s: float = 0.02) -> Any:
@@ -70,3 +71,15 @@ def centralized_params(cfg: MasterConfig) -> np.ndarray:
         v = cfg.momentum * v + g
         w = w - cfg.lr * v
     return w
+
+
+def edited_chunk(chunk: pb.ResultChunk, **changes: Any) -> pb.ResultChunk:
+    """A copy of a result chunk with some fields changed (`times` takes a PartitionTimes message)."""
+    out = pb.ResultChunk()
+    out.CopyFrom(chunk)
+    for key, value in changes.items():
+        if key == "times":
+            out.times.CopyFrom(value)
+        else:
+            setattr(out, key, value)
+    return out

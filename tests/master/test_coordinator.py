@@ -45,6 +45,7 @@ from flexgc.master.coordinator import (
     slot_transition_allowed,
 )
 from flexgc.v1 import coordinator_pb2 as pb
+from tests.helpers import edited_chunk
 
 T = TypeVar("T")
 TOKEN = "tok-42"
@@ -472,15 +473,7 @@ def _bad_sequences(job: Job) -> dict[str, list[pb.ResultChunk]]:
     good = job.chunks(0, 1, 0)
     finite = job.chunks(0, 1, 0, np.arange(D, dtype=float) * 1e3)   # a plausible first chunk, then trouble
 
-    def edit(chunk: pb.ResultChunk, **changes: Any) -> pb.ResultChunk:
-        out = pb.ResultChunk()
-        out.CopyFrom(chunk)
-        for key, value in changes.items():
-            if key == "times":
-                out.times.CopyFrom(value)
-            else:
-                setattr(out, key, value)
-        return out
+    edit = edited_chunk
 
     nan = np.full(2, np.nan).tobytes()
     return {

@@ -43,7 +43,7 @@ from flexgc.common import transport, wire
 from flexgc.master.server import SERVICE_NAME
 from flexgc.v1 import coordinator_pb2 as pb
 from flexgc.v1 import coordinator_pb2_grpc as pb_grpc
-from tests.helpers import centralized_params, job_config, wait_for
+from tests.helpers import centralized_params, edited_chunk, job_config, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -196,15 +196,7 @@ def chunks_of(iteration: int, slot: int, level: int, vector: np.ndarray, per_chu
     return [m.result for m in wire.result_chunks(iteration, slot, level, vector, per_chunk * 8)]
 
 
-def copy(chunk: pb.ResultChunk, **changes: Any) -> pb.ResultChunk:
-    out = pb.ResultChunk()
-    out.CopyFrom(chunk)
-    for key, value in changes.items():
-        if key == "times":
-            out.times.CopyFrom(value)
-        else:
-            setattr(out, key, value)
-    return out
+copy = edited_chunk
 
 
 # Each mutation turns a valid result into a sequence that must fail at its last chunk, never completing a row.

@@ -17,9 +17,6 @@ class Spec:
     params: dict[str, str]
     text: str
 
-    def take(self, key: str, field: str) -> str | None:
-        return self.params.get(key)
-
 
 def parse_spec(text: str, field: str) -> Spec:
     """Split ``family:k=v,k=v`` into family and params; `field` names the option in errors."""

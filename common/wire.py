@@ -9,7 +9,7 @@ buffer. Only an explicit ``last`` flag ends a result. Nothing is ever pickled.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -292,7 +292,3 @@ def slot_code_from_proto(msg: pb.SlotCode, k: int) -> SlotCode:
     if msg.signaling not in ("push", "notify"):
         raise WireError(f"slot code: signaling={msg.signaling!r}; allowed: push, notify")
     return SlotCode(parts, prefix, tuple(msg.level_tolerance), coeffs.reshape(L, m), msg.signaling)
-
-
-def finite_list(values: Sequence[float]) -> bool:
-    return all(math.isfinite(v) for v in values)

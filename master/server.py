@@ -29,7 +29,7 @@ from flexgc.common.codes import Code, parse_code
 from flexgc.common.config import MasterConfig
 from flexgc.common.models import DataSpec, full_gradient, load_dataset, synthetic_partition
 from flexgc.master.accounting import Metrics, RunLog, summarize
-from flexgc.master.coordinator import Coordinator, IterationPhase
+from flexgc.master.coordinator import Coordinator
 from flexgc.master.service import CoordinatorService
 from flexgc.v1 import coordinator_pb2 as pb
 
@@ -313,7 +313,3 @@ async def serve(cfg: MasterConfig, on_port: Callable[[int], None] | None = None,
             metrics_server.shutdown()
     summary["params"] = trainer.state.params
     return summary
-
-
-def phase_ok(phase: IterationPhase) -> bool:
-    return phase in (IterationPhase.EXACT, IterationPhase.APPROXIMATE)

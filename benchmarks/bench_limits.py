@@ -201,6 +201,7 @@ def stream_rates(d: int, transfers: int, worker: str, chunk_bytes: int) -> list[
     """Result-stream payload rate (bytes/s) of `transfers` iterations, from the master's run log."""
     from flexgc.cluster import LocalCluster
     from flexgc.common.config import master_config
+    from flexgc.master.accounting import read_run_log
 
     with tempfile.TemporaryDirectory(prefix="flexgc-limits-") as tmp:
         cfg = master_config(host="127.0.0.1", port=0, workers=1, code="uncoded", iterations=transfers,
@@ -218,8 +219,7 @@ def stream_rates(d: int, transfers: int, worker: str, chunk_bytes: int) -> list[
             if rc != 0:
                 raise RuntimeError(f"master exit code {rc}")
         rates = []
-        for line in (Path(tmp) / "run.jsonl").read_text().splitlines():
-            rec = json.loads(line)
+        for rec in read_run_log(Path(tmp) / "run.jsonl"):
             w = rec["workers"][0]
             chunks = math.ceil(w["bytes_up"] / chunk_bytes)
             window_s = (w["result_arrival_ms"][0] - w["first_byte_ms"]) / 1e3

@@ -119,6 +119,7 @@ def run_job(n: int, d: int, iterations: int, warmup: int, code: str = "uncoded",
     """Run one LocalCluster job and watch its processes; returns the run log and the process figures."""
     from flexgc.cluster import LocalCluster
     from flexgc.common.config import master_config
+    from flexgc.master.accounting import read_run_log
 
     with tempfile.TemporaryDirectory(prefix="flexgc-overhead-") as tmp:
         runlog = Path(tmp) / "run.jsonl"
@@ -159,7 +160,7 @@ def run_job(n: int, d: int, iterations: int, warmup: int, code: str = "uncoded",
             rc = cluster.wait_master(10.0)
             if rc != 0:
                 raise RuntimeError(f"n={n} d={d}: master exit code {rc}")
-        records = [json.loads(line) for line in runlog.read_text().splitlines()]
+        records = read_run_log(runlog)
     cpu: dict[str, float] = {}
     if begin is not None and end is not None and end[1] > begin[1]:
         done = end[1] - begin[1]

@@ -30,6 +30,7 @@ from flexgc.common.config import master_config
 from flexgc.common.delays import parse_delay
 from flexgc.common.errors import ConfigError
 from flexgc.demo import realized_durations
+from flexgc.master.accounting import read_run_log
 
 _log = logging.getLogger(__name__)
 
@@ -75,7 +76,7 @@ def run_one(code_spec: str, n: int, delay: str, seed: int, iterations: int, dead
         rc = cluster.wait_master(iterations * (deadline_s + 2) + 60)
     if rc != 0:
         raise RuntimeError(f"bench run {code_spec} / {delay}: master exit code {rc}")
-    records = [json.loads(line) for line in (out / "run.jsonl").read_text().splitlines()]
+    records = read_run_log(out / "run.jsonl")
     model = parse_delay(delay)
     iters = [r["iteration"] for r in records]
     ideal_ms = decode_times(code, realized_durations(code, model, seed, iters)).latency * 1e3

@@ -20,6 +20,7 @@ from typing import Any
 
 from flexgc.cluster import LocalCluster
 from flexgc.common.config import master_config
+from flexgc.master.accounting import read_run_log
 
 
 def proc_stats(pid: int) -> dict[str, int]:
@@ -98,7 +99,7 @@ def run_soak(iterations: int, n: int, code: str, out: Path, fault_every: int, se
             cluster.signal_worker(active[1], signal.SIGCONT)
         rc = cluster.wait_master(60)
     summary = json.loads((out / "summary.json").read_text())
-    records = [json.loads(line) for line in (out / "run.jsonl").read_text().splitlines()]
+    records = read_run_log(out / "run.jsonl")
     errors = [r["verify_rel_err"] for r in records if r["verify_rel_err"] is not None]
     wrong = sum(e > 1e-9 for e in errors)
     return {"iterations": len(records), "exit_code": rc, "faults": faults, "master_start": start_stats,

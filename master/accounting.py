@@ -117,6 +117,19 @@ def slim(rec: dict[str, Any]) -> dict[str, Any]:
             "loads": [w["load"] for w in rec["workers"] if w["task_sent_ms"] is not None]}
 
 
+def read_run_log(path: Path) -> list[dict[str, Any]]:
+    """The complete records of a run.jsonl, also while the master is still appending to it.
+
+    A record is complete once its newline is written; a torn last line (a read racing the write, or a
+    crash mid-write) is left out rather than failing the reader.
+    """
+    if not path.exists():
+        return []
+    text = path.read_text()
+    complete = text[: text.rfind("\n") + 1]
+    return [json.loads(line) for line in complete.splitlines() if line.strip()]
+
+
 class RunLog:
     """Appends one record per iteration to OUT/run.jsonl once its cancel acks are in (or later ones are)."""
 
@@ -127,19 +140,13 @@ class RunLog:
         if self.path is not None:
             out.mkdir(parents=True, exist_ok=True)  # type: ignore[union-attr]
             kept = []
-            if resume_from > 0 and self.path.exists():
-                for line in self.path.read_text().splitlines():
-                    try:
-                        rec = json.loads(line)
-                    except json.JSONDecodeError:
-                        continue  # a torn last line from a crash
-                    if rec.get("iteration", math.inf) < resume_from:
-                        kept.append(rec)
+            if resume_from > 0:
+                kept = [r for r in read_run_log(self.path) if r.get("iteration", math.inf) < resume_from]
             self.records = [slim(r) for r in kept]
             tmp = self.path.with_suffix(".tmp")
             tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
             os.replace(tmp, self.path)
-            self._fh = self.path.open("a", buffering=1)
+            self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND)
 
     def add(self, it: Iteration, outcome: Outcome, loss: float | None, verify: float | None) -> None:
         self._pending[it.number] = (it, outcome, loss, verify)
@@ -156,12 +163,14 @@ class RunLog:
             self.records.append(slim(rec))
             out.append(rec)
             if self.path is not None:
-                self._fh.write(json.dumps(rec) + "\n")
+                data = memoryview((json.dumps(rec) + "\n").encode())
+                while data:  # one append per record; a regular file takes it whole unless the disk is full
+                    data = data[os.write(self._fd, data):]
         return out
 
     def close(self) -> None:
         if self.path is not None:
-            self._fh.close()
+            os.close(self._fd)
 
 
 def summarize(code: Code, records: list[dict[str, Any]], extra: dict[str, Any]) -> dict[str, Any]:

@@ -14,6 +14,7 @@ from flexgc.cluster import LocalCluster
 from flexgc.common.codes import parse_code
 from flexgc.common.config import MasterConfig, master_config
 from flexgc.common.models import DataSpec, full_gradient, synthetic_partition
+from flexgc.master.accounting import read_run_log
 from flexgc.v1 import coordinator_pb2 as pb
 
 
@@ -30,10 +31,8 @@ def wait_for(predicate: Callable[[], Any], timeout_s: float, what: str, interval
 
 
 def read_records(out: Path) -> list[dict[str, Any]]:
-    path = out / "run.jsonl"
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    """The complete records of OUT/run.jsonl; safe while the master is still writing it."""
+    return read_run_log(out / "run.jsonl")
 
 
 def job_config(out: Path, **overrides: Any) -> MasterConfig:

@@ -80,7 +80,7 @@ def test_round_trip_is_up_plus_down_delay(up_ms: float, down_ms: float) -> None:
     direct_ms, proxied_ms = asyncio.run(main())
 
     # Assert: never less than the delays; at most a few ms more
-    assert direct_ms < 2.0, direct_ms
+    assert direct_ms < 10.0, direct_ms  # loopback itself: ~0.1 ms idle; a bound for a busy CI runner
     assert 0.98 * (up_ms + down_ms) <= proxied_ms < _upper_ms(up_ms + down_ms), (proxied_ms, direct_ms)
 
 
@@ -109,7 +109,7 @@ def test_delay_pipelines_bulk_transfers() -> None:
 
     # Assert
     assert received == n_bytes
-    assert 2 * delay_s <= elapsed_s < 1.0, elapsed_s
+    assert 2 * delay_s <= elapsed_s < 2.5, elapsed_s  # ~0.1 s idle; chunk-by-chunk delaying would take 5 s
 
 
 def test_buffer_is_bounded_when_the_target_does_not_read() -> None:

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import grpc
 import numpy as np
@@ -38,6 +38,16 @@ _log = logging.getLogger(__name__)
 SERVICE_NAME = "flexgc.v1.Coordinator"
 
 
+def write_atomic(path: Path, write: Callable[[BinaryIO], object]) -> None:
+    """Write a temporary file beside `path`, fsync, rename: a reader sees the old file or the whole new one."""
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("wb") as fh:
+        write(fh)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
 @dataclass
 class TrainState:
     """What a checkpoint holds: parameters, optimizer state, the next iteration and RNG seeds."""
@@ -50,15 +60,9 @@ class TrainState:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def save(self, path: Path) -> None:
-        """Atomic: write a temporary file, fsync, rename."""
-        tmp = path.with_name(path.name + ".tmp")
-        with tmp.open("wb") as fh:
-            np.savez(fh, params=self.params, velocity=self.velocity, iteration=self.iteration,
-                     data_seed=self.data_seed, delay_seed=self.delay_seed,
-                     extra=json.dumps(self.extra))
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        write_atomic(path, lambda fh: np.savez(fh, params=self.params, velocity=self.velocity,
+                                               iteration=self.iteration, data_seed=self.data_seed,
+                                               delay_seed=self.delay_seed, extra=json.dumps(self.extra)))
 
     @classmethod
     def load(cls, path: Path) -> TrainState:
@@ -301,8 +305,8 @@ async def serve(cfg: MasterConfig, on_port: Callable[[int], None] | None = None,
             "model": data.model, "samples": data.samples, "delay": cfg.delay, "delay_seed": cfg.delay_seed,
             "next_iteration": trainer.state.iteration})
         if out is not None:
-            np.save(out / "params.npy", trainer.state.params)
-            (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+            write_atomic(out / "params.npy", lambda fh: np.save(fh, trainer.state.params))
+            write_atomic(out / "summary.json", lambda fh: fh.write((json.dumps(summary, indent=2) + "\n").encode()))
         if cfg.linger and not interrupted:
             _log.info("job finished; lingering until SIGTERM")
             await stop.wait()

@@ -33,7 +33,8 @@ class Decoding:
 
     messages: message ids, aligned with `weights` (only those with a nonzero weight).
     residual: ||a^T B_F - 1||_2 of the system solved.
-    cond: condition number of the received rows that were used (sigma_max / sigma_min over the rank).
+    cond: condition number of the system solved, i.e. of every received row offered to the solve (not only
+        those left with a nonzero weight): sigma_max / sigma_min over its numerical rank.
     level: highest level among the messages used.
     exact: False for least-squares or ignore-s (rescaled) decodes; such gradients are flagged.
     """

@@ -80,8 +80,9 @@ def times_from_proto(msg: pb.PartitionTimes, max_len: int) -> PartitionTimes:
 
 
 def result_chunks(iteration: int, slot: int, level: int, vector: np.ndarray, chunk_bytes: int,
-                  times: PartitionTimes | None = None) -> Iterator[pb.WorkerMessage]:
-    """Split a coded vector into ResultChunk messages, the last one flagged."""
+                  times: PartitionTimes | None = None, task_done: bool = False) -> Iterator[pb.WorkerMessage]:
+    """Split a coded vector into ResultChunk messages, the last one flagged `last` (and `task_done` if
+    this vector is the last thing the task asked for)."""
     flat = _flat_le(vector)
     name = wire_dtype(flat.dtype)
     d = flat.size
@@ -92,6 +93,7 @@ def result_chunks(iteration: int, slot: int, level: int, vector: np.ndarray, chu
         chunk = msg.result
         chunk.iteration, chunk.slot, chunk.level, chunk.dtype = iteration, slot, level, name
         chunk.total_elements, chunk.offset, chunk.last = d, start, index == len(slices) - 1
+        chunk.task_done = task_done and chunk.last
         chunk.data = flat[start:stop].tobytes()
         if index == 0 and times is not None:
             chunk.times.CopyFrom(times_to_proto(times))
@@ -106,6 +108,7 @@ class ChunkHeader:
     offset: int
     last: bool
     times: PartitionTimes | None
+    task_done: bool
 
 
 def result_header(chunk: pb.ResultChunk, expected_dtype: str, d: int, n_levels: int,
@@ -119,8 +122,12 @@ def result_header(chunk: pb.ResultChunk, expected_dtype: str, d: int, n_levels: 
                         f"{chunk.total_elements}, expected d={d}")
     if not 0 <= chunk.level < n_levels:
         raise WireError(f"slot={chunk.slot}: level={chunk.level}; allowed 0..{n_levels - 1}")
+    if chunk.task_done and not (chunk.last and chunk.level == n_levels - 1):
+        raise WireError(f"slot={chunk.slot} iteration={chunk.iteration}: task_done on a chunk that is not "
+                        f"the last of the last level (level={chunk.level}, last={chunk.last}; the task has "
+                        f"{n_levels} levels)")
     times = times_from_proto(chunk.times, max_partitions) if chunk.HasField("times") else None
-    return ChunkHeader(chunk.iteration, chunk.slot, chunk.level, chunk.offset, chunk.last, times)
+    return ChunkHeader(chunk.iteration, chunk.slot, chunk.level, chunk.offset, chunk.last, times, chunk.task_done)
 
 
 def accept_chunk(row: np.ndarray, filled: int, chunk: pb.ResultChunk) -> int:

@@ -6,8 +6,10 @@ Run log schema (one JSON object per iteration, `schema: "flexgc.run.v1"`):
     decode_ms, level (highest level used), rows_used [[slot, level, weight], ...], residual, cond, loss,
     stragglers (slots with no used row), bytes_up, bytes_down, cancel_latency_ms (max ack - sent),
     stale_results, duplicates, verify_rel_err (verify mode), and `workers`: per slot task_sent_ms,
-    first_byte_ms, level_done_ms[l], result_arrival_ms[l], cancel_sent_ms, cancel_ack_ms,
-    partitions_done, load, compute_ms[p], delay_ms[p], bytes_up, bytes_down.
+    first_byte_ms, level_done_ms[l], result_arrival_ms[l], cancel_sent_ms, cancel_ack_ms, task_done_ms
+    (push: the worker's whole task arrived, flagged task_done; such a worker gets no Cancel, so its
+    cancel_sent_ms is null unless a Cancel crossed the flag), partitions_done, finished, load,
+    compute_ms[p], delay_ms[p], bytes_up, bytes_down.
 All *_ms times are relative to the iteration's start on the master's monotonic clock.
 """
 
@@ -75,7 +77,7 @@ def iteration_record(code: Code, it: Iteration, outcome: Outcome, loss: float | 
     for slot in range(code.n):
         t = it.timing[slot]
         w = asdict(t)
-        for key in ("task_sent_ms", "first_byte_ms", "cancel_sent_ms", "cancel_ack_ms"):
+        for key in ("task_sent_ms", "first_byte_ms", "cancel_sent_ms", "cancel_ack_ms", "task_done_ms"):
             w[key] = _r(w[key])
         w["level_done_ms"] = [_r(x) for x in t.level_done_ms]
         w["result_arrival_ms"] = [_r(x) for x in t.result_arrival_ms]
@@ -155,7 +157,7 @@ class RunLog:
         out = []
         for number in sorted(self._pending):
             it, outcome, loss, verify = self._pending[number]
-            acked = all(it.timing[s].cancel_ack_ms is not None for s in it.sent)
+            acked = all(it.timing[s].answered for s in it.sent)
             if not (force or acked or (newest is not None and number <= newest - 2)):
                 break  # records stay in iteration order: later ones wait for this one
             del self._pending[number]

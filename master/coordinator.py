@@ -114,12 +114,18 @@ class WorkerTiming:
     result_arrival_ms: list[float | None] = field(default_factory=list)
     cancel_sent_ms: float | None = None
     cancel_ack_ms: float | None = None
+    task_done_ms: float | None = None    # push: the last chunk of the whole task arrived flagged task_done
     partitions_done: int | None = None
     finished: bool | None = None
     compute_ms: list[float] = field(default_factory=list)
     delay_ms: list[float] = field(default_factory=list)
     bytes_up: int = 0
     bytes_down: int = 0
+
+    @property
+    def answered(self) -> bool:
+        """The worker is done with this task: it acknowledged the Cancel or reported the whole task sent."""
+        return self.cancel_ack_ms is not None or self.task_done_ms is not None
 
 
 @dataclass
@@ -370,8 +376,13 @@ class Coordinator:
             raise UnknownSlotError(f"result for slot={chunk.slot} on the stream of slot={conn.slot}")
         header = wire.result_header(chunk, self.wire_dtype, self.d, self.code.n_levels,
                                     self.code.max_partitions(conn.slot))
+        if header.task_done and (header.iteration != conn.task_iteration or self.code.signaling != "push"):
+            raise WireError(f"slot={conn.slot}: task_done for iteration {header.iteration}, but the task on "
+                            f"this connection is {conn.task_iteration} (signaling={self.code.signaling})")
         it = self._iteration_for(conn, header.iteration)
         if it is None:
+            if header.task_done:
+                self._task_done(conn, header)  # crossed our Cancel: it is the acknowledgement
             return
         mid = self.code.message_id(header.level, conn.slot)
         bit = 1 << mid
@@ -382,6 +393,8 @@ class Coordinator:
             # a reconnected worker recomputes levels its previous connection delivered: drop, count
             it.duplicates += 1
             self._count("duplicate")
+            if header.task_done:
+                self._task_done(conn, header)  # this connection is done too: it gets the next task
             return
         timing = it.timing[conn.slot]
         if it.writer.get(mid) != conn.epoch:
@@ -406,7 +419,26 @@ class Coordinator:
         if timing.level_done_ms[header.level] is None:
             timing.level_done_ms[header.level] = timing.result_arrival_ms[header.level]
         it.complete |= bit
+        if header.task_done:
+            self._task_done(conn, header)
         self._try_decode(it)
+
+    def _task_done(self, conn: Connection, header: wire.ChunkHeader) -> None:
+        """The worker sent everything its task asked for and is idle: as a CancelAck(finished, ready) would
+        say, without the Cancel round trip (the master sends it no Cancel for this iteration)."""
+        it = self.current if self.current and self.current.number == header.iteration else None
+        it = it or self.history.get(header.iteration)
+        if it is not None:
+            timing = it.timing[conn.slot]
+            timing.task_done_ms = it.now_ms()
+            timing.partitions_done = self.code.max_partitions(conn.slot)
+            timing.finished = True
+            if header.times is not None:
+                timing.compute_ms, timing.delay_ms = header.times.compute_ms, header.times.delay_ms
+            if timing.cancel_sent_ms is not None and timing.cancel_ack_ms is None:
+                timing.cancel_ack_ms = timing.task_done_ms  # a Cancel crossed it: this answers it
+            self.acks_changed.set()
+        self.on_ready(conn, header.iteration)
 
     def on_level_done(self, conn: Connection, iteration: int, level: int,
                       times: wire.PartitionTimes | None) -> None:
@@ -528,8 +560,8 @@ class Coordinator:
         now = it.now_ms()
         for slot in sorted(it.sent):
             conn = self.connections.get(slot)
-            if conn is None:
-                continue
+            if conn is None or conn.state is SlotState.IDLE:
+                continue  # gone, or idle: done with the whole task (task_done), or it rejected the task
             conn.outbox.put_nowait(msg)
             it.timing[slot].cancel_sent_ms = now
             if conn.state is SlotState.WORKING and conn.task_iteration == it.number:

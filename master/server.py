@@ -179,8 +179,7 @@ class Trainer:
         # give the last iteration's cancel acks a moment to arrive, for the accounting
         last = c.history.get(self.state.iteration - 1)
         deadline = time.monotonic() + 1.0
-        while last is not None and not all(last.timing[s].cancel_ack_ms is not None
-                                           for s in last.sent if s in c.connections):
+        while last is not None and not all(last.timing[s].answered for s in last.sent if s in c.connections):
             c.acks_changed.clear()
             remaining = deadline - time.monotonic()
             if remaining <= 0 or stop.is_set():

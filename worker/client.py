@@ -188,8 +188,9 @@ class Session:
                                                                 times=wire.times_to_proto(task.times)))
                 loop.call_soon_threadsafe(self.outbox.put_nowait, note)
                 return
+            last = level == task.max_levels - 1  # push: nothing is left to send after this vector
             for m in wire.result_chunks(task.iteration, self.slot, level, vector, self.reply.chunk_bytes,
-                                        task.times):
+                                        task.times, task_done=last):
                 loop.call_soon_threadsafe(self.outbox.put_nowait, m)
 
         self.task_future = loop.run_in_executor(self.executor, self.compute.run, task, emit)
@@ -209,6 +210,8 @@ class Session:
         if task is None or task.iteration != iteration:
             return  # nothing running for that iteration (already acknowledged)
         self.advance(WorkerState.CANCELLING)
+        # from here on the writer drops this iteration's results, so whether the task_done chunk went out
+        # is settled now: if it did, it answers this Cancel (the master expects no ack)
         self._cancelled_through = max(self._cancelled_through, iteration)
         task.cancel.set()
         if self.task_future is not None:
@@ -216,6 +219,8 @@ class Session:
         self.task, self.task_future = None, None
         self.last_iteration = max(self.last_iteration, iteration)
         self.advance(WorkerState.IDLE)
+        if task.done_sent:
+            return
         self._send(pb.WorkerMessage(cancel_ack=pb.CancelAck(iteration=iteration,
                                                             partitions_done=task.partitions_done,
                                                             times=wire.times_to_proto(task.times),
@@ -236,7 +241,22 @@ class Session:
             if (kind == "result" and msg.result.iteration <= self._cancelled_through) or (
                     kind == "level_done" and msg.level_done.iteration <= self._cancelled_through):
                 continue  # queued before the Cancel: never upload stale work (the ack would wait behind it)
+            if kind == "result" and msg.result.task_done:
+                self._task_done(msg.result.iteration)
             await call.write(msg)
+
+    def _task_done(self, iteration: int) -> None:
+        """The task's last chunk goes out now: the worker is idle, and that chunk is its Ready (and its
+        answer to a Cancel that may cross it). The compute thread may still be returning; the next task
+        queues behind it on the one-thread executor."""
+        task = self.task
+        if task is None or task.iteration != iteration:
+            return
+        task.done_sent = True
+        if self.state is WorkerState.WORKING:
+            self.task, self.task_future = None, None
+            self.last_iteration = max(self.last_iteration, iteration)
+            self.advance(WorkerState.IDLE)
 
     async def _heartbeat(self) -> None:
         interval = max(0.05, self.reply.heartbeat_interval_s or 2.0)
@@ -291,6 +311,7 @@ async def run_worker(cfg: WorkerConfig, stop: asyncio.Event | None = None) -> in
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
             loop.add_signal_handler(sig, stop.set)
     tls = transport.TlsConfig(cfg.tls_cert, cfg.tls_key, cfg.tls_ca)
+    # one thread: tasks share the partial buffers and run in order (a finished task may still be returning)
     executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="compute")
     slot = cfg.slot
     backoff = 0.05

@@ -93,9 +93,10 @@ class Job:
     def coded(self, iteration: int, level: int, slot: int) -> np.ndarray:
         return self.code.B[level, slot] @ self.partials(iteration)
 
-    def chunks(self, iteration: int, level: int, slot: int, vector: np.ndarray | None = None) -> list[pb.ResultChunk]:
+    def chunks(self, iteration: int, level: int, slot: int, vector: np.ndarray | None = None,
+               task_done: bool = False) -> list[pb.ResultChunk]:
         v = self.coded(iteration, level, slot) if vector is None else vector
-        return [m.result for m in wire.result_chunks(iteration, slot, level, v, CHUNK_BYTES)]
+        return [m.result for m in wire.result_chunks(iteration, slot, level, v, CHUNK_BYTES, task_done=task_done)]
 
     def connect(self, slot: int, worker_id: str | None = None, ready_after: int | None = -1) -> Connection:
         wid = worker_id or f"w{slot}"
@@ -110,8 +111,8 @@ class Job:
         conns = [self.connect(slot) for slot in range(N)]
         return conns, self.start(0)
 
-    def deliver(self, conn: Connection, iteration: int, level: int) -> None:
-        for chunk in self.chunks(iteration, level, conn.slot):
+    def deliver(self, conn: Connection, iteration: int, level: int, task_done: bool = False) -> None:
+        for chunk in self.chunks(iteration, level, conn.slot, task_done=task_done):
             self.c.on_result(conn, chunk)
 
     def start(self, iteration: int) -> Iteration:
@@ -210,6 +211,107 @@ def test_iteration_and_slot_lifecycle_through_one_exact_iteration() -> None:
         job.finish_and_ack(it, conns)
         assert {c.state for c in conns} == {SlotState.IDLE}
         assert all(it.timing[s].cancel_ack_ms is not None for s in range(N))
+
+    run(scenario)
+
+
+def test_task_done_makes_the_slot_ready_without_a_cancel_round_trip() -> None:
+    async def scenario() -> None:
+        job = Job()
+        conns, it = job.begin()
+        drain(conns[0])
+        job.deliver(conns[0], 0, 0)
+        job.deliver(conns[0], 0, 1, task_done=True)              # slot 0 sent its whole task
+
+        assert conns[0].state is SlotState.IDLE and conns[0].ready_after == 0
+        job.deliver(conns[1], 0, 1)                              # decodes: levels 1 of slots 0 and 1
+        assert_exact(it, job.expected(0))
+
+        timing = it.timing[0]
+        assert (timing.cancel_sent_ms, timing.cancel_ack_ms, timing.finished) == (None, None, True)
+        assert timing.task_done_ms is not None and timing.answered
+        assert timing.partitions_done == job.code.max_partitions(0)
+        assert drain(conns[0]) == []                             # no Cancel for a worker that is done
+        assert conns[1].state is SlotState.CANCELLING
+        assert [m.WhichOneof("kind") for m in drain(conns[1])][-1] == "cancel"
+        nxt = job.start(1)
+        assert nxt.sent == {0} and conns[0].state is SlotState.WORKING  # the next task goes out at once
+
+    run(scenario)
+
+
+def test_task_done_that_crosses_the_cancel_answers_it_and_gets_the_next_task() -> None:
+    async def scenario() -> None:
+        job = Job()
+        conns, it = job.begin()
+        job.deliver(conns[0], 0, 1)
+        job.deliver(conns[1], 0, 1)                              # decoded; Cancel on its way to slot 2
+        gradient = it.done.result().gradient.copy()
+        assert conns[2].state is SlotState.CANCELLING
+        nxt = job.start(1)
+        assert 2 not in nxt.sent
+
+        job.deliver(conns[2], 0, 0)
+        job.deliver(conns[2], 0, 1, task_done=True)              # written before the Cancel arrived
+
+        timing = it.timing[2]
+        assert timing.cancel_ack_ms == timing.task_done_ms is not None and timing.finished
+        assert job.discarded("stale") == 6                       # the data itself is stale
+        assert 2 in nxt.sent and conns[2].state is SlotState.WORKING
+        np.testing.assert_array_equal(it.done.result().gradient, gradient)
+
+    run(scenario)
+
+
+def test_task_done_of_a_reconnected_worker_recomputing_delivered_levels_still_frees_it() -> None:
+    async def scenario() -> None:
+        job = Job()
+        conns, it = job.begin()
+        job.deliver(conns[0], 0, 0)
+        job.deliver(conns[0], 0, 1, task_done=True)
+        again = job.connect(0)                                   # reconnects: the task is sent once more
+        assert again.state is SlotState.WORKING
+
+        job.deliver(again, 0, 0)
+        job.deliver(again, 0, 1, task_done=True)                 # every chunk a duplicate, the flag is not
+
+        assert it.duplicates == 6 and again.state is SlotState.IDLE and again.ready_after == 0
+
+    run(scenario)
+
+
+@pytest.mark.parametrize(("level", "last"), [(0, True), (1, False)])
+def test_task_done_on_the_wrong_chunk_is_refused(level: int, last: bool) -> None:
+    async def scenario() -> None:
+        job = Job()
+        conns, _ = job.begin()
+        chunks = job.chunks(0, level, 0)
+        bad = chunks[-1] if last else chunks[0]
+        bad.task_done = True
+        for chunk in chunks[:-1] if last else []:
+            job.c.on_result(conns[0], chunk)
+
+        with pytest.raises(WireError, match="task_done on a chunk that is not the last of the last level"):
+            job.c.on_result(conns[0], bad)
+
+        assert conns[0].state is SlotState.WORKING
+
+    run(scenario)
+
+
+def test_task_done_for_another_iteration_than_the_connection_s_task_is_refused() -> None:
+    async def scenario() -> None:
+        job = Job()
+        conns, it = job.begin()
+        job.deliver(conns[0], 0, 1)
+        job.deliver(conns[1], 0, 1)
+        job.finish_and_ack(it, conns[:2])
+        job.start(1)                                             # slots 0 and 1 work on iteration 1
+
+        with pytest.raises(WireError, match="task_done for iteration 0, but the task on this connection is 1"):
+            job.deliver(conns[0], 0, 1, task_done=True)
+
+        assert conns[0].state is SlotState.WORKING
 
     run(scenario)
 

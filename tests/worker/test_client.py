@@ -27,8 +27,8 @@ from flexgc.master.server import add_coordinator_service
 from flexgc.master.service import CoordinatorService
 from flexgc.v1 import coordinator_pb2 as pb
 from flexgc.v1 import coordinator_pb2_grpc as pb_grpc
-from flexgc.worker.client import Outcome, Session, data_spec_from
-from flexgc.worker.compute import PartitionCompute
+from flexgc.worker.client import Outcome, Session, WorkerState, data_spec_from
+from flexgc.worker.compute import PartitionCompute, TaskRun
 
 CODE = parse_code("nested:levels=0,1", 3)
 SLOT = 0
@@ -175,12 +175,16 @@ def run_async(make: Callable[[], Awaitable[None]], timeout_s: float = 20.0) -> N
 
 
 async def compute_good_task(fake: FakeMaster, iteration: int) -> None:
-    """Send a valid task; check every level's coded result, then cancel, ack and the next Ready."""
+    """Send a valid task and check every level's coded result. The last chunk of the last level is
+    flagged task_done: the worker is idle and ready. A Cancel then sent (as a master that decoded before
+    that chunk arrived would) gets no ack: the flagged chunk is the ack, and the next test step proves
+    it by receiving its own answer first."""
     params = np.linspace(-0.5, 0.5, D)
     fake.send(*wire.task_messages(iteration, params, CHUNK_BYTES, 0.0, CODE.n_levels))
     rows = {level: np.zeros(D + 1) for level in range(CODE.n_levels)}
     filled = dict.fromkeys(rows, 0)
     done: set[int] = set()
+    flagged = []
     while done != set(rows):
         chunk = await fake.receive_kind("result")
         wire.result_header(chunk, "<f8", D + 1, CODE.n_levels, CODE.max_partitions(SLOT))
@@ -188,12 +192,21 @@ async def compute_good_task(fake: FakeMaster, iteration: int) -> None:
         filled[chunk.level] = wire.accept_chunk(rows[chunk.level], filled[chunk.level], chunk)
         if chunk.last:
             done.add(chunk.level)
+        if chunk.task_done:
+            flagged.append((chunk.level, chunk.last, len(done)))
     for level, vector in expected_coded(params).items():
         np.testing.assert_allclose(rows[level], vector, rtol=1e-12, atol=1e-12)
+    assert flagged == [(CODE.n_levels - 1, True, CODE.n_levels)], flagged
     fake.send(pb.MasterMessage(cancel=pb.Cancel(iteration=iteration)))
-    ack = await fake.receive_kind("cancel_ack")
-    assert (ack.iteration, ack.partitions_done, ack.finished) == (iteration, CODE.max_partitions(SLOT), True)
-    assert ack.ready  # the ack doubles as Ready(after_iteration=iteration)
+
+
+async def probe(fake: FakeMaster) -> None:
+    """Everything the worker says before this returns was said before it read the probe (one stream, in
+    order): a params chunk without a task header, answered by TaskRejected and Ready."""
+    fake.send(pb.MasterMessage(params=pb.ParamsChunk(iteration=10**6, offset=0, data=np.zeros(2).tobytes(),
+                                                     last=True)))
+    assert (await fake.receive_kind("task_rejected")).reason == "params chunk without a task header"
+    await fake.receive_kind("ready")
 
 
 # -- the good path ------------------------------------------------------------------------------
@@ -203,6 +216,7 @@ def test_good_tasks_are_computed_exactly_and_shutdown_ends_the_session() -> None
     async def script(fake: FakeMaster, run: asyncio.Task[Outcome]) -> None:
         await compute_good_task(fake, 0)
         await compute_good_task(fake, 1)
+        await probe(fake)  # neither Cancel, each crossing a task_done chunk, was acknowledged
 
         fake.send(pb.MasterMessage(shutdown=pb.Shutdown(reason="job finished")))
 
@@ -317,6 +331,70 @@ def test_stale_cancel_and_pull_are_ignored() -> None:
         assert not fake.pending() and not run.done()
 
     run_async(lambda: with_session(script))
+
+
+# -- task_done against a crossing Cancel: exactly one of the flagged chunk and a CancelAck goes out -----
+
+
+class RecordingCall:
+    """Stands in for the Work call on the writer's side: records what the worker writes."""
+
+    def __init__(self) -> None:
+        self.written: list[pb.WorkerMessage] = []
+
+    async def write(self, msg: pb.WorkerMessage) -> None:
+        self.written.append(msg)
+
+
+def _working_session(iteration: int) -> Session:
+    """A Session (no stream) whose task has computed everything and queued the flagged last chunk."""
+    session = Session(worker_config(master="127.0.0.1:1", worker_id="w0"), join_reply(), None,  # type: ignore[arg-type]
+                      make_compute(), concurrent.futures.ThreadPoolExecutor(max_workers=1))
+    task = TaskRun(iteration, np.zeros(D), CODE.n_levels, np.zeros(CODE.max_partitions(SLOT)))
+    task.partitions_done, task.finished = CODE.max_partitions(SLOT), True
+    session.task, session.state = task, WorkerState.WORKING
+    done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    done.set_result(None)
+    session.task_future = done
+    for m in wire.result_chunks(iteration, SLOT, CODE.n_levels - 1, np.ones(D + 1), CHUNK_BYTES, task_done=True):
+        session.outbox.put_nowait(m)
+    return session
+
+
+def _kinds(call: RecordingCall) -> list[str]:
+    return [f"{m.WhichOneof('kind')}{'+task_done' if m.result.task_done else ''}" for m in call.written]
+
+
+def test_cancel_before_the_flagged_chunk_is_written_drops_it_and_acknowledges() -> None:
+    async def scenario() -> None:
+        session, call = _working_session(5), RecordingCall()
+
+        await session._cancel(5)              # the Cancel is read before the writer reaches the chunk
+        session.outbox.put_nowait(None)
+        await within(session._write(call), "the writer")
+
+        assert _kinds(call) == ["cancel_ack"]
+        ack = call.written[0].cancel_ack
+        assert (ack.iteration, ack.finished, ack.ready) == (5, True, True)
+        assert session.state is WorkerState.IDLE and session.task is None and session.last_iteration == 5
+
+    run_async(scenario)
+
+
+def test_cancel_after_the_flagged_chunk_is_written_is_not_acknowledged() -> None:
+    async def scenario() -> None:
+        session, call = _working_session(5), RecordingCall()
+        session.outbox.put_nowait(None)
+        await within(session._write(call), "the writer")   # the whole result, flagged, goes out first
+        assert session.state is WorkerState.IDLE and session.task is None and session.last_iteration == 5
+
+        await session._cancel(5)
+        session.outbox.put_nowait(None)
+        await within(session._write(call), "the writer")
+
+        assert _kinds(call) == ["result", "result", "result+task_done"]
+
+    run_async(scenario)
 
 
 # -- against the real master service ------------------------------------------------------------

@@ -10,13 +10,15 @@ import numpy as np
 import pytest
 
 from flexgc.cluster import LocalCluster
-from flexgc.common.models import DataSpec, full_gradient
+from flexgc.common.errors import ConfigError
+from flexgc.common.models import DataSpec, full_gradient, load_dataset
 from tests.helpers import job_config, read_records, run_job, wait_for
 
 
 def _gd_reference(X: np.ndarray, y: np.ndarray, model: str, iterations: int, lr: float, momentum: float,
-                  k: int) -> np.ndarray:
-    spec = DataSpec(model=model, source="master", samples=X.shape[0], features=X.shape[1], partitions=k)
+                  k: int, classes: int = 1) -> np.ndarray:
+    spec = DataSpec(model=model, source="master", samples=X.shape[0], features=X.shape[1], partitions=k,
+                    classes=classes)
     parts = [(X[a:b], y[a:b]) for a, b in (spec.partition_bounds(j) for j in range(k))]
     w, v = np.zeros(spec.d), np.zeros(spec.d)
     for _ in range(iterations):
@@ -42,6 +44,27 @@ def test_file_dataset_is_streamed_to_workers_and_matches_reference(tmp_path: Pat
     assert summary["samples"] == 203
     reference = _gd_reference(X, y, "logistic", cfg.iterations, cfg.lr, cfg.momentum, 4)
     assert np.linalg.norm(params - reference) <= 1e-9 * np.linalg.norm(reference)
+
+
+@pytest.mark.parametrize(("source", "model", "classes"), [("sklearn:iris", "softmax", 3),
+                                                       ("sklearn:breast_cancer", "logistic", 1),
+                                                       ("sklearn:diabetes", "least-squares", 1)])
+def test_sklearn_dataset_matches_reference(tmp_path: Path, source: str, model: str, classes: int) -> None:
+    pytest.importorskip("sklearn", reason="scikit-learn (the optional extra flexgc[sklearn]) is not installed")
+    X, y = load_dataset(source, model)                       # standardized features, as the master loads them
+    cfg = job_config(tmp_path, data=source, model=model, code="nested:levels=0,1", workers=4, iterations=5,
+                     lr=0.1)
+
+    summary, _, params = run_job(cfg)
+
+    assert (summary["samples"], summary["model"]) == (X.shape[0], model)
+    spec_ref = _gd_reference(X, y, model, cfg.iterations, cfg.lr, cfg.momentum, 4, classes)
+    assert np.linalg.norm(params - spec_ref) <= 1e-9 * np.linalg.norm(spec_ref)
+
+
+def test_unknown_sklearn_dataset_names_the_allowed_ones() -> None:
+    with pytest.raises(ConfigError, match=r"data='sklearn:mnist'; allowed sklearn datasets: iris, wine"):
+        load_dataset("sklearn:mnist", "logistic")
 
 
 def _free_port() -> int:

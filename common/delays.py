@@ -222,7 +222,9 @@ def realize(model: DelayModel, seed: int, iteration: int, slot: int, order: tupl
     if k < 1 or slot < 0:
         raise ConfigError(f"realize: k={k}, slot={slot}; need k >= 1 and slot >= 0")
     m = len(order)
-    rng = np.random.default_rng([seed, iteration, slot])
+    # seeding a generator costs ~10 us: skip it where nothing is drawn (delay=none, the common fast path)
+    uses_rng = model.kind not in ("none", "per-partition") or model.p > 0
+    rng = np.random.default_rng([seed, iteration, slot]) if uses_rng else None
     x = 0.0
     if model.kind == "none":
         per_part = np.zeros(m)
@@ -232,9 +234,10 @@ def realize(model: DelayModel, seed: int, iteration: int, slot: int, order: tupl
         x = float(draws.mean()) if m else 0.0
         per_part = (model.a + draws) / k
     else:
+        assert rng is not None
         x = float(_draw_x(model, rng, ()))
         per_part = np.full(m, (model.a + x) / k)
-    unresponsive = slot in model.dead or (model.p > 0 and bool(rng.random() < model.p))
+    unresponsive = slot in model.dead or (rng is not None and model.p > 0 and bool(rng.random() < model.p))
     factor = math.prod(g.factor for g in model.slow if slot in g.slots)
     durations_s = np.full(m, math.inf) if unresponsive else per_part * (factor * model.unit_s)
     return Realization(durations_s.astype(np.float64), unresponsive, x)

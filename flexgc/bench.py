@@ -100,7 +100,8 @@ def run_one(code_spec: str, n: int, delay: str, seed: int, iterations: int, dead
         "measured_over_ideal": mean_meas / mean_ideal if ok.any() else math.nan,
         "mean_load": float(np.mean(loads)) if loads else math.nan,
         "uploads_per_worker_iteration": float(np.mean(uploads)) if uploads else math.nan,
-        "cancel_latency_ms_median": float(np.median(cancel)) if cancel else math.nan,
+        # None: no worker was ever cancelled (every one sent its whole task, flagged task_done)
+        "cancel_latency_ms_median": float(np.median(cancel)) if cancel else None,
         "latencies_ms": [float(x) for x in finite],
     }
 
@@ -236,7 +237,11 @@ def _print_table(rows: list[dict[str, Any]]) -> None:
             continue
         print(f"{r['r']:>2} {r['p']:>4g}  {r['code']:42s} {r['mean_ms']:7.1f} {r['median_ms']:7.1f} {r['p90_ms']:7.1f} "
               f"{r['ideal_mean_ms']:7.1f} {r['measured_over_ideal']:10.3f} {r['mean_load']:6.3f} "
-              f"{r['uploads_per_worker_iteration']:7.2f} {r['cancel_latency_ms_median']:7.2f} {r['failed']:6d}")
+              f"{r['uploads_per_worker_iteration']:7.2f} {_num(r['cancel_latency_ms_median'], 7, 2)} {r['failed']:6d}")
+
+
+def _num(x: float | None, width: int, digits: int) -> str:
+    return f"{'-':>{width}}" if x is None else f"{x:{width}.{digits}f}"
 
 
 def register(sub: Any) -> None:

@@ -19,7 +19,6 @@ import json
 import logging
 import math
 import os
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -76,17 +75,18 @@ def iteration_record(code: Code, it: Iteration, outcome: Outcome, loss: float | 
     cancel_lat = []
     for slot in range(code.n):
         t = it.timing[slot]
-        w = asdict(t)
-        for key in ("task_sent_ms", "first_byte_ms", "cancel_sent_ms", "cancel_ack_ms", "task_done_ms"):
-            w[key] = _r(w[key])
-        w["level_done_ms"] = [_r(x) for x in t.level_done_ms]
-        w["result_arrival_ms"] = [_r(x) for x in t.result_arrival_ms]
-        w["compute_ms"] = [_r(x) for x in t.compute_ms]
-        w["delay_ms"] = [_r(x) if math.isfinite(x) else None for x in t.delay_ms]
         done = t.partitions_done if t.partitions_done is not None else len(t.compute_ms)
-        w["load"] = round(done / code.k, 6) if slot in it.sent else 0.0
-        w["slot"] = slot
-        workers.append(w)
+        # field by field (not dataclasses.asdict, which deep-copies): this runs once per slot and iteration
+        workers.append({
+            "task_sent_ms": _r(t.task_sent_ms), "first_byte_ms": _r(t.first_byte_ms),
+            "level_done_ms": [_r(x) for x in t.level_done_ms],
+            "result_arrival_ms": [_r(x) for x in t.result_arrival_ms],
+            "cancel_sent_ms": _r(t.cancel_sent_ms), "cancel_ack_ms": _r(t.cancel_ack_ms),
+            "task_done_ms": _r(t.task_done_ms), "partitions_done": t.partitions_done, "finished": t.finished,
+            "compute_ms": [_r(x) for x in t.compute_ms], "delay_ms": [_r(x) for x in t.delay_ms],
+            "bytes_up": t.bytes_up, "bytes_down": t.bytes_down,
+            "load": round(done / code.k, 6) if slot in it.sent else 0.0, "slot": slot,
+        })
         if t.cancel_ack_ms is not None and t.cancel_sent_ms is not None:
             cancel_lat.append(t.cancel_ack_ms - t.cancel_sent_ms)
     return {

@@ -145,6 +145,9 @@ class Trainer:
             if stop.is_set():
                 break
             it = c.start_iteration(t, self.state.params)
+            # the previous iterations' records, after this iteration's tasks: call_soon runs in order, so
+            # the Work streams that start_iteration woke hand their tasks to gRPC first
+            asyncio.get_running_loop().call_soon(self._flush_log, t - 1)
             await _until(asyncio.shield(it.done), stop)
             if not it.done.done():
                 break
@@ -167,7 +170,6 @@ class Trainer:
             self.metrics.iteration_latency.observe(outcome.latency_ms / 1e3)
             self.metrics.connected.set(c.connected)
             self.runlog.add(it, outcome, loss, verify)
-            self._emit(self.runlog.flush(self.code, newest=t))
             if cfg.checkpoint_every and (t + 1) % cfg.checkpoint_every == 0:
                 # the run log must hold every iteration before the checkpoint, or a resume leaves a gap
                 self._emit(self.runlog.flush(self.code, force=True))
@@ -189,6 +191,9 @@ class Trainer:
             except TimeoutError:
                 break
         self._emit(self.runlog.flush(self.code, force=True))
+
+    def _flush_log(self, newest: int) -> None:
+        self._emit(self.runlog.flush(self.code, newest=newest))
 
     def _emit(self, records: list[dict[str, Any]]) -> None:
         for rec in records:

@@ -31,3 +31,30 @@ def test_resume_keeps_complete_records_before_the_checkpoint_and_drops_the_rest(
     assert [r["iteration"] for r in read_run_log(path)] == [0, 1, 2]
     assert path.read_text().endswith("\n")
     assert [r["iteration"] for r in log.records] == [0, 1, 2]
+
+
+def test_iteration_record_carries_every_worker_timing_field() -> None:
+    """The record is built field by field; a field added to WorkerTiming must not be left out of it."""
+    import asyncio
+    import dataclasses
+
+    from flexgc.common.codes import parse_code
+    from flexgc.master.accounting import iteration_record
+    from flexgc.master.coordinator import Iteration, IterationPhase, Outcome, WorkerTiming
+
+    code = parse_code("nested:levels=0,1", 3)
+
+    async def build() -> dict[str, object]:
+        it = Iteration(0, code, [], 0.0)
+        it.sent = {0, 1}
+        it.timing[0].task_done_ms, it.timing[0].partitions_done = 3.25, 2
+        it.timing[1].delay_ms = [float("inf")]
+        return iteration_record(code, it, Outcome(0, IterationPhase.FAILED, None, None, 5.0, 0.0), None)
+
+    rec = asyncio.run(build())
+    workers = rec["workers"]
+    assert isinstance(workers, list)
+    assert set(workers[0]) == {f.name for f in dataclasses.fields(WorkerTiming)} | {"load", "slot"}
+    assert (workers[0]["task_done_ms"], workers[0]["load"], workers[2]["load"]) == (3.25, round(2 / 3, 6), 0.0)
+    assert workers[1]["delay_ms"] == [None]                                  # unresponsive: no number
+    json.dumps(rec, allow_nan=False)                                         # valid JSON, no NaN/Infinity

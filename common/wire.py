@@ -95,7 +95,8 @@ def result_chunks(iteration: int, slot: int, level: int, vector: np.ndarray, chu
         chunk.total_elements, chunk.offset, chunk.last = d, start, index == len(slices) - 1
         chunk.task_done = task_done and chunk.last
         chunk.data = flat[start:stop].tobytes()
-        if index == 0 and times is not None:
+        if (index == 0 or chunk.task_done) and times is not None:
+            # the flagged chunk carries them too: if it crosses a Cancel, it is all the master keeps
             chunk.times.CopyFrom(times_to_proto(times))
         yield msg
 

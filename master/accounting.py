@@ -8,7 +8,8 @@ Run log schema (one JSON object per iteration, `schema: "flexgc.run.v1"`):
     stale_results, duplicates, verify_rel_err (verify mode), and `workers`: per slot task_sent_ms,
     first_byte_ms, level_done_ms[l], result_arrival_ms[l], cancel_sent_ms, cancel_ack_ms, task_done_ms
     (push: the worker's whole task arrived, flagged task_done; such a worker gets no Cancel, so its
-    cancel_sent_ms is null unless a Cancel crossed the flag), partitions_done, finished, load,
+    cancel_sent_ms is null unless a Cancel crossed the flag, and then cancel_ack_ms is the flag's
+    arrival), partitions_done, finished, load,
     compute_ms[p], delay_ms[p], bytes_up, bytes_down.
 All *_ms times are relative to the iteration's start on the master's monotonic clock.
 """

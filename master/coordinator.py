@@ -376,9 +376,11 @@ class Coordinator:
             raise UnknownSlotError(f"result for slot={chunk.slot} on the stream of slot={conn.slot}")
         header = wire.result_header(chunk, self.wire_dtype, self.d, self.code.n_levels,
                                     self.code.max_partitions(conn.slot))
-        if header.task_done and (header.iteration != conn.task_iteration or self.code.signaling != "push"):
+        if header.task_done and self.code.signaling != "push":
+            raise WireError(f"slot={conn.slot}: task_done under signaling={self.code.signaling} (push only)")
+        if header.task_done and header.iteration != conn.task_iteration:
             raise WireError(f"slot={conn.slot}: task_done for iteration {header.iteration}, but the task on "
-                            f"this connection is {conn.task_iteration} (signaling={self.code.signaling})")
+                            f"this connection is {conn.task_iteration}")
         it = self._iteration_for(conn, header.iteration)
         if it is None:
             if header.task_done:

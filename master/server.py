@@ -106,6 +106,7 @@ class Trainer:
         self.state = TrainState(np.zeros(data.d), np.zeros(data.d), 0, cfg.data_seed, cfg.delay_seed)
         self.stopped_early = False
         self.last_loss: float | None = None
+        self._log_error: BaseException | None = None   # from a run-log flush run as a loop callback
 
     def restore(self) -> None:
         if self.out is None or not self.cfg.resume:
@@ -149,6 +150,8 @@ class Trainer:
             # the Work streams that start_iteration woke hand their tasks to gRPC first
             asyncio.get_running_loop().call_soon(self._flush_log, t - 1)
             await _until(asyncio.shield(it.done), stop)
+            if self._log_error is not None:
+                raise self._log_error  # a run log that cannot be written stops the job, as before
             if not it.done.done():
                 break
             outcome = it.done.result()
@@ -193,7 +196,10 @@ class Trainer:
         self._emit(self.runlog.flush(self.code, force=True))
 
     def _flush_log(self, newest: int) -> None:
-        self._emit(self.runlog.flush(self.code, newest=newest))
+        try:
+            self._emit(self.runlog.flush(self.code, newest=newest))
+        except Exception as exc:
+            self._log_error = exc
 
     def _emit(self, records: list[dict[str, Any]]) -> None:
         for rec in records:

@@ -210,8 +210,8 @@ class Session:
         if task is None or task.iteration != iteration:
             return  # nothing running for that iteration (already acknowledged)
         self.advance(WorkerState.CANCELLING)
-        # from here on the writer drops this iteration's results, so whether the task_done chunk went out
-        # is settled now: if it did, it answers this Cancel (the master expects no ack)
+        # from here on the writer drops this iteration's results, the task_done chunk included: the task
+        # is still ours, so that chunk has not gone out, and this Cancel gets its ack
         self._cancelled_through = max(self._cancelled_through, iteration)
         task.cancel.set()
         if self.task_future is not None:
@@ -219,8 +219,6 @@ class Session:
         self.task, self.task_future = None, None
         self.last_iteration = max(self.last_iteration, iteration)
         self.advance(WorkerState.IDLE)
-        if task.done_sent:
-            return
         self._send(pb.WorkerMessage(cancel_ack=pb.CancelAck(iteration=iteration,
                                                             partitions_done=task.partitions_done,
                                                             times=wire.times_to_proto(task.times),
@@ -247,16 +245,19 @@ class Session:
 
     def _task_done(self, iteration: int) -> None:
         """The task's last chunk goes out now: the worker is idle, and that chunk is its Ready (and its
-        answer to a Cancel that may cross it). The compute thread may still be returning; the next task
-        queues behind it on the one-thread executor."""
+        answer to a Cancel that may cross it: with the task gone, `_cancel` finds nothing to acknowledge).
+        The compute thread may still be returning; the next task queues behind it on the one-thread
+        executor.
+
+        `last_iteration` stays where it was: it is what a reconnect asks past, and until the master has
+        read this chunk (which a broken stream may lose) iteration `iteration` may still need this slot.
+        Asked for again, the worker recomputes it; the master drops the duplicates and takes the flag.
+        """
         task = self.task
-        if task is None or task.iteration != iteration:
-            return
-        task.done_sent = True
-        if self.state is WorkerState.WORKING:
-            self.task, self.task_future = None, None
-            self.last_iteration = max(self.last_iteration, iteration)
-            self.advance(WorkerState.IDLE)
+        if task is None or task.iteration != iteration or self.state is not WorkerState.WORKING:
+            return  # cannot happen: a Cancel makes the writer drop the chunk before it gets here
+        self.task, self.task_future = None, None
+        self.advance(WorkerState.IDLE)
 
     async def _heartbeat(self) -> None:
         interval = max(0.05, self.reply.heartbeat_interval_s or 2.0)

@@ -36,7 +36,6 @@ class TaskRun:
     times: wire.PartitionTimes = field(default_factory=wire.PartitionTimes)
     vectors: dict[int, np.ndarray] = field(default_factory=dict)   # level -> coded vector (notify)
     finished: bool = False
-    done_sent: bool = False   # the task_done chunk was handed to the stream (event-loop side only)
 
 
 class PartitionCompute:

@@ -58,3 +58,34 @@ def test_iteration_record_carries_every_worker_timing_field() -> None:
     assert (workers[0]["task_done_ms"], workers[0]["load"], workers[2]["load"]) == (3.25, round(2 / 3, 6), 0.0)
     assert workers[1]["delay_ms"] == [None]                                  # unresponsive: no number
     json.dumps(rec, allow_nan=False)                                         # valid JSON, no NaN/Infinity
+
+
+def test_flush_waits_until_every_sent_slot_answered_by_ack_or_task_done(tmp_path: Path) -> None:
+    import asyncio
+
+    from flexgc.common.codes import parse_code
+    from flexgc.master.coordinator import Iteration, IterationPhase, Outcome
+
+    code = parse_code("nested:levels=0,1", 3)
+
+    async def scenario() -> tuple[list[int], ...]:
+        log = RunLog(tmp_path)
+        its = [Iteration(i, code, [], 0.0) for i in range(4)]
+        for it in its:
+            it.sent = {0, 1}
+            log.add(it, Outcome(it.number, IterationPhase.EXACT, None, None, 1.0, 0.0), 0.5, None)
+        waiting = [r["iteration"] for r in log.flush(code)]            # nobody answered yet
+        its[0].timing[0].cancel_ack_ms = 2.0                           # slot 0 by ack, slot 1 not yet
+        partly = [r["iteration"] for r in log.flush(code)]
+        its[0].timing[1].task_done_ms = 1.5                            # slot 1 by its task_done chunk
+        its[1].timing[0].task_done_ms = its[1].timing[1].task_done_ms = 1.0
+        answered = [r["iteration"] for r in log.flush(code)]
+        forced = [r["iteration"] for r in log.flush(code, newest=4)]   # at most 2 behind the newest
+        rest = [r["iteration"] for r in log.flush(code, force=True)]
+        log.close()
+        return waiting, partly, answered, forced, rest
+
+    waiting, partly, answered, forced, rest = asyncio.run(scenario())
+
+    assert (waiting, partly, answered, forced, rest) == ([], [], [0, 1], [2], [3])
+    assert [r["iteration"] for r in read_run_log(tmp_path / "run.jsonl")] == [0, 1, 2, 3]

@@ -73,8 +73,9 @@ class Job:
     """A coordinator plus known partial gradients G[t] (k, D) per iteration; coded messages are B[l, i] @ G[t]."""
 
     def __init__(self, *, token: str | None = TOKEN, decode_inline_elements: int = 1 << 20,
-                 deadline_s: float = 0.0, on_deadline: str = "fail", dtype: str = "float64") -> None:
-        self.code = parse_code("nested:levels=0,1", N)
+                 deadline_s: float = 0.0, on_deadline: str = "fail", dtype: str = "float64",
+                 code: str = "nested:levels=0,1") -> None:
+        self.code = parse_code(code, N)
         self.metrics = Metrics()
         self.c = Coordinator(self.code, DataSpec(samples=30, features=FEATURES, partitions=self.code.k),
                              dtype=dtype, chunk_bytes=CHUNK_BYTES, deadline_s=deadline_s, on_deadline=on_deadline,
@@ -94,9 +95,10 @@ class Job:
         return self.code.B[level, slot] @ self.partials(iteration)
 
     def chunks(self, iteration: int, level: int, slot: int, vector: np.ndarray | None = None,
-               task_done: bool = False) -> list[pb.ResultChunk]:
+               task_done: bool = False, times: wire.PartitionTimes | None = None) -> list[pb.ResultChunk]:
         v = self.coded(iteration, level, slot) if vector is None else vector
-        return [m.result for m in wire.result_chunks(iteration, slot, level, v, CHUNK_BYTES, task_done=task_done)]
+        return [m.result for m in wire.result_chunks(iteration, slot, level, v, CHUNK_BYTES, times,
+                                                     task_done=task_done)]
 
     def connect(self, slot: int, worker_id: str | None = None, ready_after: int | None = -1) -> Connection:
         wid = worker_id or f"w{slot}"
@@ -111,8 +113,9 @@ class Job:
         conns = [self.connect(slot) for slot in range(N)]
         return conns, self.start(0)
 
-    def deliver(self, conn: Connection, iteration: int, level: int, task_done: bool = False) -> None:
-        for chunk in self.chunks(iteration, level, conn.slot, task_done=task_done):
+    def deliver(self, conn: Connection, iteration: int, level: int, task_done: bool = False,
+                times: wire.PartitionTimes | None = None) -> None:
+        for chunk in self.chunks(iteration, level, conn.slot, task_done=task_done, times=times):
             self.c.on_result(conn, chunk)
 
     def start(self, iteration: int) -> Iteration:
@@ -251,11 +254,14 @@ def test_task_done_that_crosses_the_cancel_answers_it_and_gets_the_next_task() -
         nxt = job.start(1)
         assert 2 not in nxt.sent
 
-        job.deliver(conns[2], 0, 0)
-        job.deliver(conns[2], 0, 1, task_done=True)              # written before the Cancel arrived
+        times = wire.PartitionTimes(compute_ms=[0.5, 0.75], delay_ms=[10.0, 20.0])
+        job.deliver(conns[2], 0, 0, times=wire.PartitionTimes([0.5], [10.0]))
+        job.deliver(conns[2], 0, 1, task_done=True, times=times)  # written before the Cancel arrived
 
         timing = it.timing[2]
         assert timing.cancel_ack_ms == timing.task_done_ms is not None and timing.finished
+        # a 3-chunk level: the times come from the flagged last chunk (the first was dropped as stale)
+        assert (timing.compute_ms, timing.delay_ms, timing.partitions_done) == ([0.5, 0.75], [10.0, 20.0], 2)
         assert job.discarded("stale") == 6                       # the data itself is stale
         assert 2 in nxt.sent and conns[2].state is SlotState.WORKING
         np.testing.assert_array_equal(it.done.result().gradient, gradient)
@@ -295,6 +301,17 @@ def test_task_done_on_the_wrong_chunk_is_refused(level: int, last: bool) -> None
             job.c.on_result(conns[0], bad)
 
         assert conns[0].state is SlotState.WORKING
+
+    run(scenario)
+
+
+def test_task_done_under_notify_signaling_is_refused() -> None:
+    async def scenario() -> None:
+        job = Job(code="nested:levels=0,1,signaling=notify")
+        conns, _ = job.begin()
+
+        with pytest.raises(WireError, match=r"slot=0: task_done under signaling=notify \(push only\)"):
+            job.deliver(conns[0], 0, 1, task_done=True)
 
     run(scenario)
 

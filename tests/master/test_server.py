@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
 from flexgc.cluster import LocalCluster
+from flexgc.common.config import worker_config
 from flexgc.common.errors import ConfigError
 from flexgc.common.models import DataSpec, full_gradient, load_dataset
+from flexgc.master.server import serve
+from flexgc.worker.client import run_worker
 from tests.helpers import job_config, read_records, run_job, wait_for
 
 
@@ -65,6 +70,36 @@ def test_sklearn_dataset_matches_reference(tmp_path: Path, source: str, model: s
 def test_unknown_sklearn_dataset_names_the_allowed_ones() -> None:
     with pytest.raises(ConfigError, match=r"data='sklearn:mnist'; allowed sklearn datasets: iris, wine"):
         load_dataset("sklearn:mnist", "logistic")
+
+
+def test_a_run_log_that_cannot_be_written_stops_the_job(tmp_path: Path) -> None:
+    """Records are flushed by a loop callback; a failure there must still end the job, not vanish."""
+    cfg = job_config(tmp_path, iterations=60)
+    seen: list[int] = []
+
+    def on_record(rec: dict[str, Any]) -> None:
+        seen.append(rec["iteration"])
+        if rec["iteration"] == 2:
+            raise OSError(28, "No space left on device")
+
+    async def main() -> None:
+        ports: asyncio.Queue[int] = asyncio.Queue()
+        master = asyncio.create_task(serve(cfg, on_port=ports.put_nowait, on_record=on_record))
+        port = await asyncio.wait_for(ports.get(), 30)
+        workers = [asyncio.create_task(run_worker(worker_config(master=f"127.0.0.1:{port}", worker_id=f"w{i}",
+                                                                slot=i))) for i in range(cfg.workers)]
+        try:
+            with pytest.raises(OSError, match="No space left on device"):
+                await asyncio.wait_for(master, 60)
+            assert await asyncio.wait_for(asyncio.gather(*workers), 30) == [0] * cfg.workers  # told to stop
+        finally:
+            for task in (master, *workers):
+                task.cancel()
+            await asyncio.gather(master, *workers, return_exceptions=True)
+
+    asyncio.run(main())
+
+    assert seen == [0, 1, 2]
 
 
 def _free_port() -> int:

@@ -15,8 +15,8 @@ Goals: d = 10^3: <= 2 ms at n = 8 and <= 5 ms at n = 32. d = 10^6: within 1.5x o
 iteration's bytes (params down + results up, from the run log) take at the raw loopback TCP rate,
 measured in the same run (`bench_limits.tcp_rates`, 64 MiB transfers).
 
-Also reported: the median of the slowest worker's task_sent_ms (the task waits for a worker's Ready,
-which follows the previous iteration's Cancel/CancelAck), first_byte_ms and last result_arrival_ms,
+Also reported: the median of the slowest worker's task_sent_ms (the task waits for a worker's Ready: its
+CancelAck, or its previous task_done chunk when it finished the whole task), first_byte_ms and last result_arrival_ms,
 decode_ms, and the CPU time all processes spent per measured iteration (from /proc/<pid>/stat), so
 what n worker processes cost on this machine's cores is visible.
 """

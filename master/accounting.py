@@ -10,7 +10,7 @@ Run log schema (one JSON object per iteration, `schema: "flexgc.run.v1"`):
     (push: the worker's whole task arrived, flagged task_done; such a worker gets no Cancel, so its
     cancel_sent_ms is null unless a Cancel crossed the flag, and then cancel_ack_ms is the flag's
     arrival), partitions_done, finished, load,
-    compute_ms[p], delay_ms[p], bytes_up, bytes_down.
+    compute_ms[p], delay_ms[p], bytes_up, bytes_down, slot.
 All *_ms times are relative to the iteration's start on the master's monotonic clock.
 """
 

@@ -3,7 +3,8 @@
 Everything here runs on the master's one event loop; the servicer (service.py) only translates wire
 messages into the calls below. Lifecycles are enums with transition tables (STYLE §3):
 
-    SlotState:      JOINED -> IDLE -> WORKING -> CANCELLING -> IDLE ...; any -> GONE
+    SlotState:      JOINED -> IDLE -> WORKING -> CANCELLING -> IDLE ...; WORKING -> IDLE (task_done);
+                    any -> GONE
     IterationPhase: SCHEDULED -> COLLECTING -> EXACT | APPROXIMATE | FAILED
 
 A coded result is written chunk by chunk into its row of a preallocated ``(n_messages, d + 1)`` buffer
@@ -53,11 +54,11 @@ class SlotState(enum.Enum):
     GONE = 5
 
 
-# Beyond STYLE §3's table: JOINED -> WORKING (a task already waiting when the first Ready arrives is sent
-# at once), CANCELLING -> WORKING (a CancelAck that doubles as Ready gets the next task immediately) and
-# IDLE -> IDLE (a repeated Ready).
-_SLOT_MOVES = {("JOINED", "IDLE"), ("JOINED", "WORKING"), ("IDLE", "WORKING"), ("WORKING", "CANCELLING"),
-               ("WORKING", "IDLE"), ("CANCELLING", "IDLE"), ("CANCELLING", "WORKING"),
+# Beyond STYLE §3's table: WORKING -> IDLE (the task_done chunk, or a Ready, says the worker is idle) and
+# IDLE -> IDLE (a repeated Ready). Every Ready (also the one a CancelAck carries) passes through IDLE before
+# the next task makes the slot WORKING.
+_SLOT_MOVES = {("JOINED", "IDLE"), ("IDLE", "WORKING"), ("WORKING", "CANCELLING"),
+               ("WORKING", "IDLE"), ("CANCELLING", "IDLE"),
                ("IDLE", "IDLE")} | {(s.name, "GONE") for s in SlotState if s is not SlotState.GONE}
 
 

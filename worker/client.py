@@ -2,8 +2,10 @@
 
     flexgc worker --master HOST:PORT
 
-Lifecycle of one connection: Join -> Work stream (hello) -> Ready -> Task+params -> compute (results
-stream out as levels complete) -> Cancel -> CancelAck -> Ready -> ... -> Shutdown. If the master goes
+Lifecycle of one connection: Join -> Work stream (hello) -> Ready -> Task (+ params, inline when they fit
+one chunk) -> compute (results stream out as levels complete) -> either Cancel -> CancelAck (which
+doubles as the next Ready), or, under push signaling once every level is sent, the last chunk flagged
+task_done (the worker is idle; the master sends it no Cancel) -> Task ... -> Shutdown. If the master goes
 away the worker cancels its work and reconnects with exponential backoff, asking for its slot back.
 """
 

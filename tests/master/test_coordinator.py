@@ -55,8 +55,8 @@ CHUNK_BYTES = 16                 # 2 float64 elements per chunk: every result is
 
 # The lifecycles of STYLE §3 as the coordinator implements them (module docstring of coordinator.py).
 SLOT_MOVES = {
-    ("JOINED", "IDLE"), ("JOINED", "WORKING"), ("IDLE", "IDLE"), ("IDLE", "WORKING"),
-    ("WORKING", "CANCELLING"), ("WORKING", "IDLE"), ("CANCELLING", "IDLE"), ("CANCELLING", "WORKING"),
+    ("JOINED", "IDLE"), ("IDLE", "IDLE"), ("IDLE", "WORKING"),
+    ("WORKING", "CANCELLING"), ("WORKING", "IDLE"), ("CANCELLING", "IDLE"),
     ("JOINED", "GONE"), ("IDLE", "GONE"), ("WORKING", "GONE"), ("CANCELLING", "GONE"),
 }
 PHASE_MOVES = {("SCHEDULED", "COLLECTING"), ("COLLECTING", "EXACT"), ("COLLECTING", "APPROXIMATE"),

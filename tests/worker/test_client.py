@@ -402,6 +402,26 @@ def test_cancel_after_the_flagged_chunk_is_written_is_not_acknowledged() -> None
     run_async(scenario)
 
 
+def test_cancel_between_chunks_of_the_flagged_level_drops_the_rest_and_acknowledges() -> None:
+    async def scenario() -> None:
+        session = _working_session(5)
+
+        class CancelDuringFirstWrite(RecordingCall):
+            async def write(self, msg: pb.WorkerMessage) -> None:
+                await super().write(msg)
+                if len(self.written) == 1:
+                    await session._cancel(5)      # read while the first chunk is on its way
+                    session.outbox.put_nowait(None)
+
+        call = CancelDuringFirstWrite()
+        await within(session._write(call), "the writer")
+
+        assert _kinds(call) == ["result", "cancel_ack"]   # the flagged last chunk never went out
+        assert call.written[1].cancel_ack.iteration == 5 and session.state is WorkerState.IDLE
+
+    run_async(scenario)
+
+
 # -- against the real master service ------------------------------------------------------------
 
 

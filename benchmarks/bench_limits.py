@@ -13,8 +13,8 @@
     clocked from the request to the last byte (nothing can be buffered before it). A third figure,
     a bare gRPC client stream of 1 MiB `bytes` messages through flexgc's transport settings (no
     protobuf, no validation), shows what gRPC itself costs.
-(b) The master's decode (`coordinator.combine_rows`: one `np.dot(weights, buffer[:m])`, cast to
-    float64) against one plain memory copy of the same bytes (`np.copyto`), one BLAS thread like the
+(b) The master's decode (`coordinator.combine_rows`: one `np.dot(weights, buffer[:m])` in the wire
+    dtype) against one plain memory copy of the same bytes (`np.copyto`), one BLAS thread like the
     master (goal <= 0.5x). The buffer is laid out as the Coordinator's (n_messages, d + 1) and
     refilled before every timing, as fresh results would be. One read pass over the same bytes
     (`np.dot(flat, flat)`) is timed too: no decode can be cheaper.

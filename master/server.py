@@ -160,8 +160,8 @@ class Trainer:
             if outcome.gradient is not None:
                 if cfg.verify:
                     verify = self._verify(outcome.gradient)
-                grad = outcome.gradient[:d] / N
-                loss = float(outcome.gradient[d] / N)
+                grad = np.divide(outcome.gradient[:d], N, dtype=np.float64)  # widened here, not in the decode
+                loss = float(outcome.gradient[d]) / N
                 self.state.velocity = cfg.momentum * self.state.velocity + grad
                 self.state.params = self.state.params - cfg.lr * self.state.velocity
                 self.last_loss = loss

@@ -239,7 +239,10 @@ class MasterConfig:
             raise ConfigError(f"max_workers={self.max_workers}; must be 0 or >= workers={self.workers}")
         if self.model == "logistic" and self.classes != 2:
             raise ConfigError(f"classes={self.classes}; logistic regression has 2 classes (use model=softmax)")
-        parse_code(self.code, self.workers)
+        try:
+            parse_code(self.code, self.workers)
+        except ConfigError as exc:  # say which code (possibly the default) met which worker count
+            raise ConfigError(f"code={self.code!r} with workers={self.workers}: {exc}") from None
         parse_delay(self.delay, "delay")
 
     @classmethod

@@ -229,6 +229,8 @@ def _write(out: Path, rows: list[dict[str, Any]], wall: float, args: argparse.Na
 def _print_table(rows: list[dict[str, Any]]) -> None:
     head = (f"{'r':>2} {'p':>4}  {'code':42s} {'mean':>7} {'median':>7} {'p90':>7} {'ideal':>7} {'meas/ideal':>10} "
             f"{'load':>6} {'uploads':>7} {'cancel':>7} {'failed':>6}")
+    print("mean, median, p90, ideal, cancel: ms; load: fraction of the data per worker; uploads: coded vectors"
+          " per worker and iteration")
     print(head)
     print("-" * len(head))
     for r in rows:

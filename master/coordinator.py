@@ -44,6 +44,7 @@ from flexgc.v1 import coordinator_pb2 as pb
 _log = logging.getLogger(__name__)
 
 _CLOSE = object()  # sentinel that ends a connection's outbox
+SHARED_ID_REPLACEMENTS, SHARED_ID_WINDOW_S = 3, 10.0  # a worker_id replacing itself this often: shared id
 
 
 class SlotState(enum.Enum):
@@ -203,6 +204,8 @@ class Coordinator:
         self._epoch = 0
         self.current: Iteration | None = None
         self.history: dict[int, Iteration] = {}       # finished iterations awaiting late acks
+        self._replaced: dict[int, list[float]] = {}    # slot -> recent times a connection was replaced
+        self._warned_shared: dict[str, float] = {}     # worker_id -> when we last warned it looks shared
         self.metrics = metrics
         self.rejected: dict[str, int] = {}
         self.stale_results = 0
@@ -242,6 +245,18 @@ class Coordinator:
         _log.info("joined slot=%d worker_id=%s", slot, worker_id)
         return JoinGrant(slot, self.session_id, self.slot_code(slot))
 
+    def _note_replacement(self, slot: int, worker_id: str) -> None:
+        """A reconnect replaces a dead connection now and then; the same id replacing a live one again and
+        again means several processes share the id (each knocks the other off, and no task completes)."""
+        now = time.monotonic()
+        recent = [t for t in self._replaced.get(slot, []) if now - t < SHARED_ID_WINDOW_S] + [now]
+        self._replaced[slot] = recent
+        if len(recent) >= SHARED_ID_REPLACEMENTS and now - self._warned_shared.get(worker_id, -math.inf) > 30.0:
+            self._warned_shared[worker_id] = now
+            _log.warning("slot=%d: worker_id=%r replaced its own connection %d times in %g s: several worker "
+                         "processes seem to share this id (the default is the hostname); give each worker its "
+                         "own --worker-id / FLEXGC_WORKER_ID", slot, worker_id, len(recent), SHARED_ID_WINDOW_S)
+
     def _slot_free(self, slot: int) -> bool:
         return slot not in self._owner or slot not in self.connections
 
@@ -264,6 +279,7 @@ class Coordinator:
         old = self.connections.get(slot)
         if old is not None:
             self.close_stream(old, "replaced by a new connection")
+            self._note_replacement(slot, worker_id)
         self._epoch += 1
         conn = Connection(slot, worker_id, self._epoch, asyncio.Queue())
         self.connections[slot] = conn

@@ -135,6 +135,11 @@ class Trainer:
 
     async def run(self, stop: asyncio.Event) -> None:
         cfg, c = self.cfg, self.coordinator
+        if self.state.iteration >= cfg.iterations:
+            _log.warning("the checkpoint in %s is at iteration %d of %d: the job is complete, nothing to run "
+                         "(use another --out, or raise --iterations to continue it)", cfg.out,
+                         self.state.iteration, cfg.iterations)
+            return
         joined = await _until(c.wait_for_workers(self.code.n, cfg.join_timeout_s), stop)
         if stop.is_set():
             return

@@ -87,3 +87,25 @@ def test_sigterm_writes_a_checkpoint(tmp_path: Path) -> None:
     assert summary["interrupted"] is True
     with np.load(out / "checkpoint.npz") as ckpt:
         assert int(ckpt["iteration"]) == summary["next_iteration"] >= 3
+
+
+def test_restarting_a_completed_job_ends_at_once_and_keeps_its_results(tmp_path: Path) -> None:
+    # Prepare: a finished job with a checkpoint at its last iteration
+    cfg = job_config(tmp_path, iterations=4, checkpoint_every=2, join_timeout_s=120.0)
+    with LocalCluster(cfg) as cluster:
+        cluster.start_master()
+        cluster.start_workers()
+        assert cluster.wait_master(60) == 0
+    params = np.load(tmp_path / "params.npy")
+
+    # Execute: the same master again, no workers (it must not wait out the 120 s join timeout)
+    with LocalCluster(cfg) as cluster:
+        cluster.start_master()
+        rc = cluster.wait_master(30)
+
+    # Assert
+    assert rc == 0
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["next_iteration"] == 4 and summary["exact_iterations"] == 4
+    assert [r["iteration"] for r in read_records(tmp_path)] == [0, 1, 2, 3]
+    np.testing.assert_array_equal(np.load(tmp_path / "params.npy"), params)

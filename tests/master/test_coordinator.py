@@ -879,3 +879,17 @@ def test_reject_counts_by_kind() -> None:
         assert job.metrics.registry.get_sample_value("flexgc_rejected_messages_total", {"kind": "WireError"}) == 2
 
     run(scenario)
+
+
+@pytest.mark.parametrize(("connections", "warned"), [(3, False), (4, True)])
+def test_a_worker_id_that_keeps_replacing_its_own_connection_is_reported_as_shared(
+        connections: int, warned: bool, caplog: pytest.LogCaptureFixture) -> None:
+    async def scenario() -> None:
+        job = Job()
+        for _ in range(connections):                  # the first connects, each later one replaces it
+            job.connect(0, worker_id="vm")
+
+    with caplog.at_level("WARNING", logger="flexgc.master.coordinator"):
+        run(scenario)
+
+    assert ("several worker processes seem to share this id" in caplog.text) is warned

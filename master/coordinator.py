@@ -45,6 +45,7 @@ _log = logging.getLogger(__name__)
 
 _CLOSE = object()  # sentinel that ends a connection's outbox
 SHARED_ID_REPLACEMENTS, SHARED_ID_WINDOW_S = 3, 10.0  # a worker_id replacing itself this often: shared id
+JOIN_GRACE_S = 5.0  # a slot granted by Join stays its worker's this long before the stream is open
 
 
 class SlotState(enum.Enum):
@@ -204,6 +205,7 @@ class Coordinator:
         self._epoch = 0
         self.current: Iteration | None = None
         self.history: dict[int, Iteration] = {}       # finished iterations awaiting late acks
+        self._granted_at: dict[int, float] = {}        # slot -> when Join last granted it
         self._replaced: dict[int, list[float]] = {}    # slot -> recent times a connection was replaced
         self._warned_shared: dict[str, float] = {}     # worker_id -> when we last warned it looks shared
         self.metrics = metrics
@@ -235,13 +237,15 @@ class Coordinator:
         else:
             free = [i for i in range(n) if self._slot_free(i)]
             if not free:
-                raise UnknownSlotError(f"all {n} slots are held by connected workers")
+                raise UnknownSlotError(f"all {n} slots are held by connected workers (or granted in the last "
+                                       f"{JOIN_GRACE_S:g} s to workers about to connect)")
             slot = free[0]
         old = self._owner.get(slot)
         if old is not None and old != worker_id:
             self._slot_of.pop(old, None)
         self._owner[slot] = worker_id
         self._slot_of[worker_id] = slot
+        self._granted_at[slot] = time.monotonic()
         _log.info("joined slot=%d worker_id=%s", slot, worker_id)
         return JoinGrant(slot, self.session_id, self.slot_code(slot))
 
@@ -258,7 +262,13 @@ class Coordinator:
                          "own --worker-id / FLEXGC_WORKER_ID", slot, worker_id, len(recent), SHARED_ID_WINDOW_S)
 
     def _slot_free(self, slot: int) -> bool:
-        return slot not in self._owner or slot not in self.connections
+        """Unowned, or owned by a worker that is not connected, unless Join granted it moments ago (its
+        worker is about to open its stream: two workers joining at once must not get the same slot)."""
+        if slot not in self._owner:
+            return True
+        if slot in self.connections:
+            return False
+        return time.monotonic() - self._granted_at.get(slot, -math.inf) > JOIN_GRACE_S
 
     def slot_code(self, slot: int) -> wire.SlotCode:
         c = self.code

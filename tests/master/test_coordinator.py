@@ -407,6 +407,26 @@ def test_join_does_not_hand_out_a_connected_slot() -> None:
     run(scenario)
 
 
+def test_workers_joining_at_once_get_different_slots_until_the_grace_ends(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import flexgc.master.coordinator as coordinator
+
+    async def scenario() -> None:
+        job = Job()
+        first = job.c.join("a", -1, TOKEN)              # neither has opened its stream yet
+        second = job.c.join("b", -1, TOKEN)
+        assert (first.slot, second.slot) == (0, 1)
+
+        monkeypatch.setattr(coordinator, "JOIN_GRACE_S", 0.0)   # "a" never connected: its grant lapses
+        third = job.c.join("c", 0, TOKEN)
+
+        assert third.slot == 0
+        with pytest.raises(UnknownSlotError, match="slot=0 is not held by worker_id='a'; join first"):
+            job.c.open_stream(0, "a", first.session_id, TOKEN)
+
+    run(scenario)
+
+
 @pytest.mark.parametrize("token", ["", "tok-4", "TOK-42", "tok-42 "])
 def test_bad_token_is_refused_everywhere_and_never_echoed(token: str) -> None:
     async def scenario() -> None:

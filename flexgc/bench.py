@@ -203,27 +203,26 @@ def _write(out: Path, rows: list[dict[str, Any]], wall: float, args: argparse.Na
                          and "mean_ms" in r)
             if pts:
                 ax.plot([x for x, _ in pts], [y for _, y in pts], marker="o", label=spec)
-        ax.set_xlabel("dead workers r")
-        ax.set_ylabel("mean iteration latency (ms, live)")
-        ax.set_title(f"flexgc bench, n={args.workers}, {args.delay}, p={p:g}")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-        fig.tight_layout()
-        fig.savefig(out / f"latency_vs_dead_p{p:g}.png", dpi=110)
-        plt.close(fig)
+        _save(plt, fig, ax, "dead workers r", "mean iteration latency (ms, live)",
+              f"flexgc bench, n={args.workers}, {args.delay}, p={p:g}", out / f"latency_vs_dead_p{p:g}.png")
         fig, ax = plt.subplots(figsize=(7, 4.5))
         for row in rows:
             if row["p"] == p and row["r"] == 0 and row.get("latencies_ms"):
                 xs = np.sort(row["latencies_ms"])
                 ax.step(xs, np.arange(1, xs.size + 1) / xs.size, where="post", label=row["code"])
-        ax.set_xlabel("iteration latency (ms, live)")
-        ax.set_ylabel("CDF")
-        ax.set_title(f"latency CDF, r=0, p={p:g}")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-        fig.tight_layout()
-        fig.savefig(out / f"latency_cdf_p{p:g}.png", dpi=110)
-        plt.close(fig)
+        _save(plt, fig, ax, "iteration latency (ms, live)", "CDF", f"latency CDF, r=0, p={p:g}",
+              out / f"latency_cdf_p{p:g}.png")
+
+
+def _save(plt: Any, fig: Any, ax: Any, xlabel: str, ylabel: str, title: str, path: Path) -> None:
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def _print_table(rows: list[dict[str, Any]]) -> None:

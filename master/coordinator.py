@@ -455,8 +455,7 @@ class Coordinator:
     def _task_done(self, conn: Connection, header: wire.ChunkHeader) -> None:
         """The worker sent everything its task asked for and is idle: as a CancelAck(finished, ready) would
         say, without the Cancel round trip (the master sends it no Cancel for this iteration)."""
-        it = self.current if self.current and self.current.number == header.iteration else None
-        it = it or self.history.get(header.iteration)
+        it = self._recent(header.iteration)
         if it is not None:
             timing = it.timing[conn.slot]
             timing.task_done_ms = it.now_ms()
@@ -508,9 +507,14 @@ class Coordinator:
         if ack.ready:  # the ack doubles as Ready(after_iteration=ack.iteration)
             self.on_ready(conn, ack.iteration)
 
+    def _recent(self, number: int) -> Iteration | None:
+        """The current iteration or one of the last finished ones, for answers that arrive late."""
+        if self.current is not None and self.current.number == number:
+            return self.current
+        return self.history.get(number)
+
     def _record_ack(self, conn: Connection, ack: pb.CancelAck) -> None:
-        it = self.current if self.current and self.current.number == ack.iteration else None
-        it = it or self.history.get(ack.iteration)
+        it = self._recent(ack.iteration)
         if it is None:
             self._count("stale")
             return

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# flexgc bootstrap: creates .venv (Python >= 3.11), installs flexgc editable with its dev extras
-# (which generates the gRPC code from proto/), then runs what you asked for.
+# flexgc bootstrap: creates .venv (Python >= 3.11), installs flexgc editable (which generates the gRPC
+# code from proto/), then runs what you asked for. `demo` and `flexgc` need the runtime dependencies
+# only; `test` adds the dev extras (linters, type checker, test tools, deployment validators).
 #
 #   ./dev.sh demo [ARGS]    run the local demo cluster (master + workers on loopback)
 #   ./dev.sh test [ARGS]    lint, type-check and run the test suite (what .ci/run calls)
@@ -8,7 +9,11 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 VENV=${FLEXGC_VENV:-.venv}
-stamp="$VENV/.flexgc-installed"
+cmd=${1:-demo}; shift || true
+case "$cmd" in
+  test) extras="[dev]"; stamp="$VENV/.flexgc-installed-dev" ;;
+  *)    extras=""; stamp="$VENV/.flexgc-installed" ;;
+esac
 if [[ ! -x "$VENV/bin/python" ]]; then
   PY=${PYTHON:-}
   if [[ -z "$PY" ]]; then
@@ -24,8 +29,10 @@ fi
 if [[ ! -f "$stamp" || pyproject.toml -nt "$stamp" || setup.py -nt "$stamp" || -n "$(find proto -newer "$stamp" -name '*.proto' 2>/dev/null)" || ! -d flexgc/v1 ]]; then
   echo "dev.sh: installing flexgc into $VENV ..." >&2
   "$VENV/bin/python" -m pip install -q --disable-pip-version-check --upgrade pip >&2
-  "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e '.[dev]' >&2
+  "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e ".$extras" >&2
   touch "$stamp"
+  # the dev install holds the runtime one: keep that stamp as fresh
+  [[ -z "$extras" ]] || touch "$VENV/.flexgc-installed"
 fi
 export PATH="$PWD/$VENV/bin:$PATH"
 # large fresh allocations page-fault expensively on small VMs (DESIGN §7): keep big buffers mapped
@@ -33,23 +40,11 @@ export MALLOC_MMAP_THRESHOLD_=${MALLOC_MMAP_THRESHOLD_:-268435456}
 export MALLOC_TRIM_THRESHOLD_=${MALLOC_TRIM_THRESHOLD_:-1073741824}
 export MALLOC_TOP_PAD_=${MALLOC_TOP_PAD_:-268435456}
 
-# mypy cannot follow setuptools' package-dir mapping (flexgc.common -> common/, ...), so it checks a tree
-# of symlinks laid out as the installed package: build/typecheck/flexgc/{*.py,common,master,worker,v1}
-typecheck_tree() {
-  local t=build/typecheck/flexgc
-  rm -rf build/typecheck && mkdir -p "$t"
-  for f in flexgc/*.py; do ln -s "../../../$f" "$t/"; done
-  for d in common master worker; do ln -s "../../../$d" "$t/$d"; done
-  ln -s ../../../flexgc/v1 "$t/v1"
-}
-
-cmd=${1:-demo}; shift || true
 case "$cmd" in
   demo)   exec flexgc demo "$@" ;;
   test)
     ruff check .
-    typecheck_tree
-    mypy
+    mypy  # the package, tests/ and benchmarks/ (pyproject.toml)
     set +e
     python -m pytest "$@"
     rc=$?

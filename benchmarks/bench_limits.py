@@ -117,7 +117,7 @@ def _tcp_receiver(total_bytes: int, transfers: int, results: Any) -> None:
             with conn:
                 conn.settimeout(_TIMEOUT_S)
                 row = np.empty(total_bytes, dtype=np.uint8)  # like the master's row: preallocated
-                view = memoryview(row)
+                view = memoryview(row.data)
                 for _ in range(transfers):
                     t0 = time.perf_counter()  # from the request: nothing is buffered before it
                     conn.sendall(b"g")

@@ -226,6 +226,7 @@ def grpc_pingpong(rounds: int) -> dict[str, float]:
     server.start()
     try:
         port = q.get(timeout=60)
+        assert server.pid is not None
         server_cpu0 = cpu_seconds(server.pid) or 0.0
         rtts, client_cpu = asyncio.run(_echo_client(port, rounds))
         server_cpu = (cpu_seconds(server.pid) or 0.0) - server_cpu0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import sys
+from typing import Any
 
 import pytest
 
@@ -174,7 +175,7 @@ def test_codes_table_markdown(capsys: pytest.CaptureFixture[str]) -> None:
 def test_codes_table_shows_refusals(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
     real = cmd_analyze.parse_code
 
-    def refuse_nested(spec: str, n: int, **kw: object):
+    def refuse_nested(spec: str, n: int, **kw: Any) -> Any:
         if spec.startswith("nested"):
             raise CodeConstructionError(
                 f"crc s=5 at n={n}: the best real construction found (cyclic-mds) has worst cond(B_F)=1.11e+06 "

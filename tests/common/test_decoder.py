@@ -23,7 +23,7 @@ from flexgc.common.errors import CodeConstructionError, ConfigError
 
 D = 6  # gradient length
 RESIDUAL_TOL = 1e-9
-REL_ERROR = {np.float64: 1e-10, np.float32: 1e-5}
+REL_ERROR: dict[type, float] = {np.float64: 1e-10, np.float32: 1e-5}
 CHEAP_CRC_PATTERNS = 12000  # keeps one CRC build in the property tests well under a second
 PROPERTY = settings(max_examples=60, deadline=None, derandomize=True,
                     suppress_health_check=[HealthCheck.too_slow])
@@ -584,7 +584,7 @@ def test_combine_fills_out_in_place(dtype: type) -> None:
     assert decoding is not None
     G = gradients(7, dtype)
     rows = message_vectors(code, G)[list(decoding.messages)]
-    out = np.full(D, np.nan, dtype=dtype)
+    out: np.ndarray = np.full(D, np.nan, dtype=dtype)
 
     # Execute
     result = Decoder.combine(decoding, rows, out=out)

@@ -98,6 +98,7 @@ def test_times_travel_on_the_first_chunk_only() -> None:
     assert chunks[0].result.HasField("times")
     assert not any(m.result.HasField("times") for m in chunks[1:])
     header = wire.result_header(chunks[0].result, "<f8", 40, 1, 2)
+    assert header.times is not None
     assert (header.times.compute_ms, header.times.delay_ms) == ([1.0, 2.5], [0.0, 10.0])
 
 

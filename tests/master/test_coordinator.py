@@ -23,6 +23,7 @@ from hypothesis import strategies as st
 
 from flexgc.common import wire
 from flexgc.common.codes import parse_code
+from flexgc.common.decoder import Decoding
 from flexgc.common.errors import (
     AuthError,
     DuplicateResultError,
@@ -39,6 +40,7 @@ from flexgc.master.coordinator import (
     Coordinator,
     Iteration,
     IterationPhase,
+    Outcome,
     SlotState,
     is_close,
     phase_transition_allowed,
@@ -138,11 +140,21 @@ def drain(conn: Connection) -> list[Any]:
     return items
 
 
+def gradient_of(outcome: Outcome) -> np.ndarray:
+    assert outcome.gradient is not None, f"iteration {outcome.iteration} has no gradient ({outcome.phase.name})"
+    return outcome.gradient
+
+
+def decoding_of(outcome: Outcome) -> Decoding:
+    assert outcome.decoding is not None, f"iteration {outcome.iteration} was not decoded ({outcome.phase.name})"
+    return outcome.decoding
+
+
 def assert_exact(it: Iteration, expected: np.ndarray) -> None:
     assert it.done.done(), "iteration did not decode"
     outcome = it.done.result()
     assert outcome.phase is IterationPhase.EXACT
-    np.testing.assert_allclose(outcome.gradient, expected, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(gradient_of(outcome), expected, rtol=1e-12, atol=1e-12)
 
 
 # -- lifecycles: every (from, to) pair ----------------------------------------------------------
@@ -249,7 +261,7 @@ def test_task_done_that_crosses_the_cancel_answers_it_and_gets_the_next_task() -
         conns, it = job.begin()
         job.deliver(conns[0], 0, 1)
         job.deliver(conns[1], 0, 1)                              # decoded; Cancel on its way to slot 2
-        gradient = it.done.result().gradient.copy()
+        gradient = gradient_of(it.done.result()).copy()
         assert conns[2].state is SlotState.CANCELLING
         nxt = job.start(1)
         assert 2 not in nxt.sent
@@ -525,7 +537,7 @@ def test_chunk_of_an_older_iteration_is_discarded_counted_and_never_written() ->
         job.deliver(conns[2], 1, 1)
         job.deliver(conns[0], 1, 1)
         assert_exact(it1, job.expected(1))
-        assert set(it1.done.result().decoding.messages) == {job.code.message_id(1, 0), job.code.message_id(1, 2)}
+        assert set(decoding_of(it1.done.result()).messages) == {job.code.message_id(1, 0), job.code.message_id(1, 2)}
 
     run(scenario)
 
@@ -536,7 +548,7 @@ def test_result_after_the_decode_of_the_same_iteration_is_stale() -> None:
         conns, it = job.begin()
         job.deliver(conns[0], 0, 1)
         job.deliver(conns[1], 0, 1)
-        gradient = it.done.result().gradient.copy()
+        gradient = gradient_of(it.done.result()).copy()
 
         job.deliver(conns[2], 0, 1)
 
@@ -671,7 +683,7 @@ def test_partial_row_of_an_aborted_stream_is_never_used() -> None:
         job.deliver(conns[2], 0, 1)
 
         assert_exact(it, job.expected(0))
-        assert job.code.message_id(1, 0) not in it.done.result().decoding.messages
+        assert job.code.message_id(1, 0) not in decoding_of(it.done.result()).messages
 
     run(scenario)
 
@@ -716,7 +728,7 @@ def test_delayed_stale_results_never_mix_into_the_next_iteration(seed: int, stal
         assert_exact(it1, job.expected(1))
         assert job.discarded("stale") == len(stale)
         assert it0.done.result().gradient is not it1.done.result().gradient
-        np.testing.assert_allclose(it0.done.result().gradient, job.expected(0), rtol=1e-12)
+        np.testing.assert_allclose(gradient_of(it0.done.result()), job.expected(0), rtol=1e-12)
 
     run(scenario)
 
@@ -759,9 +771,9 @@ def test_off_loop_decode_is_not_mixed_with_the_next_iteration() -> None:
         gate.release()
         outcome0 = await it0.done
 
-        np.testing.assert_allclose(outcome0.gradient, job.expected(0), rtol=1e-12)
+        np.testing.assert_allclose(gradient_of(outcome0), job.expected(0), rtol=1e-12)
         if it1 is not None:
-            np.testing.assert_allclose((await it1.done).gradient, job.expected(1), rtol=1e-12)
+            np.testing.assert_allclose(gradient_of(await it1.done), job.expected(1), rtol=1e-12)
 
     run(scenario)
 
@@ -777,7 +789,7 @@ def test_off_loop_decode_is_exact_when_awaited_before_the_next_iteration() -> No
 
             outcome = await it.done
 
-            np.testing.assert_allclose(outcome.gradient, job.expected(t), rtol=1e-12)
+            np.testing.assert_allclose(gradient_of(outcome), job.expected(t), rtol=1e-12)
             job.finish_and_ack(it, conns)
 
     run(scenario)
@@ -882,7 +894,7 @@ def test_deadline_approximate_policy_is_flagged() -> None:
 
         assert outcome.phase is IterationPhase.APPROXIMATE
         assert outcome.decoding is not None and not outcome.decoding.exact
-        assert np.isfinite(outcome.gradient).all()
+        assert np.isfinite(gradient_of(outcome)).all()
 
     run(scenario)
 

@@ -199,7 +199,7 @@ async def _stub_worker(target: str, d: int, dtype: str) -> None:
 
 def stream_rates(d: int, transfers: int, worker: str, chunk_bytes: int) -> list[float]:
     """Result-stream payload rate (bytes/s) of `transfers` iterations, from the master's run log."""
-    from flexgc.cluster import LocalCluster
+    from flexgc.harness.local import LocalCluster
     from flexgc.common.config import master_config
     from flexgc.master.accounting import read_run_log
 

@@ -1,7 +1,7 @@
 """Push against notify signaling under tbf rate limits on every worker's uplink (BENCHMARKS.md §2).
 
 Needs root (network namespaces, tc). Each run is a real job across namespaces started from
-deploy/docker-compose.yml (`flexgc.netns`), with every worker's uplink shaped by FLEXGC_TC_RATE, and the
+the repository's compose.yaml (`flexgc.harness.cluster`), with every worker's uplink shaped by FLEXGC_TC_RATE, and the
 same seeded delays for both signalings. Reports median / mean iteration latency and the bytes uploaded
 per iteration.
 
@@ -16,7 +16,10 @@ import statistics
 import tempfile
 from pathlib import Path
 
-from flexgc import netns
+from flexgc.harness.cluster import NetnsCluster
+from flexgc.harness.topology import probe
+
+COMPOSE = Path(__file__).resolve().parents[1] / "compose.yaml"
 
 
 def run(signaling: str, rate: str, iterations: int, features: int, classes: int, unit_s: float) -> dict[str, float]:
@@ -28,7 +31,7 @@ def run(signaling: str, rate: str, iterations: int, features: int, classes: int,
     }
     worker_env = {"FLEXGC_TC_RATE": rate} if rate != "none" else {}
     with tempfile.TemporaryDirectory(prefix="fgc-bench-sig-") as tmp, \
-            netns.NetnsCluster(variables=variables, env={"master": {"FLEXGC_CLASSES": str(classes),
+            NetnsCluster(COMPOSE, variables=variables, env={"master": {"FLEXGC_CLASSES": str(classes),
                                                                     "FLEXGC_CHECKPOINT_EVERY": "0"}},
                                worker_env=worker_env, run_dir=Path(tmp) / "run", prefix="fgcbs") as cluster:
         cluster.start(timeout_s=90)
@@ -51,7 +54,7 @@ def main() -> int:
     parser.add_argument("--unit-s", type=float, default=1.0, help="seconds per model time unit")
     parser.add_argument("--json", default=None, help="also write the results here")
     args = parser.parse_args()
-    caps = netns.probe()
+    caps = probe()
     if caps.reason is not None:
         raise SystemExit(f"bench_signaling: network namespaces unavailable: {caps.reason}")
     d = args.features * args.classes

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from flexgc.cluster import LocalCluster
+from flexgc.harness.local import LocalCluster
 from flexgc.common.analysis import decode_times
 from flexgc.common.codes import parse_code
 from flexgc.common.config import master_config

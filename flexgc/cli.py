@@ -10,7 +10,8 @@ import sys
 from flexgc import __version__
 from flexgc.common.errors import ConfigError, FlexgcError
 
-_COMMAND_MODULES = ("flexgc.cmd_analyze", "flexgc.cmd_services", "flexgc.bench", "flexgc.soak")
+_COMMAND_MODULES = ("flexgc.cmd_analyze", "flexgc.cmd_services", "flexgc.bench", "flexgc.soak",
+                    "flexgc.harness.cli")
 
 
 def build_parser() -> argparse.ArgumentParser:

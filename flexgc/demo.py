@@ -8,18 +8,18 @@ import argparse
 import asyncio
 import logging
 import math
-import multiprocessing as mp
 import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from flexgc.cluster import worker_process_main, worker_values
 from flexgc.common.analysis import decode_times
 from flexgc.common.codes import Code, parse_code
 from flexgc.common.config import master_config
 from flexgc.common.delays import DelayModel, parse_delay, realize
+from flexgc.harness.local import worker_process_main, worker_values
+from flexgc.harness.processes import SpawnedChild, stop_all
 
 
 def realized_durations(code: Code, model: DelayModel, seed: int, iterations: list[int]) -> np.ndarray:
@@ -66,8 +66,7 @@ def run_demo(args: argparse.Namespace) -> int:
                         features=100, deadline_s=10.0, on_deadline="approximate", checkpoint_every=0)
     print(f"flexgc demo: n={n} workers, code {code.spec} (tolerates {code.s_max} stragglers), "
           f"delay {delay.spec}, {args.iterations} iterations, logistic regression 20000x100")
-    ctx = mp.get_context("spawn")
-    procs: list[Any] = []
+    workers: list[SpawnedChild] = []
     bar = tqdm(total=args.iterations, unit="it", disable=args.no_progress, file=sys.stdout,
                bar_format="{l_bar}{bar:20}| {n_fmt}/{total_fmt} [{elapsed}] {postfix}")
     records: list[dict[str, Any]] = []
@@ -82,19 +81,13 @@ def run_demo(args: argparse.Namespace) -> int:
     def on_port(port: int) -> None:
         for slot in range(n):
             values = worker_values(f"127.0.0.1:{port}", slot)
-            p = ctx.Process(target=worker_process_main, args=(values, "WARNING"), name=f"flexgc-worker-{slot}")
-            p.start()
-            procs.append(p)
+            workers.append(SpawnedChild(worker_process_main, (values, "WARNING"), f"flexgc-worker-{slot}"))
 
     try:
         summary = asyncio.run(serve(cfg, on_port=on_port, on_record=on_record))
     finally:
         bar.close()
-        for p in procs:
-            p.join(10)
-            if p.is_alive():
-                p.terminate()
-                p.join(5)
+        stop_all(workers, exit_wait_s=10)  # the master has told them to stop; SIGTERM what is left
     iters = [r["iteration"] for r in records]
     measured = np.array([r["latency_ms"] if r["outcome"] != "FAILED" else math.inf for r in records])
     smax = code.s_max

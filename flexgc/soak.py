@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from flexgc.cluster import LocalCluster
+from flexgc.harness.local import LocalCluster
 from flexgc.common.config import master_config
 from flexgc.master.accounting import read_run_log
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from flexgc.cluster import LocalCluster
+from flexgc.harness.local import LocalCluster
 from flexgc.common.codes import parse_code
 from flexgc.common.config import MasterConfig, master_config
 from flexgc.common.models import DataSpec, full_gradient, synthetic_partition

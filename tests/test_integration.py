@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from flexgc.cluster import LocalCluster
+from flexgc.harness.local import LocalCluster
 from flexgc.common.codes import parse_code
 from tests.helpers import centralized_params, job_config, read_records, run_job, wait_for
 

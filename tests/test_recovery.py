@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from flexgc.cluster import LocalCluster
+from flexgc.harness.local import LocalCluster
 from tests.helpers import centralized_params, job_config, read_records, wait_for
 
 pytestmark = pytest.mark.slow

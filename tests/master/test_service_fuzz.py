@@ -38,7 +38,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
-from flexgc.cluster import LocalCluster
+from flexgc.harness.local import LocalCluster
 from flexgc.common import transport, wire
 from flexgc.master.server import SERVICE_NAME
 from flexgc.v1 import coordinator_pb2 as pb

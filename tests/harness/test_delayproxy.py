@@ -1,4 +1,4 @@
-"""flexgc.delayproxy on loopback: a round trip through it takes up + down delay plus a small overhead,
+"""flexgc.harness.delayproxy on loopback: a round trip through it takes up + down delay plus a small overhead,
 the delay pipelines (throughput is not divided by it), its buffer is bounded, and the CLI works.
 
 Timing checks use medians of a few dozen round trips and generous bounds (a 2-core VM, other tests).
@@ -19,7 +19,7 @@ from contextlib import asynccontextmanager
 
 import pytest
 
-from flexgc.delayproxy import DelayProxy, ProxyConfig
+from flexgc.harness.delayproxy import DelayProxy, ProxyConfig
 
 ROUND_TRIPS = 25
 
@@ -189,8 +189,9 @@ def test_cli_prints_its_port_and_stops_on_sigterm() -> None:
     try:
         assert echo.stdout is not None
         echo_port = int(echo.stdout.readline())
-        proxy = subprocess.Popen([sys.executable, "-m", "flexgc.delayproxy", "--listen", "127.0.0.1:0", "--target",
-                                  f"127.0.0.1:{echo_port}", "--delay-ms", "10"], stdout=subprocess.PIPE, text=True)
+        proxy = subprocess.Popen([sys.executable, "-m", "flexgc.harness.delayproxy", "--listen", "127.0.0.1:0",
+                                  "--target", f"127.0.0.1:{echo_port}", "--delay-ms", "10"], stdout=subprocess.PIPE,
+                                 text=True)
         assert proxy.stdout is not None
 
         # Execute

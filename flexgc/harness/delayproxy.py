@@ -1,11 +1,11 @@
 """A small userspace TCP proxy that adds a fixed one-way delay to each direction of every connection.
 
 Where the kernel has no ``sch_netem`` (the development machines and CI), ``tc`` cannot add latency, so
-the namespace harness (`flexgc.netns`) puts this proxy in front of the master to give a worker's link a
+the namespace harness (`flexgc.harness.cluster`) puts this proxy in front of the master to give a worker's link a
 round-trip time: a request through the proxy reaches the target ``up_delay_s`` after the client sent it,
 and the answer reaches the client ``down_delay_s`` after the target sent it, so a round trip takes
 ``up_delay_s + down_delay_s`` plus the proxy's own overhead (about 1 ms on loopback; see
-tests/netns/test_delayproxy.py and docs/netns.md).
+tests/harness/test_delayproxy.py and docs/netns.md).
 
 Each chunk read from one side is stamped with its arrival time and written to the other side once its
 delay has passed, so the delay pipelines: throughput is not divided by the delay, as long as the
@@ -13,7 +13,7 @@ bandwidth-delay product fits the per-direction buffer (``max_buffer_bytes``). A 
 reading side (TCP backpressure), so memory stays bounded whatever the peers do. Connections beyond
 ``max_connections`` are refused by closing them at once. Half-closes are forwarded (after the delay).
 
-    python -m flexgc.delayproxy --listen 0.0.0.0:50052 --target 127.0.0.1:50051 --delay-ms 20
+    python -m flexgc.harness.delayproxy --listen 0.0.0.0:50052 --target 127.0.0.1:50051 --delay-ms 20
 
 It prints one JSON line ``{"event": "listening", "port": ...}`` once it accepts connections and runs
 until SIGTERM or SIGINT.
@@ -235,7 +235,7 @@ def _host_port(text: str, what: str) -> tuple[str, int]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m flexgc.delayproxy",
+    p = argparse.ArgumentParser(prog="python -m flexgc.harness.delayproxy",
                                 description="TCP proxy adding a one-way delay to each direction (round trip "
                                             "= up + down delay + ~1 ms). Prints {\"event\": \"listening\", "
                                             "\"port\": P} once ready; runs until SIGTERM/SIGINT.")

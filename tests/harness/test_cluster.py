@@ -1,5 +1,5 @@
-"""A real flexgc job across network namespaces (`flexgc.netns`), each service started with the command and
-environment of deploy/docker-compose.yml.
+"""A real flexgc job across network namespaces (`flexgc.harness.cluster`), each node started with the command
+and environment that Docker Compose resolves from the repository's compose.yaml.
 
 - One worker's uplink is rate-limited (tbf, 20 Mbit/s) while its coded messages are 4 MB: the nested code
   decodes every iteration without it, and the run log shows the time its link took.
@@ -19,7 +19,8 @@ from typing import Any
 
 import pytest
 
-from flexgc import netns
+from flexgc.harness.cluster import NetnsCluster
+from flexgc.harness.topology import wait_until
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow]
 
@@ -53,13 +54,6 @@ JOB_PROXY = {
 PROXIED, PROXY_DELAY_MS = 1, 25.0
 
 
-def _service_for_slot(slot: int) -> str:
-    for name, spec in netns.load_compose(netns.DEFAULT_COMPOSE, {}).items():
-        if spec.role == "worker" and spec.environment.get("FLEXGC_SLOT") == str(slot):
-            return name
-    raise AssertionError(f"deploy/docker-compose.yml has no worker with FLEXGC_SLOT={slot}")
-
-
 def _upload_start_ms(w: dict[str, Any]) -> float:
     """When the worker had its level-0 message ready: task sent + its first partition's delay and compute."""
     return w["task_sent_ms"] + w["delay_ms"][0] + w["compute_ms"][0]
@@ -73,13 +67,14 @@ def _latest(records: list[dict[str, Any]]) -> dict[str, Any] | None:
     return max(records, key=lambda r: r["iteration"], default=None)
 
 
-def test_rate_limited_worker_is_a_network_straggler(netns_cluster: Callable[..., netns.NetnsCluster]) -> None:
-    # Prepare: the slow worker's FLEXGC_TC_RATE, as in compose.slow-link.yml, shapes its uplink
-    slow = _service_for_slot(SLOW)
-    cluster = netns_cluster(variables=JOB_4MB, env={
-        "master": {"FLEXGC_CLASSES": "100", "FLEXGC_CHECKPOINT_EVERY": "0"},
-        slow: {"FLEXGC_TC_RATE": "20mbit"},
-    })
+def test_rate_limited_worker_is_a_network_straggler(netns_cluster: Callable[..., NetnsCluster]) -> None:
+    # Prepare: the slow worker's FLEXGC_TC_RATE, as in compose.slow-link.yml, shapes its uplink (apply.sh)
+    master_env = {"FLEXGC_CLASSES": "100", "FLEXGC_CHECKPOINT_EVERY": "0"}
+    cluster = netns_cluster(variables=JOB_4MB, env={"master": master_env}, start=False)
+    slow = cluster.worker(SLOW).name
+    cluster.start_master()
+    for node in cluster.workers:
+        cluster.start_worker(node.name, env={"FLEXGC_TC_RATE": "20mbit"} if node.name == slow else None)
 
     # Execute
     rc = cluster.wait_master(timeout_s=90)
@@ -120,11 +115,11 @@ def test_rate_limited_worker_is_a_network_straggler(netns_cluster: Callable[...,
 
 
 @pytest.mark.parametrize("cut", ["brief", "until_disconnect"])
-def test_partitioned_worker_rejoins_after_heal(netns_cluster: Callable[..., netns.NetnsCluster], cut: str) -> None:
+def test_partitioned_worker_rejoins_after_heal(netns_cluster: Callable[..., NetnsCluster], cut: str) -> None:
     # Prepare: a running job in which the slot has delivered results
     cluster = netns_cluster(variables=JOB_SMALL, env={"master": {"FLEXGC_CHECKPOINT_EVERY": "0"}})
     node = cluster.worker(CUT).name
-    netns.wait_until(lambda: (last := _latest(cluster.run_log())) and last["iteration"] >= 2
+    wait_until(lambda: (last := _latest(cluster.run_log())) and last["iteration"] >= 2
                      and _delivered(last, CUT), 60, f"slot {CUT} delivering")
     t_cut = _latest(cluster.run_log())["iteration"]  # type: ignore[index]
 
@@ -135,10 +130,10 @@ def test_partitioned_worker_rejoins_after_heal(netns_cluster: Callable[..., netn
         enough = _latest(cluster.run_log())["iteration"] >= t_cut + 14  # type: ignore[index]
         return enough and (cut == "brief" or f"disconnected slot={CUT}" in cluster.log_tail("master", 10**6))
 
-    netns.wait_until(cut_long_enough, 40, f"job going on without slot {CUT} ({cut})", interval_s=0.1)
+    wait_until(cut_long_enough, 40, f"job going on without slot {CUT} ({cut})", interval_s=0.1)
     t_heal = _latest(cluster.run_log())["iteration"]  # type: ignore[index]
     cluster.heal(node)
-    back = netns.wait_until(
+    back = wait_until(
         lambda: next((r for r in cluster.run_log() if r["iteration"] > t_heal and _delivered(r, CUT)), None), 40,
         f"slot {CUT} delivering again after the heal")
     cluster.signal(cluster.master_name, signal.SIGTERM)
@@ -164,7 +159,7 @@ def test_partitioned_worker_rejoins_after_heal(netns_cluster: Callable[..., netn
         assert master_log.count(f"connected slot={CUT} worker_id={node}") >= 2, master_log
 
 
-def test_worker_behind_delay_proxy_shows_the_round_trip(netns_cluster: Callable[..., netns.NetnsCluster]) -> None:
+def test_worker_behind_delay_proxy_shows_the_round_trip(netns_cluster: Callable[..., NetnsCluster]) -> None:
     # Prepare: one worker's connection to the master goes through a proxy in its namespace, 25 ms each way
     cluster = netns_cluster(variables=JOB_PROXY, env={"master": {"FLEXGC_CHECKPOINT_EVERY": "0"}}, start=False)
     cluster.start_master()

@@ -1,17 +1,16 @@
 """A local cluster of real processes on loopback: the demo, the integration tests and the benchmarks use it.
 
-Processes are started with the `spawn` method (gRPC does not survive fork). The master reports the
-port it bound through a queue (port 0 = any free port), so nothing waits on a fixed sleep.
+Processes are started with the `spawn` method (gRPC does not survive fork) and stopped through the
+harness's one supervision path (`processes.stop_all`). The master reports the port it bound through a
+queue (port 0 = any free port), so nothing waits on a fixed sleep.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import multiprocessing as mp
 import os
-import signal
 import time
 from collections.abc import Mapping
 from dataclasses import replace
@@ -24,9 +23,9 @@ from flexgc.common.config import (
     WorkerConfig,
     resolve,
 )
+from flexgc.harness.processes import SPAWN, SpawnedChild, stop_all
 
 _log = logging.getLogger(__name__)
-_CTX = mp.get_context("spawn")
 
 
 def _setup_child_logging(level: str) -> None:
@@ -51,6 +50,7 @@ def worker_process_main(values: Mapping[str, Any], log_level: str = "WARNING") -
 
 
 def worker_values(master: str, slot: int, **overrides: Any) -> dict[str, Any]:
+    """A worker's option values (worker id `local-worker-<slot>` unless given), checked here in the parent."""
     values = resolve(WORKER_OPTIONS, {"master": master, "slot": slot,
                                       "worker_id": overrides.pop("worker_id", f"local-worker-{slot}"),
                                       **overrides}, {}, None)
@@ -64,8 +64,9 @@ class LocalCluster:
     def __init__(self, cfg: MasterConfig, log_level: str = "WARNING") -> None:
         self.cfg = cfg
         self.log_level = log_level
-        self.master: mp.process.BaseProcess | None = None
-        self.workers: dict[int, mp.process.BaseProcess] = {}
+        self._master: SpawnedChild | None = None
+        self._workers: dict[int, SpawnedChild] = {}      # slot -> its latest process
+        self._children: list[SpawnedChild] = []          # every process started, for stop()
         self.port: int | None = None
 
     def __enter__(self) -> LocalCluster:
@@ -75,59 +76,59 @@ class LocalCluster:
         self.stop()
 
     @property
+    def master(self) -> mp.process.BaseProcess | None:
+        return self._master.process if self._master is not None else None
+
+    @property
+    def workers(self) -> dict[int, mp.process.BaseProcess]:
+        return {slot: child.process for slot, child in self._workers.items()}
+
+    @property
     def target(self) -> str:
         if self.port is None:
             raise RuntimeError("master not started")
         return f"127.0.0.1:{self.port}"
 
     def start_master(self, timeout_s: float = 60.0, **overrides: Any) -> int:
+        """Start the master process (config overrides as keyword arguments); the port it bound."""
         cfg = replace(self.cfg, **overrides) if overrides else self.cfg
         values = {f: getattr(cfg, f) for f in cfg.__dataclass_fields__}
-        queue = _CTX.Queue()
-        self.master = _CTX.Process(target=master_process_main, args=(values, queue, self.log_level),
-                                   name="flexgc-master")
-        self.master.start()
+        queue = SPAWN.Queue()
+        master = self._master = SpawnedChild(master_process_main, (values, queue, self.log_level), "flexgc-master")
+        self._children.append(master)
         deadline = time.monotonic() + timeout_s
         while True:
             try:
                 self.port = int(queue.get(timeout=0.2))
                 return self.port
             except Empty:
-                if not self.master.is_alive():
-                    raise RuntimeError(f"master exited with code {self.master.exitcode} before listening") from None
+                if not master.process.is_alive():
+                    raise RuntimeError(f"master exited with code {master.returncode()} before listening") from None
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"master did not report its port within {timeout_s} s") from None
 
     def start_worker(self, slot: int, **overrides: Any) -> mp.process.BaseProcess:
+        """Start a worker process for `slot` (worker option overrides as keyword arguments)."""
         values = worker_values(self.target, slot, token=self.cfg.token, **overrides)
-        p = _CTX.Process(target=worker_process_main, args=(values, self.log_level), name=f"flexgc-worker-{slot}")
-        p.start()
-        self.workers[slot] = p
-        return p
+        child = SpawnedChild(worker_process_main, (values, self.log_level), f"flexgc-worker-{slot}")
+        self._workers[slot] = child
+        self._children.append(child)
+        return child.process
 
     def start_workers(self, **overrides: Any) -> None:
         for slot in range(self.cfg.workers):
             self.start_worker(slot, **overrides)
 
     def signal_worker(self, slot: int, sig: int) -> None:
-        p = self.workers[slot]
-        if p.pid is not None:
-            os.kill(p.pid, sig)
+        self._workers[slot].send(sig)
 
     def wait_master(self, timeout_s: float) -> int | None:
-        assert self.master is not None
-        self.master.join(timeout_s)
-        return self.master.exitcode
+        """The master's exit code once it has exited, or None if it still runs after timeout_s."""
+        if self._master is None:
+            raise RuntimeError("master not started")
+        return self._master.wait(timeout_s)
 
     def stop(self) -> None:
-        procs = [p for p in [*self.workers.values(), self.master] if p is not None and p.pid is not None]
-        for p in procs:
-            if p.is_alive() and p.pid is not None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(p.pid, signal.SIGCONT)  # a stopped process cannot handle SIGTERM
-                p.terminate()
-        for p in procs:
-            p.join(5)
-            if p.is_alive():
-                p.kill()
-                p.join(5)
+        """SIGTERM every process still running (workers first), SIGKILL after 5 s; idempotent."""
+        workers = [c for c in self._children if c is not self._master]
+        stop_all([*workers, *([self._master] if self._master else [])])

@@ -1,0 +1,64 @@
+"""flexgc.harness.processes: the one supervision path of the demo, LocalCluster and NetnsCluster."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+
+from flexgc.harness.processes import PopenChild, SpawnedChild, stop_all
+
+_IGNORES_SIGTERM = ("import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('ready', flush=True); "
+                    "time.sleep(60)")
+_EXITS_SOON = "import time; time.sleep(0.3)"
+
+
+def _popen(code: str) -> PopenChild:
+    popen = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, start_new_session=True)
+    return PopenChild(code[:20], popen)
+
+
+def _sleep(seconds: float) -> None:
+    time.sleep(seconds)
+
+
+def test_sigterm_ends_a_spawned_child_and_a_stopped_one_is_continued_first() -> None:
+    # Prepare: a child sleeping a minute, and one stopped with SIGSTOP (it could not handle SIGTERM)
+    sleeping = SpawnedChild(_sleep, (60,), "sleeping")
+    stopped = SpawnedChild(_sleep, (60,), "stopped")
+    stopped.send(signal.SIGSTOP)
+
+    # Execute
+    t0 = time.monotonic()
+    codes = stop_all([sleeping, stopped], grace_s=10)
+
+    # Assert: both ended by SIGTERM, well before the grace period
+    assert codes == {"sleeping": -signal.SIGTERM, "stopped": -signal.SIGTERM}
+    assert time.monotonic() - t0 < 5
+
+
+def test_a_child_that_ignores_sigterm_is_killed_after_the_grace_period() -> None:
+    # Prepare
+    stubborn = _popen(_IGNORES_SIGTERM)
+    assert stubborn.popen.stdout is not None and stubborn.popen.stdout.readline() == b"ready\n"
+
+    # Execute
+    t0 = time.monotonic()
+    codes = stop_all([stubborn], grace_s=0.5)
+
+    # Assert
+    assert codes[stubborn.name] == -signal.SIGKILL
+    assert 0.5 <= time.monotonic() - t0 < 5
+
+
+def test_exit_wait_lets_children_end_by_themselves() -> None:
+    # Prepare: a child that ends on its own 0.3 s from now
+    child = _popen(_EXITS_SOON)
+
+    # Execute
+    codes = stop_all([child], grace_s=5, exit_wait_s=10)
+
+    # Assert: exit code 0, not a signal; and calling again is harmless
+    assert codes[child.name] == 0
+    assert stop_all([child]) == codes

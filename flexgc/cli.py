@@ -11,6 +11,7 @@ from flexgc import __version__
 from flexgc.common.errors import ConfigError, FlexgcError
 
 _COMMAND_MODULES = ("flexgc.cmd_analyze", "flexgc.cmd_services", "flexgc.bench", "flexgc.soak",
+                    "flexgc.report.cmd",
                     "flexgc.harness.cli")
 
 

@@ -1,0 +1,22 @@
+"""See a run: `flexgc report` (one self-contained interactive HTML file, or static paper figures) and
+`flexgc view` (the same page, live, on localhost). Reads run directories only; the master never imports
+this package. Needs the `report` extra (plotly) for HTML, the `plot` extra (matplotlib) for figures."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+
+def write_report(run_dirs: Sequence[Path | str], out: Path | str, timeline_max: int | None = None) -> Path:
+    """Write the interactive report of `run_dirs` (same axes, one color per run) to `out`; returns its path."""
+    from flexgc.report.data import RunData
+    from flexgc.report.page import page_data, render
+
+    runs = [RunData.open(p) for p in run_dirs]
+    path = Path(out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(render(page_data(runs, timeline_max=timeline_max)), encoding="utf-8")
+    tmp.replace(path)
+    return path

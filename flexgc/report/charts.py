@@ -1,0 +1,170 @@
+"""The report's charts as backend-neutral `flexgc.plots.Chart`s: the same builders feed the interactive page
+(Plotly) and the static paper figures (matplotlib, `flexgc report --format pdf`). Each run keeps its color
+(group = the run's index) in every chart; the model ideal is the same color, dashed."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from flexgc.plots import Chart, Series
+from flexgc.report.data import RunData, entry_extent_ms, layout_slot
+
+
+def _ok(rec: dict[str, Any]) -> bool:
+    return rec["outcome"] != "FAILED" and rec["latency_ms"] is not None
+
+
+def latency_chart(runs: Sequence[RunData], labels: Sequence[str]) -> Chart:
+    series = []
+    for g, (run, label) in enumerate(zip(runs, labels)):
+        its = [r["iteration"] for r in run.records]
+        text = [f"iteration {r['iteration']}: {r['outcome']}, level {r['level']}, "
+                f"stragglers {','.join(map(str, r['stragglers'])) or '-'}" for r in run.records]
+        series.append(Series(f"{label} (measured)", its, [r["latency_ms"] if _ok(r) else None for r in run.records],
+                             markers=True, group=g, text=text))
+        if any(x is not None for x in run.ideal_ms):
+            series.append(Series(f"{label} (model, same delays)", its, list(run.ideal_ms), dash="dash", group=g))
+    return Chart("latency", "Iteration latency, measured and the model's ideal for the same delays",
+                 "iteration", "latency (ms)", series, note="click a point to show that iteration's timeline")
+
+
+def cdf_chart(runs: Sequence[RunData], labels: Sequence[str]) -> Chart:
+    series = []
+    for g, (run, label) in enumerate(zip(runs, labels)):
+        lat = np.sort([r["latency_ms"] for r in run.records if _ok(r)])
+        if lat.size:
+            series.append(Series(f"{label} (measured)", lat.tolist(), (np.arange(1, lat.size + 1) / lat.size).tolist(),
+                                 kind="step", group=g))
+        ideal = np.sort([x for x in run.ideal_ms if x is not None and math.isfinite(x)])
+        if ideal.size:
+            series.append(Series(f"{label} (model)", ideal.tolist(),
+                                 (np.arange(1, ideal.size + 1) / ideal.size).tolist(), kind="step", dash="dash",
+                                 group=g))
+    return Chart("cdf", "Latency CDF", "latency (ms)", "fraction of iterations", series)
+
+
+def _per_iteration(key: str, title: str, ylabel: str, runs: Sequence[RunData], labels: Sequence[str],
+                   value: Any, kind: str = "line") -> Chart:
+    series = []
+    for g, (run, label) in enumerate(zip(runs, labels)):
+        its = [r["iteration"] for r in run.records]
+        series.append(Series(label, its, [value(r) for r in run.records], kind=kind,  # type: ignore[arg-type]
+                             group=g, markers=kind == "line" and len(its) <= 200))
+    return Chart(key, title, "iteration", ylabel, series)
+
+
+def level_chart(runs: Sequence[RunData], labels: Sequence[str]) -> Chart:
+    series = []
+    levels = sorted({r["level"] for run in runs for r in run.records if r["level"] is not None})
+    for g, (run, label) in enumerate(zip(runs, labels)):
+        counts = [sum(r["level"] == lv for r in run.records) for lv in levels]
+        names = [_level_name(run, lv) for lv in levels]
+        series.append(Series(label, [str(lv) for lv in levels], counts, kind="bar", group=g,
+                             text=[f"{n}: {c} iterations" for n, c in zip(names, counts)]))
+    return Chart("levels", "Level use: the highest level of the rows each decode used", "level", "iterations",
+                 series)
+
+
+def _level_name(run: RunData, level: int) -> str:
+    if run.code is not None and level < run.code.n_levels:
+        return f"level {level} (s={run.code.levels[level]})"
+    return f"level {level}"
+
+
+def load_chart(runs: Sequence[RunData], labels: Sequence[str]) -> Chart:
+    series = []
+    for g, (run, label) in enumerate(zip(runs, labels)):
+        loads = [[w["load"] for r in run.records if w_ok(w := r["workers"][slot])] for slot in range(run.n)]
+        series.append(Series(label, [str(s) for s in range(run.n)],
+                             [float(np.mean(x)) if x else 0.0 for x in loads], kind="bar", group=g))
+    return Chart("load", "Mean load per worker (fraction of the data computed, iterations it had a task)", "slot",
+                 "load", series)
+
+
+def w_ok(w: dict[str, Any]) -> bool:
+    return w["task_sent_ms"] is not None
+
+
+def bytes_chart(runs: Sequence[RunData], labels: Sequence[str]) -> Chart:
+    series = []
+    for g, (run, label) in enumerate(zip(runs, labels)):
+        its = [r["iteration"] for r in run.records]
+        series.append(Series(f"{label} up", its, [r["bytes_up"] for r in run.records], group=g))
+        series.append(Series(f"{label} down", its, [r["bytes_down"] for r in run.records], group=g, dash="dot"))
+    return Chart("bytes", "Payload bytes per iteration (up: workers to master; down, dotted)", "iteration", "bytes",
+                 series)
+
+
+def summary_charts(runs: Sequence[RunData], labels: Sequence[str]) -> list[Chart]:
+    """Every chart below the timeline, in page order."""
+    return [
+        latency_chart(runs, labels),
+        cdf_chart(runs, labels),
+        _per_iteration("loss", "Loss (full batch, at the iteration's parameters)", "loss", runs, labels,
+                       lambda r: r["loss"]),
+        level_chart(runs, labels),
+        load_chart(runs, labels),
+        bytes_chart(runs, labels),
+        _per_iteration("cancel", "Cancel latency (slowest ack after the cancel was sent)", "ms", runs, labels,
+                       lambda r: r["cancel_latency_ms"], kind="markers"),
+        _per_iteration("stragglers", "Stragglers per iteration (slots none of whose rows the decode used)",
+                       "stragglers", runs, labels, lambda r: len(r["stragglers"]), kind="step"),
+    ]
+
+
+# the timeline's traces, in the order both the page's script and `timeline_chart` draw them
+TIMELINE_TRACES = ("injected delay", "compute", "not waited (cancelled)", "level message (used)",
+                   "level message (not used)", "cancel sent", "cancel acked", "task done (flagged)", "decode",
+                   "model ideal decode (same delays)")
+TIMELINE_COLORS = ("#b8b8b8", "#1f77b4", "#f4b6b6", "#2ca02c", "#2ca02c", "#d62728", "#9467bd", "#ff7f0e",
+                   "#000000", "#17becf")
+
+
+def timeline_chart(run: RunData, index: int, label: str, xmax_ms: float | None = None) -> Chart:
+    """The Gantt of records[index]: the static twin of the page's interactive timeline (same traces)."""
+    entry = run.timeline_entry(index)
+    lanes = [f"slot {s}" for s in range(len(entry["w"]))]
+    xmax = xmax_ms or entry_extent_ms(entry) * 1.04 or 1.0
+    bars: dict[str, tuple[list[float], list[float], list[str]]] = {k: ([], [], []) for k in
+                                                                     ("delay", "compute", "planned")}
+    for s, slot in enumerate(entry["w"]):
+        for kind, items in layout_slot(slot).items():
+            for start, length, _p in items:
+                bars[kind][0].append(start)
+                bars[kind][1].append(length if math.isfinite(length) else max(xmax - start, 0.0))
+                bars[kind][2].append(lanes[s])
+    used = {(int(entry["used"][j]), int(entry["used"][j + 1])) for j in range(0, len(entry["used"]), 3)}
+    arrivals: tuple[list[float], list[str], list[str]] = ([], [], [])
+    marks: dict[int, tuple[list[float], list[str]]] = {5: ([], []), 6: ([], []), 7: ([], [])}
+    for s, slot in enumerate(entry["w"]):
+        for level, t in enumerate(slot[4]):
+            if t is not None:
+                arrivals[0].append(t)
+                arrivals[1].append(lanes[s])
+                arrivals[2].append("circle" if (s, level) in used else "circle-open")
+        for field in marks:
+            if slot[field] is not None:
+                marks[field][0].append(slot[field])
+                marks[field][1].append(lanes[s])
+    names, colors = TIMELINE_TRACES, TIMELINE_COLORS
+    series = [Series(names[j], bars[kind][1], bars[kind][2], kind="hbar", base=bars[kind][0], color=colors[j],
+                     opacity=0.6 if kind == "planned" else 1.0)
+              for j, kind in enumerate(("delay", "compute", "planned"))]
+    for j, symbol in ((3, "circle"), (4, "circle-open")):
+        pick = [m for m, sym in enumerate(arrivals[2]) if sym == symbol]
+        series.append(Series(names[j], [arrivals[0][m] for m in pick], [arrivals[1][m] for m in pick],
+                             kind="markers", symbol=symbol, color=colors[j]))
+    for j, (field, symbol) in enumerate(((5, "x"), (6, "triangle-left"), (7, "star")), start=5):
+        series.append(Series(names[j], marks[field][0], marks[field][1], kind="markers", symbol=symbol,
+                             color=colors[j]))
+    if entry["lat"] is not None:
+        series.append(Series(names[8], [entry["lat"]], [], kind="vline", color=colors[8]))
+    if entry["ideal"] is not None:
+        series.append(Series(names[9], [entry["ideal"]], [], kind="vline", color=colors[9], dash="dash"))
+    return Chart("timeline", f"{label}: iteration {entry['i']} ({entry['outcome']}, level {entry['level']}, "
+                 f"{entry['lat']} ms)", "ms since the iteration started (master clock)", "", series,
+                 categories=lanes, xrange=(0.0, xmax))

@@ -1,0 +1,335 @@
+"""What a report shows, read from run directories: the run log (`run.jsonl`, schema flexgc.run.v1, see
+`flexgc.master.accounting`), `summary.json` beside it (the job's identity, once the job has ended), and the
+model's view of the same delays.
+
+Every injected delay is a pure function of (delay_seed, iteration, slot), so knowing the code, the delay
+spec and the seed is enough to recompute each iteration's planned delays and the model's ideal decode
+instant (no compute time, no communication) for exactly the delays the run saw.
+
+`RunData` reads `run.jsonl` incrementally (`refresh()` parses only the bytes appended since the last
+call), so the live view follows a growing log at the cost of the new lines.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from flexgc.common.codes import Code, parse_code
+from flexgc.common.delays import DelayModel, parse_delay
+from flexgc.common.errors import ConfigError, FlexgcError
+
+_log = logging.getLogger(__name__)
+
+RUN_LOG = "run.jsonl"
+SUMMARY = "summary.json"
+SCHEMA = "flexgc.run.v1"
+# the timeline of a slot-iteration costs ~100 B of JSON: keep at most this many slot-iterations per page
+TIMELINE_SLOT_BUDGET = 25_600
+
+
+def _round(x: float | None, nd: int = 2) -> float | None:
+    return None if x is None or not math.isfinite(x) else round(float(x), nd)
+
+
+@dataclass
+class RunData:
+    """One run directory, re-read with `refresh()` as the master appends to it."""
+
+    path: Path
+    records: list[dict[str, Any]] = field(default_factory=list)
+    summary: dict[str, Any] = field(default_factory=dict)
+    code: Code | None = None
+    delay: DelayModel | None = None
+    seed: int | None = None
+    # per record: the realized delays (n, P) in seconds (inf: never) and the model's ideal decode instant
+    durations_s: list[np.ndarray | None] = field(default_factory=list)
+    ideal_ms: list[float | None] = field(default_factory=list)
+    model_note: str = "the job's identity (summary.json) is not there yet"
+    generation: int = 0  # +1 whenever run.jsonl was rewritten rather than appended to
+    _offset: int = 0
+    _inode: int | None = None
+    _summary_mtime: float | None = None
+
+    @classmethod
+    def open(cls, path: Path | str, wait: bool = False) -> RunData:
+        """Read a run directory; with `wait` (the live view) it may be empty or not exist yet."""
+        p = Path(path)
+        if wait:
+            run = cls(p)
+            run.refresh()
+            return run
+        if not p.is_dir():
+            raise ConfigError(f"run directory {str(p)!r} does not exist; give a folder that holds {RUN_LOG} "
+                              "(a master's --out)")
+        if not (p / RUN_LOG).exists() and not (p / SUMMARY).exists():
+            raise ConfigError(f"run directory {str(p)!r} holds neither {RUN_LOG} nor {SUMMARY}: not a "
+                              "flexgc run (a master's --out)")
+        run = cls(p)
+        run.refresh()
+        return run
+
+    @property
+    def n(self) -> int:
+        if self.records:
+            return len(self.records[0]["workers"])
+        return int(self.summary.get("n") or 0)
+
+    # -- reading ------------------------------------------------------------------------------------------
+
+    def refresh(self) -> bool:
+        """Read what was appended to run.jsonl (and a new summary.json). True when anything changed."""
+        changed = self._read_summary()
+        log = self.path / RUN_LOG
+        try:
+            st = log.stat()
+        except FileNotFoundError:
+            return changed
+        if st.st_ino != self._inode or st.st_size < self._offset:  # rewritten (a resumed master trims it)
+            changed = changed or bool(self.records)
+            self.generation += self._inode is not None
+            self._inode, self._offset = st.st_ino, 0
+            self.records, self.durations_s, self.ideal_ms = [], [], []
+        if st.st_size == self._offset:
+            return changed
+        with log.open("rb") as fh:
+            fh.seek(self._offset)
+            chunk = fh.read(st.st_size - self._offset)
+        end = chunk.rfind(b"\n") + 1  # a torn last line (the master mid-write) waits for the next refresh
+        self._offset += end
+        new = [json.loads(line) for line in chunk[:end].splitlines() if line.strip()]
+        for rec in new:
+            if rec.get("schema") != SCHEMA:
+                raise FlexgcError(f"{log}: record schema {rec.get('schema')!r}; this report reads {SCHEMA!r}")
+        self.records.extend(new)
+        self._add_model(len(self.records) - len(new))
+        return changed or bool(new)
+
+    def _read_summary(self) -> bool:
+        path = self.path / SUMMARY
+        try:
+            mtime = path.stat().st_mtime
+        except FileNotFoundError:
+            return False
+        if mtime == self._summary_mtime:
+            return False
+        try:
+            summary = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return False  # replaced atomically by the master, so only a foreign file gets here
+        self._summary_mtime, self.summary = mtime, summary
+        self._identify()
+        self.durations_s, self.ideal_ms = [], []
+        self._add_model(0)
+        return True
+
+    def _identify(self) -> None:
+        s = self.summary
+        try:
+            self.code = parse_code(str(s["code"]), int(s["n"]))
+            self.delay = parse_delay(str(s["delay"]))
+            self.seed = int(s["delay_seed"])
+            self.model_note = ""
+        except (KeyError, TypeError, ValueError, FlexgcError) as exc:
+            self.code = self.delay = self.seed = None
+            self.model_note = f"no model ideal: summary.json does not name a code, delay and seed this version " \
+                              f"reads ({exc})"
+
+    def _add_model(self, start: int) -> None:
+        """Realized delays and the ideal decode instant of records[start:] (or None without an identity)."""
+        new = self.records[start:]
+        if self.code is None or self.delay is None or self.seed is None or not new:
+            self.durations_s += [None] * len(new)
+            self.ideal_ms += [None] * len(new)
+            return
+        from flexgc.common.analysis import decode_times
+        from flexgc.demo import realized_durations
+
+        iters = [int(r["iteration"]) for r in new]
+        durations = realized_durations(self.code, self.delay, self.seed, iters)
+        ideal = decode_times(self.code, durations).latency * 1e3
+        self.durations_s += list(durations)
+        self.ideal_ms += [_round(float(x), 3) for x in ideal]
+
+    # -- derived ------------------------------------------------------------------------------------------
+
+    def identity(self) -> list[tuple[str, str]]:
+        """(field, value) pairs for the page header: what ran, where and with which versions."""
+        s = self.summary
+        pairs = [("run directory", str(self.path))]
+        if not s:
+            pairs.append(("job", f"running or interrupted (no {SUMMARY} yet); n={self.n} from the run log"))
+            return pairs
+        data = ", ".join(f"{k}={s[k]}" for k in ("model", "d", "samples", "dtype") if k in s)
+        pairs += [("code", str(s.get("code"))), ("n", str(s.get("n"))), ("data", data),
+                  ("delay", f"{s.get('delay')} (seed {s.get('delay_seed')})")]
+        for key, label in (("versions", "versions"), ("machine", "machine")):
+            if key in s:
+                value = s[key]
+                pairs.append((label, ", ".join(f"{k} {v}" for k, v in value.items()) if isinstance(value, dict)
+                              else str(value)))
+        outcome = (f"{s.get('exact_iterations')} exact, {s.get('approximate_iterations')} approximate, "
+                   f"{s.get('failed_iterations')} failed in {s.get('wall_s')} s")
+        if s.get("interrupted"):
+            outcome += " (interrupted)"
+        pairs.append(("outcome", outcome))
+        return pairs
+
+    def stats(self) -> dict[str, Any]:
+        """The run's headline figures over the records read so far."""
+        recs = self.records
+        ok = [i for i, r in enumerate(recs) if r["outcome"] != "FAILED" and r["latency_ms"] is not None]
+        lat = np.array([recs[i]["latency_ms"] for i in ok], dtype=float)
+        pairs = [(recs[i]["latency_ms"], self.ideal_ms[i]) for i in ok if self.ideal_ms[i] is not None
+                 and math.isfinite(self.ideal_ms[i] or math.inf)]
+        loads = [w["load"] for r in recs for w in r["workers"] if w["task_sent_ms"] is not None]
+        losses = [r["loss"] for r in recs if r["loss"] is not None]
+        outcomes = [r["outcome"] for r in recs]
+        return {
+            "iterations": len(recs), "exact": outcomes.count("EXACT"), "approximate": outcomes.count("APPROXIMATE"),
+            "failed": outcomes.count("FAILED"),
+            "mean_ms": _round(float(lat.mean())) if lat.size else None,
+            "median_ms": _round(float(np.median(lat))) if lat.size else None,
+            "p90_ms": _round(float(np.percentile(lat, 90))) if lat.size else None,
+            "ideal_mean_ms": _round(float(np.mean([b for _, b in pairs]))) if pairs else None,
+            "measured_over_ideal": _round(float(np.mean([a for a, _ in pairs]) / np.mean([b for _, b in pairs])), 3)
+            if pairs and np.mean([b for _, b in pairs]) > 0 else None,
+            "mean_load": _round(float(np.mean(loads)), 4) if loads else None,
+            "final_loss": _round(losses[-1], 6) if losses else None,
+        }
+
+    def timeline_entry(self, index: int) -> dict[str, Any]:
+        """records[index] in the compact form the page draws its Gantt from (see `layout_slot`).
+
+        w[slot] = [task_sent, first_byte, delay_ms[], compute_ms[], result_arrival_ms[level], cancel_sent,
+                   cancel_ack, task_done, planned]: planned is the injected delay (ms) of the partition the
+                   slot was waiting on when the iteration ended (-1: unresponsive, never ends; None: none or
+                   unknown). used = [slot, level, weight, ...] flattened: the rows the decode used.
+        """
+        rec = self.records[index]
+        durations = self.durations_s[index] if index < len(self.durations_s) else None
+        slots = []
+        for w in rec["workers"]:
+            done = len(w["compute_ms"])
+            planned: float | None = None
+            slot = int(w["slot"])
+            if durations is not None and self.code is not None and w["task_sent_ms"] is not None \
+                    and not w["finished"] and done < self.code.max_partitions(slot):
+                d = float(durations[slot, done])
+                planned = _round(d * 1e3) if math.isfinite(d) else -1
+            slots.append([_round(w["task_sent_ms"]), _round(w["first_byte_ms"]),
+                          [_round(x) for x in w["delay_ms"]], [_round(x) for x in w["compute_ms"]],
+                          [_round(x) for x in w["result_arrival_ms"]], _round(w["cancel_sent_ms"]),
+                          _round(w["cancel_ack_ms"]), _round(w.get("task_done_ms")), planned])
+        used: list[float] = []
+        for slot, level, weight in rec["rows_used"]:
+            used += [slot, level, round(float(weight), 3)]
+        return {"i": rec["iteration"], "lat": _round(rec["latency_ms"]), "ideal": self.ideal_ms[index],
+                "outcome": rec["outcome"], "level": rec["level"], "stragglers": rec["stragglers"],
+                "used": used, "w": slots}
+
+    def series(self) -> dict[str, list[Any]]:
+        """Per-iteration columns of the page's step control: iteration, latency (a FAILED one: until the
+        deadline), outcome."""
+        return {"iteration": [r["iteration"] for r in self.records],
+                "latency": [_round(r["latency_ms"]) for r in self.records],
+                "outcome": [r["outcome"] for r in self.records]}
+
+
+def layout_slot(slot: Sequence[Any]) -> dict[str, list[tuple[float, float, int]]]:
+    """Where a slot's bars go on the timeline: {kind: [(start_ms, length_ms, partition position)]}.
+
+    The worker waits each partition's injected delay, then computes it, in its order, from the moment
+    the master sent the task (the master's clock; the gap before a level mark is the upload). The page's
+    JavaScript lays bars out the same way (tests compare the two). planned -1 (never) has length inf.
+    """
+    sent, _first, delays, computes, _arrivals, _cs, _ca, _done, planned = slot
+    bars: dict[str, list[tuple[float, float, int]]] = {"delay": [], "compute": [], "planned": []}
+    if sent is None:
+        return bars
+    t = float(sent)
+    for p, (d, c) in enumerate(zip(delays, computes)):
+        bars["delay"].append((t, float(d or 0.0), p))
+        t += float(d or 0.0)
+        bars["compute"].append((t, float(c or 0.0), p))
+        t += float(c or 0.0)
+    if planned is not None:
+        bars["planned"].append((t, math.inf if planned < 0 else float(planned), len(computes)))
+    return bars
+
+
+def entry_extent_ms(entry: dict[str, Any]) -> float:
+    """The latest instant worth showing for a timeline entry (marks, bars, decode and ideal)."""
+    times = [entry["lat"] or 0.0, entry["ideal"] or 0.0]
+    for slot in entry["w"]:
+        times += [x for x in (slot[1], slot[5], slot[6], slot[7]) if x is not None]
+        times += [x for x in slot[4] if x is not None]
+        for kind in ("delay", "compute", "planned"):
+            times += [a + b for a, b, _ in layout_slot(slot)[kind] if math.isfinite(b)]
+    return max(times)
+
+
+def select_iterations(runs: Sequence[RunData], budget_slots: int = TIMELINE_SLOT_BUDGET) -> tuple[list[int], str]:
+    """Which iterations get a timeline in a static page, and a note saying what was left out.
+
+    All of them while the budget (slot-iterations summed over runs) allows; else the slowest of every run
+    (a tenth of the kept ones) and the rest evenly spaced, the first and last included.
+    """
+    numbers = sorted({r["iteration"] for run in runs for r in run.records})
+    cost = sum(run.n for run in runs) or 1
+    keep = max(2, budget_slots // cost)
+    if len(numbers) <= keep:
+        return numbers, ""
+    chosen: set[int] = set()
+    per_run_slowest = max(1, keep // 10 // max(1, len(runs)))
+    for run in runs:
+        ranked = sorted((r for r in run.records if r["latency_ms"] is not None), key=lambda r: -r["latency_ms"])
+        chosen |= {r["iteration"] for r in ranked[:per_run_slowest]}
+    room = max(2, keep - len(chosen))
+    chosen |= {numbers[round(j * (len(numbers) - 1) / (room - 1))] for j in range(room)}
+    kept = sorted(chosen)
+    note = (f"timeline kept for {len(kept)} of {len(numbers)} iterations (evenly spaced, plus the slowest of each "
+            f"run) to keep this file small; `flexgc report --timeline-max N` keeps more, `flexgc view` shows all")
+    return kept, note
+
+
+def run_labels(runs: Sequence[RunData]) -> list[str]:
+    """Short labels: the identity fields that differ between the runs (the directory name if none do)."""
+    if len(runs) == 1:
+        s = runs[0].summary
+        return [str(s.get("code") or runs[0].path.name)]
+    fields = ("code", "delay", "delay_seed", "n")
+    differ = [f for f in fields if len({json.dumps(r.summary.get(f)) for r in runs}) > 1]
+    labels = []
+    for run in runs:
+        parts = [f"{run.summary[f]}" if f == "code" else f"{f}={run.summary[f]}" for f in differ
+                 if run.summary.get(f) is not None]
+        labels.append(" · ".join(parts) or run.path.name)
+    if len(set(labels)) < len(labels):
+        labels = [f"{label} ({run.path.name})" for label, run in zip(labels, runs)]
+    return labels
+
+
+def generator_identity() -> dict[str, str]:
+    """Who made the page: the versions and machine of the report itself (the run log does not record its own)."""
+    import platform
+
+    from flexgc import __version__
+
+    versions = {"flexgc": __version__, "python": platform.python_version(), "numpy": np.__version__}
+    try:
+        import plotly
+
+        versions["plotly"] = plotly.__version__
+    except ImportError:
+        pass
+    return {"versions": ", ".join(f"{k} {v}" for k, v in versions.items()),
+            "machine": f"{platform.node()} ({platform.system()} {platform.machine()}, {os.cpu_count()} CPUs)"}

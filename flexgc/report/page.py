@@ -1,0 +1,71 @@
+"""The report page: one self-contained HTML file (plotly.js, the page's own script and the data inlined; no
+network), also served by `flexgc view`, which sets `live` and lets the script poll for new iterations."""
+
+from __future__ import annotations
+
+import html
+import json
+import time
+from collections.abc import Sequence
+from importlib import resources
+from typing import Any
+
+from flexgc.plots import PALETTE, plotly_figure, plotly_js
+from flexgc.report.charts import TIMELINE_COLORS, TIMELINE_TRACES, summary_charts
+from flexgc.report.data import RunData, generator_identity, run_labels, select_iterations
+
+DATA_ELEMENT_ID = "flexgc-data"
+LIVE_TAIL = 50  # timelines a live page gets up front
+
+
+def run_meta(run: RunData, label: str) -> dict[str, Any]:
+    """What the page knows of a run besides its timelines."""
+    return {"label": label, "path": str(run.path), "n": run.n, "identity": run.identity(), "stats": run.stats(),
+            "levels": list(run.code.levels) if run.code is not None else None,
+            "order": [list(o) for o in run.code.order] if run.code is not None else None,
+            "model_note": run.model_note, "generation": run.generation, **run.series()}
+
+
+def charts_payload(runs: Sequence[RunData], labels: Sequence[str]) -> list[dict[str, Any]]:
+    return [{"key": c.key, "note": c.note, **plotly_figure(c)} for c in summary_charts(runs, labels)]
+
+
+def page_data(runs: Sequence[RunData], timeline_max: int | None = None, live: bool = False,
+              version: int = 0) -> dict[str, Any]:
+    """Everything the page draws. A static page keeps the timelines of a bounded set of iterations; a live
+    one the newest `LIVE_TAIL` (the viewer serves any other on request)."""
+    labels = run_labels(runs)
+    note = ""
+    if not live:
+        keep, note = select_iterations(runs, *([] if timeline_max is None else
+                                               [timeline_max * max(1, sum(r.n for r in runs))]))
+        wanted = set(keep)
+    metas = []
+    for run, label in zip(runs, labels):
+        meta = run_meta(run, label)
+        indices = (range(max(0, len(run.records) - LIVE_TAIL), len(run.records)) if live else
+                   [j for j, r in enumerate(run.records) if r["iteration"] in wanted])
+        meta["timeline"] = {str(run.records[j]["iteration"]): run.timeline_entry(j) for j in indices}
+        metas.append(meta)
+    return {"live": live, "version": version, "palette": PALETTE, "generated": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+            "generator": generator_identity(), "timeline_note": note, "timeline_traces": TIMELINE_TRACES,
+            "timeline_colors": TIMELINE_COLORS, "runs": metas, "charts": charts_payload(runs, labels)}
+
+
+def _asset(name: str) -> str:
+    return resources.files("flexgc.report").joinpath(name).read_text(encoding="utf-8")
+
+
+def render(data: dict[str, Any], title: str = "flexgc report") -> str:
+    """The whole page as one string. JSON inside <script> cannot contain '</': it is escaped."""
+    payload = json.dumps(data, separators=(",", ":"), allow_nan=False).replace("</", "<\\/")
+    return "".join([
+        "<!doctype html>\n<html lang='en'><head><meta charset='utf-8'>",
+        "<meta name='viewport' content='width=device-width, initial-scale=1'>",
+        "<link rel='icon' href='data:,'>",  # no favicon request (a 404 is a console error)
+        f"<title>{html.escape(title)}</title><style>", _asset("page.css"), "</style>",
+        "<script>", plotly_js(), "</script></head><body>",
+        _asset("page.html"),
+        f"<script type='application/json' id='{DATA_ELEMENT_ID}'>", payload, "</script>",
+        "<script>", _asset("page.js"), "</script></body></html>\n",
+    ])

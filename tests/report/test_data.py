@@ -1,0 +1,113 @@
+"""flexgc.report.data: reading run directories (also while they grow) and what the page is built from."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from flexgc.common.delays import parse_delay
+from flexgc.common.errors import ConfigError, FlexgcError
+from flexgc.demo import ideal_latencies_ms
+from flexgc.report.data import RunData, layout_slot, run_labels, select_iterations
+
+
+def test_entries_match_the_run_log(real_run: Path) -> None:
+    run = RunData.open(real_run)
+    lines = [json.loads(x) for x in (real_run / "run.jsonl").read_text().splitlines()]
+    assert [r["iteration"] for r in run.records] == [r["iteration"] for r in lines]
+    for j, rec in enumerate(lines):
+        entry = run.timeline_entry(j)
+        assert len(entry["w"]) == len(rec["workers"]) == 4
+        for slot, w in zip(entry["w"], rec["workers"]):
+            bars = layout_slot(slot)
+            assert len(bars["compute"]) == len(bars["delay"]) == len(w["compute_ms"])
+            if bars["compute"]:  # laid end to end from the task's send instant
+                start, length, _ = bars["compute"][-1]
+                total = sum(w["delay_ms"]) + sum(w["compute_ms"])
+                assert start + length == pytest.approx(w["task_sent_ms"] + total, abs=0.05)
+        assert entry["used"][0::3] == [u[0] for u in rec["rows_used"]]
+
+
+def test_ideal_is_the_models_decode_instant_for_the_same_delays(real_run: Path) -> None:
+    run = RunData.open(real_run)
+    summary = json.loads((real_run / "summary.json").read_text())
+    iters = [r["iteration"] for r in run.records]
+    want = ideal_latencies_ms(summary["code"], summary["n"], parse_delay(summary["delay"]), summary["delay_seed"],
+                              iters)
+    got = np.array([math.inf if x is None else x for x in run.ideal_ms])
+    np.testing.assert_allclose(got, want, atol=1e-3)  # kept to the microsecond
+
+
+def test_planned_delay_marks_what_the_cancel_cut_short(real_run: Path) -> None:
+    run = RunData.open(real_run)
+    planned = [slot[8] for j in range(len(run.records)) for slot in run.timeline_entry(j)["w"]]
+    cut = [(j, w) for j, r in enumerate(run.records) for w in r["workers"]
+           if w["task_sent_ms"] is not None and not w["finished"]]
+    assert cut, "the job should have cancelled someone"
+    for j, w in cut:
+        p = run.timeline_entry(j)["w"][w["slot"]][8]
+        assert p is not None and (p == -1 or p > 0)
+    assert all(p is None or p == -1 or p > 0 for p in planned)
+
+
+def test_refresh_follows_appends_and_leaves_a_torn_line_out(real_run: Path, tmp_path: Path) -> None:
+    lines = (real_run / "run.jsonl").read_text().splitlines(keepends=True)
+    log = tmp_path / "run.jsonl"
+    log.write_text(lines[0])
+    run = RunData.open(tmp_path)
+    assert len(run.records) == 1 and run.refresh() is False
+    with log.open("a") as fh:
+        fh.write(lines[1] + lines[2][:40])  # the master mid-write
+    assert run.refresh() is True and len(run.records) == 2
+    with log.open("a") as fh:
+        fh.write(lines[2][40:])
+    assert run.refresh() is True and [r["iteration"] for r in run.records] == [0, 1, 2]
+    assert run.ideal_ms == [None] * 3  # no summary yet: no identity, no model
+    shutil.copy(real_run / "summary.json", tmp_path / "summary.json")
+    assert run.refresh() is True and all(x is not None for x in run.ideal_ms)
+
+
+def test_a_rewritten_log_starts_over(real_run: Path, tmp_path: Path) -> None:
+    lines = (real_run / "run.jsonl").read_text().splitlines(keepends=True)
+    (tmp_path / "run.jsonl").write_text("".join(lines[:3]))
+    run = RunData.open(tmp_path)
+    tmp = tmp_path / "run.tmp"
+    tmp.write_text(lines[0])
+    os.replace(tmp, tmp_path / "run.jsonl")  # what a resumed master does
+    assert run.refresh() is True and len(run.records) == 1 and run.generation == 1
+
+
+def test_open_refuses_a_folder_that_is_not_a_run(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"neither run\.jsonl nor summary\.json"):
+        RunData.open(tmp_path)
+    with pytest.raises(ConfigError, match="does not exist"):
+        RunData.open(tmp_path / "nope")
+    assert RunData.open(tmp_path / "nope", wait=True).records == []
+
+
+def test_a_foreign_schema_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "run.jsonl").write_text(json.dumps({"schema": "other.v9", "iteration": 0}) + "\n")
+    with pytest.raises(FlexgcError, match=r"other\.v9"):
+        RunData.open(tmp_path)
+
+
+def test_select_iterations_keeps_all_within_budget_else_the_slowest_and_a_spread(real_run: Path) -> None:
+    run = RunData.open(real_run)
+    numbers = [r["iteration"] for r in run.records]
+    assert select_iterations([run]) == (numbers, "")
+    kept, note = select_iterations([run], budget_slots=4 * 4)  # room for 4 iterations of n = 4
+    slowest = max(run.records, key=lambda r: r["latency_ms"] or 0)["iteration"]
+    assert slowest in kept and numbers[0] in kept and numbers[-1] in kept
+    assert len(kept) <= 5 and f"{len(kept)} of {len(numbers)}" in note
+
+
+def test_labels_name_what_differs(real_run: Path, real_crc_run: Path) -> None:
+    runs = [RunData.open(real_run), RunData.open(real_crc_run)]
+    assert run_labels(runs) == ["nested:levels=0,1,2", "crc:s=2"]
+    assert run_labels(runs[:1]) == ["nested:levels=0,1,2"]

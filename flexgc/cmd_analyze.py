@@ -167,35 +167,23 @@ def dead_slots(n: int, r: int, pattern: str) -> list[int]:
 
 
 def _plot(path: str, codes: list[Code], model: DelayModel, trials: int, seed: int, pattern: str) -> None:
-    try:
-        import matplotlib
-        import matplotlib.ticker
+    """Mean latency against dead workers, through the shared plotting module: .png/.pdf/.svg (matplotlib,
+    for papers) or .html (interactive, Plotly)."""
+    from flexgc.plots import Chart, Series, save
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise ConfigError("plot: matplotlib is not installed; install the `plot` extra "
-                          "(pip install 'flexgc[plot]')") from None
     n = codes[0].n
     r_max = max(code.s_max for code in codes)
-    fig, ax = plt.subplots(figsize=(8, 5))
-    for code in codes:
+    series = []
+    for g, code in enumerate(codes):
         xs, ys = [], []
         for r in range(r_max + 1):
             result: SimResult = simulate(code, model.with_dead(dead_slots(n, r, pattern)), trials, seed)
             if math.isfinite(result.mean):
                 xs.append(r)
                 ys.append(result.mean)
-        ax.plot(xs, ys, marker="o", label=code.spec)
-    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
-    ax.set_xlabel(f"dead workers r ({pattern} slots)")
-    ax.set_ylabel("mean iteration latency (model time)")
-    ax.set_title(f"n={n}, {model.spec}, {trials} trials")
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize="small")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+        series.append(Series(code.spec, xs, ys, markers=True, group=g))
+    save(Chart("dead", f"n={n}, {model.spec}, {trials} trials", f"dead workers r ({pattern} slots)",
+               "mean iteration latency (model time)", series, integer_x=True), path)
 
 
 # ---------------------------------------------------------------------------------------------

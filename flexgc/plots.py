@@ -70,6 +70,7 @@ class Chart:
     categories: Sequence[str] | None = None
     note: str = ""
     xrange: tuple[float, float] | None = None
+    integer_x: bool = False             # x ticks on integers only (counts, e.g. dead workers)
 
     def color(self, s: Series) -> str:
         return s.color or PALETTE[s.group % len(PALETTE)]
@@ -140,6 +141,8 @@ def plotly_figure(chart: Chart, height: int = 320) -> dict[str, Any]:
     }
     if chart.xrange is not None:
         layout["xaxis"]["range"] = list(chart.xrange)
+    if chart.integer_x:
+        layout["xaxis"]["dtick"] = 1
     if chart.categories is not None:
         layout["yaxis"].update(type="category", categoryorder="array", categoryarray=list(chart.categories),
                                autorange="reversed")
@@ -224,9 +227,11 @@ def draw_matplotlib(chart: Chart, ax: Any) -> None:
             xs = [np.nan if v is None else v for v in s.x]
             marker = _MPL_MARKER.get(s.symbol, "o")
             filled = not s.symbol.endswith("-open")
-            if s.kind == "markers":
+            if s.kind == "markers" and marker in ("x", "|", "+"):  # line-art markers: no face, no edge
+                ax.scatter(xs, y, marker=marker, label=label, alpha=s.opacity, zorder=3, c=color)
+            elif s.kind == "markers":
                 ax.scatter(xs, y, marker=marker, label=label, alpha=s.opacity, zorder=3,
-                           facecolors=color if filled or marker in "x|+" else "none", edgecolors=color)
+                           facecolors=color if filled else "none", edgecolors=color)
             elif s.kind == "step":
                 ax.step(xs, y, where="post", color=color, linestyle=_MPL_DASH[s.dash], label=label)
             else:
@@ -249,6 +254,10 @@ def draw_matplotlib(chart: Chart, ax: Any) -> None:
         ax.set_ylim(len(lanes) - 0.5, -0.5)
     if chart.xrange is not None:
         ax.set_xlim(*chart.xrange)
+    if chart.integer_x:
+        from matplotlib.ticker import MaxNLocator
+
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel(chart.xlabel)
     ax.set_ylabel(chart.ylabel)
     ax.set_title(chart.title, fontsize=10)

@@ -1,0 +1,90 @@
+"""`flexgc report` on real run directories, and `flexgc analyze --plot` through the same plotting module."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from flexgc.cli import main
+from flexgc.report.page import DATA_ELEMENT_ID
+
+
+def page_payload(html: str) -> dict[str, Any]:
+    """The data a report page embeds (what its script draws)."""
+    match = re.search(f"<script type='application/json' id='{DATA_ELEMENT_ID}'>(.*?)</script>", html, re.S)
+    assert match, "no embedded data"
+    return json.loads(match.group(1).replace("<\\/", "</"))
+
+
+def test_report_is_one_self_contained_file(real_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "r.html"
+    assert main(["report", str(real_run), "--out", str(out)]) == 0
+    assert f"report: {out}" in capsys.readouterr().out
+    html = out.read_text()
+    # no network: nothing loaded from elsewhere (plotly.js is inlined; its own strings may name URLs)
+    assert not re.search(r"<script[^>]+src=", html) and not re.search(r"<link[^>]+stylesheet", html)
+    data = page_payload(html)
+    records = [json.loads(x) for x in (real_run / "run.jsonl").read_text().splitlines()]
+    (run,) = data["runs"]
+    assert run["iteration"] == [r["iteration"] for r in records]
+    assert sorted(map(int, run["timeline"])) == run["iteration"]  # a short run keeps every timeline
+    assert {c["key"] for c in data["charts"]} == {"latency", "cdf", "loss", "levels", "load", "bytes", "cancel",
+                                                 "stragglers"}
+    assert dict(run["identity"])["code"] == "nested:levels=0,1,2"
+
+
+def test_default_out_is_beside_the_run(real_run: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    for name in ("run.jsonl", "summary.json"):
+        (run / name).write_bytes((real_run / name).read_bytes())
+    assert main(["report", str(run)]) == 0
+    assert (run / "report.html").stat().st_size > 1_000_000  # plotly.js is in it
+
+
+def test_several_runs_share_one_page(real_run: Path, real_crc_run: Path, tmp_path: Path) -> None:
+    out = tmp_path / "both.html"
+    assert main(["report", str(real_run), str(real_crc_run), "--out", str(out)]) == 0
+    data = page_payload(out.read_text())
+    assert [r["label"] for r in data["runs"]] == ["nested:levels=0,1,2", "crc:s=2"]
+    latency = next(c for c in data["charts"] if c["key"] == "latency")
+    names = [t["name"] for t in latency["data"]]
+    assert "crc:s=2 (measured)" in names and "nested:levels=0,1,2 (model, same delays)" in names
+
+
+def test_timeline_max_bounds_the_kept_timelines(real_run: Path, tmp_path: Path) -> None:
+    out = tmp_path / "small.html"
+    assert main(["report", str(real_run), "--out", str(out), "--timeline-max", "3"]) == 0
+    data = page_payload(out.read_text())
+    assert len(data["runs"][0]["timeline"]) <= 4 and "timeline kept for" in data["timeline_note"]
+
+
+@pytest.mark.parametrize("fmt", ["pdf", "png"])
+def test_static_figures_for_papers(real_run: Path, tmp_path: Path, fmt: str) -> None:
+    pytest.importorskip("matplotlib")
+    out = tmp_path / "figs"
+    assert main(["report", str(real_run), "--format", fmt, "--out", str(out), "--iteration", "2"]) == 0
+    names = sorted(p.name for p in out.iterdir())
+    assert f"latency.{fmt}" in names and f"timeline-run-2.{fmt}" in names and len(names) == 9
+    assert (out / f"cdf.{fmt}").read_bytes()[:4] == (b"%PDF" if fmt == "pdf" else b"\x89PNG")
+
+
+def test_bad_input_names_the_problem(tmp_path: Path, real_run: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["report", str(tmp_path / "missing")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert main(["report", str(real_run), "--format", "png", "--iteration", "999", "--out", str(tmp_path)]) == 2
+    assert "iteration=999" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("suffix", [".html", ".pdf"])
+def test_analyze_plot_uses_the_shared_plotting_module(tmp_path: Path, suffix: str) -> None:
+    pytest.importorskip("matplotlib")
+    path = tmp_path / f"dead{suffix}"
+    assert main(["analyze", "--code", "crc:s=1", "--code", "nested:levels=0,1", "--trials", "200", "-n", "6",
+                 "--plot", str(path)]) == 0
+    head = path.read_bytes()[:200]
+    assert head.startswith(b"%PDF") if suffix == ".pdf" else b"<!doctype html>" in head

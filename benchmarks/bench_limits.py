@@ -158,7 +158,6 @@ async def _stub_worker(target: str, d: int, dtype: str) -> None:
     from flexgc import __version__
     from flexgc.common import transport, wire
     from flexgc.common.config import worker_config
-    from flexgc.v1 import coordinator_pb2 as pb
     from flexgc.v1 import coordinator_pb2_grpc as pb_grpc
     from flexgc.worker.client import Session
     from flexgc.worker.compute import PartitionCompute, TaskRun
@@ -168,7 +167,7 @@ async def _stub_worker(target: str, d: int, dtype: str) -> None:
 
         def __init__(self, slot_code: wire.SlotCode) -> None:  # no data, no partials
             self.slot_code = slot_code
-            self.d = d
+            self.vector_len = d
             self.wire_dtype = np.dtype(dtype)
             self.source = np.random.default_rng(1).standard_normal(d)
 
@@ -188,10 +187,10 @@ async def _stub_worker(target: str, d: int, dtype: str) -> None:
     executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="compute")
     try:
         stub = pb_grpc.CoordinatorStub(channel)
-        reply = await stub.Join(pb.JoinRequest(worker_id=cfg.identity, preferred_slot=0, version=__version__),
-                                timeout=_TIMEOUT_S)
-        compute = ReadyVector(wire.slot_code_from_proto(reply.slot_code, reply.k))
-        await asyncio.wait_for(Session(cfg, reply, stub, compute, executor).run(), 20 * _TIMEOUT_S)
+        ask = wire.JoinAsk(cfg.identity, 0, "", __version__)
+        grant, job = wire.joined(await stub.Join(wire.join_request(ask), timeout=_TIMEOUT_S))
+        compute = ReadyVector(grant.slot_code)
+        await asyncio.wait_for(Session(cfg, grant, job, stub, compute, executor).run(), 20 * _TIMEOUT_S)
     finally:
         executor.shutdown(wait=False, cancel_futures=True)
         await channel.close()
@@ -199,8 +198,8 @@ async def _stub_worker(target: str, d: int, dtype: str) -> None:
 
 def stream_rates(d: int, transfers: int, worker: str, chunk_bytes: int) -> list[float]:
     """Result-stream payload rate (bytes/s) of `transfers` iterations, from the master's run log."""
-    from flexgc.harness.local import LocalCluster
     from flexgc.common.config import master_config
+    from flexgc.harness.local import LocalCluster
     from flexgc.master.accounting import read_run_log
 
     with tempfile.TemporaryDirectory(prefix="flexgc-limits-") as tmp:

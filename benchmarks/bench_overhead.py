@@ -117,8 +117,8 @@ class Job:
 def run_job(n: int, d: int, iterations: int, warmup: int, code: str = "uncoded", poll_s: float = 0.02,
             sample_s: float = 0.5, timeout_s: float = 1800.0) -> Job:
     """Run one LocalCluster job and watch its processes; returns the run log and the process figures."""
-    from flexgc.harness.local import LocalCluster
     from flexgc.common.config import master_config
+    from flexgc.harness.local import LocalCluster
     from flexgc.master.accounting import read_run_log
 
     with tempfile.TemporaryDirectory(prefix="flexgc-overhead-") as tmp:

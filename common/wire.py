@@ -11,10 +11,13 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
+import grpc
 import numpy as np
 
 from flexgc.common.errors import WireError
+from flexgc.common.models import DataSpec
 from flexgc.common.transport import MAX_MESSAGE_BYTES
 from flexgc.v1 import coordinator_pb2 as pb
 
@@ -67,12 +70,17 @@ def times_to_proto(times: PartitionTimes) -> pb.PartitionTimes:
 
 
 def times_from_proto(msg: pb.PartitionTimes, max_len: int) -> PartitionTimes:
+    """Per-partition times of a slot that computes at most `max_len` partitions; finite and >= 0."""
     compute, delay = list(msg.compute_ms), list(msg.delay_ms)
     if len(compute) > max_len or len(delay) > max_len:
         raise WireError(f"partition times list longer than {max_len} partitions")
     if not all(math.isfinite(x) and x >= 0 for x in compute) or not all(x >= 0 for x in delay):
         raise WireError("partition times must be finite and >= 0")
     return PartitionTimes(compute, delay)
+
+
+def _times_or_none(msg: Any, max_len: int) -> PartitionTimes | None:
+    return times_from_proto(msg.times, max_len) if msg.HasField("times") else None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -169,18 +177,16 @@ class TaskHeader:
     iteration: int
     dtype: str
     total_elements: int
-    deadline_s: float
     max_levels: int
 
 
-def task_messages(iteration: int, params: np.ndarray, chunk_bytes: int, deadline_s: float,
-                  max_levels: int, inline: bool = False) -> list[pb.MasterMessage]:
+def task_messages(iteration: int, params: np.ndarray, chunk_bytes: int, max_levels: int,
+                  inline: bool = False) -> list[pb.MasterMessage]:
     """The Task header and its ParamsChunk messages; built once per iteration, sent to every worker.
     With `inline`, parameters that fit one chunk travel inside the Task (a single message)."""
     flat = _flat_le(params)
     header = pb.MasterMessage(task=pb.Task(iteration=iteration, dtype=wire_dtype(flat.dtype),
-                                           total_elements=flat.size, deadline_s=deadline_s,
-                                           max_levels=max_levels))
+                                           total_elements=flat.size, max_levels=max_levels))
     out = [header]
     slices = list(chunk_slices(flat.size, flat.itemsize, chunk_bytes))
     if inline and len(slices) == 1:
@@ -219,6 +225,7 @@ def serialize_master_message(msg: pb.MasterMessage | Preserialized) -> bytes:
 
 
 def task_header(msg: pb.Task, expected_d: int, n_levels: int) -> TaskHeader:
+    """Validate a Task's header against what this worker expects (vector length, levels, dtype)."""
     numpy_dtype(msg.dtype)
     if msg.total_elements != expected_d:
         raise WireError(f"task iteration={msg.iteration}: total_elements={msg.total_elements}, "
@@ -227,9 +234,7 @@ def task_header(msg: pb.Task, expected_d: int, n_levels: int) -> TaskHeader:
         raise WireError(f"task iteration={msg.iteration} < 0")
     if not 1 <= msg.max_levels <= n_levels:
         raise WireError(f"task iteration={msg.iteration}: max_levels={msg.max_levels}; allowed 1..{n_levels}")
-    if not math.isfinite(msg.deadline_s) or msg.deadline_s < 0:
-        raise WireError(f"task iteration={msg.iteration}: deadline_s={msg.deadline_s} must be >= 0")
-    return TaskHeader(msg.iteration, msg.dtype, msg.total_elements, msg.deadline_s, msg.max_levels)
+    return TaskHeader(msg.iteration, msg.dtype, msg.total_elements, msg.max_levels)
 
 
 def accept_inline_params(buf: np.ndarray, task: pb.Task) -> int:
@@ -245,6 +250,7 @@ def accept_inline_params(buf: np.ndarray, task: pb.Task) -> int:
 
 
 def accept_params_chunk(buf: np.ndarray, filled: int, chunk: pb.ParamsChunk, iteration: int) -> int:
+    """Copy a validated ParamsChunk of task `iteration` into `buf` at `filled`; return the new fill count."""
     if chunk.iteration != iteration:
         raise WireError(f"params chunk of iteration {chunk.iteration} inside task {iteration}")
     data = chunk.data
@@ -300,3 +306,323 @@ def slot_code_from_proto(msg: pb.SlotCode, k: int) -> SlotCode:
     if msg.signaling not in ("push", "notify"):
         raise WireError(f"slot code: signaling={msg.signaling!r}; allowed: push, notify")
     return SlotCode(parts, prefix, tuple(msg.level_tolerance), coeffs.reshape(L, m), msg.signaling)
+
+
+# ---------------------------------------------------------------------------------------------
+# join (worker -> master -> worker)
+
+
+@dataclass(frozen=True, slots=True)
+class JoinAsk:
+    """A worker's Join: its identity, the slot it would like (-1: any) and its token."""
+
+    worker_id: str
+    preferred_slot: int
+    token: str = field(repr=False)
+    version: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class JoinGrant:
+    """The slot a worker got, the master session it belongs to, and that slot's part of the code."""
+
+    slot: int
+    session_id: str
+    slot_code: SlotCode
+
+
+@dataclass(frozen=True, slots=True)
+class JobInfo:
+    """What every joining worker learns of the job besides its slot."""
+
+    n: int
+    k: int
+    code_spec: str
+    data: DataSpec
+    dtype: str                 # "float32" | "float64" of the coded vectors on the wire
+    chunk_bytes: int
+    heartbeat_interval_s: float
+    delay_spec: str
+    delay_seed: int
+
+
+def join_request(ask: JoinAsk) -> pb.JoinRequest:
+    return pb.JoinRequest(worker_id=ask.worker_id, preferred_slot=ask.preferred_slot, token=ask.token,
+                          version=ask.version)
+
+
+def join_ask(msg: pb.JoinRequest) -> JoinAsk:
+    return JoinAsk(msg.worker_id, msg.preferred_slot, msg.token, msg.version)
+
+
+def join_reply(grant: JoinGrant, job: JobInfo) -> pb.JoinReply:
+    d = job.data
+    return pb.JoinReply(
+        slot=grant.slot, session_id=grant.session_id, n=job.n, k=job.k, code_spec=job.code_spec,
+        slot_code=slot_code_to_proto(grant.slot_code),
+        data=pb.DataSpec(model=d.model, source=d.source, samples=d.samples, features=d.features, classes=d.classes,
+                         seed=d.seed, partitions=d.partitions, dtype=job.dtype, noise=d.noise),
+        chunk_bytes=job.chunk_bytes, heartbeat_interval_s=job.heartbeat_interval_s, delay_spec=job.delay_spec,
+        delay_seed=job.delay_seed)
+
+
+def joined(msg: pb.JoinReply) -> tuple[JoinGrant, JobInfo]:
+    """The grant and the job description of a JoinReply, checked (slot code, data description, dtype)."""
+    ds = msg.data
+    if ds.dtype not in ("float32", "float64"):
+        raise WireError(f"join reply: dtype={ds.dtype!r}; allowed: float32, float64")
+    if not 0 <= msg.slot < msg.n or msg.chunk_bytes <= 0:
+        raise WireError(f"join reply: slot={msg.slot} of n={msg.n}, chunk_bytes={msg.chunk_bytes}")
+    try:
+        data = DataSpec(model=ds.model, source=ds.source, samples=ds.samples, features=ds.features,
+                        classes=ds.classes, seed=ds.seed, partitions=ds.partitions, noise=ds.noise)
+    except ValueError as exc:
+        raise WireError(f"join reply: data description: {exc}") from None
+    grant = JoinGrant(msg.slot, msg.session_id, slot_code_from_proto(msg.slot_code, msg.k))
+    job = JobInfo(msg.n, msg.k, msg.code_spec, data, ds.dtype, msg.chunk_bytes, msg.heartbeat_interval_s,
+                  msg.delay_spec, msg.delay_seed)
+    return grant, job
+
+
+# ---------------------------------------------------------------------------------------------
+# the Work stream's control messages
+
+
+@dataclass(frozen=True, slots=True)
+class Hello:
+    """The first message on a Work stream: who opens it, for which slot of which session."""
+
+    slot: int
+    session_id: str
+    worker_id: str
+    token: str = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Ready:
+    """The worker is idle and asks for the first task newer than `after_iteration`."""
+
+    after_iteration: int
+
+
+@dataclass(frozen=True, slots=True)
+class LevelDone:
+    """notify signaling: the worker holds the level's coded vector of `iteration`."""
+
+    iteration: int
+    level: int
+    times: PartitionTimes | None
+
+
+@dataclass(frozen=True, slots=True)
+class CancelAck:
+    """The worker stopped `iteration` after `partitions_done` partitions (all of them: `finished`);
+    `ready`: it also asks for the next task, as Ready(after_iteration=iteration) would."""
+
+    iteration: int
+    partitions_done: int
+    times: PartitionTimes
+    finished: bool
+    ready: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Heartbeat:
+    """The worker is alive (sent every heartbeat interval)."""
+
+
+@dataclass(frozen=True, slots=True)
+class TaskRejected:
+    """The worker refused a malformed task of `iteration`."""
+
+    iteration: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Cancel:
+    """Stop `iteration`: its gradient is decoded (or given up)."""
+
+    iteration: int
+
+
+@dataclass(frozen=True, slots=True)
+class Pull:
+    """notify signaling: send the level's coded vector of `iteration` now."""
+
+    iteration: int
+    level: int
+
+
+@dataclass(frozen=True, slots=True)
+class Shutdown:
+    """The job is over; the worker may exit."""
+
+    reason: str
+
+
+# What a Work stream carries after its hello. Result chunks and task messages stay protobuf: their bytes
+# go straight into preallocated buffers through accept_chunk / accept_params_chunk.
+WorkerEvent = Ready | LevelDone | CancelAck | Heartbeat | TaskRejected | pb.ResultChunk
+MasterEvent = pb.Task | pb.ParamsChunk | Cancel | Pull | Shutdown
+
+
+def hello(msg: pb.WorkerMessage) -> Hello:
+    """The hello a Work stream must open with, or WireError."""
+    if msg.WhichOneof("kind") != "hello":
+        raise WireError("the first message on Work must be hello")
+    h = msg.hello
+    return Hello(h.slot, h.session_id, h.worker_id, h.token)
+
+
+def worker_event(msg: pb.WorkerMessage, slot: int, max_partitions: int) -> WorkerEvent:
+    """A worker's message after its hello on the stream of `slot`, as a domain value; `max_partitions`
+    bounds its time lists."""
+    kind = msg.WhichOneof("kind")
+    if kind == "result":
+        return msg.result
+    if kind == "ready":
+        return Ready(msg.ready.after_iteration)
+    if kind == "level_done":
+        ld = msg.level_done
+        return LevelDone(ld.iteration, ld.level, _times_or_none(ld, max_partitions))
+    if kind == "cancel_ack":
+        a = msg.cancel_ack
+        return CancelAck(a.iteration, a.partitions_done, times_from_proto(a.times, max_partitions), a.finished,
+                         a.ready)
+    if kind == "heartbeat":
+        return Heartbeat()
+    if kind == "task_rejected":
+        return TaskRejected(msg.task_rejected.iteration, msg.task_rejected.reason[:200])
+    raise WireError(f"slot={slot}: unexpected message kind {kind!r} on Work")
+
+
+def worker_message(event: Hello | Ready | LevelDone | CancelAck | Heartbeat | TaskRejected) -> pb.WorkerMessage:
+    """The WorkerMessage of a control event (results are built by `result_chunks`)."""
+    if isinstance(event, Hello):
+        return pb.WorkerMessage(hello=pb.Hello(slot=event.slot, session_id=event.session_id,
+                                               worker_id=event.worker_id, token=event.token))
+    if isinstance(event, Ready):
+        return pb.WorkerMessage(ready=pb.Ready(after_iteration=event.after_iteration))
+    if isinstance(event, LevelDone):
+        msg = pb.WorkerMessage(level_done=pb.LevelDone(iteration=event.iteration, level=event.level))
+        if event.times is not None:
+            msg.level_done.times.CopyFrom(times_to_proto(event.times))
+        return msg
+    if isinstance(event, CancelAck):
+        return pb.WorkerMessage(cancel_ack=pb.CancelAck(
+            iteration=event.iteration, partitions_done=event.partitions_done, times=times_to_proto(event.times),
+            finished=event.finished, ready=event.ready))
+    if isinstance(event, Heartbeat):
+        return pb.WorkerMessage(heartbeat=pb.Heartbeat())
+    return pb.WorkerMessage(task_rejected=pb.TaskRejected(iteration=event.iteration, reason=event.reason))
+
+
+def master_event(msg: pb.MasterMessage) -> MasterEvent:
+    """A master's message on the Work stream, as a domain value."""
+    kind = msg.WhichOneof("kind")
+    if kind == "task":
+        return msg.task
+    if kind == "params":
+        return msg.params
+    if kind == "cancel":
+        return Cancel(msg.cancel.iteration)
+    if kind == "pull":
+        return Pull(msg.pull.iteration, msg.pull.level)
+    if kind == "shutdown":
+        return Shutdown(msg.shutdown.reason)
+    raise WireError(f"unexpected message kind {kind!r} from the master")
+
+
+def master_message(event: Cancel | Pull | Shutdown) -> pb.MasterMessage:
+    """The MasterMessage of a control event (tasks are built by `task_messages`)."""
+    if isinstance(event, Cancel):
+        return pb.MasterMessage(cancel=pb.Cancel(iteration=event.iteration))
+    if isinstance(event, Pull):
+        return pb.MasterMessage(pull=pb.Pull(iteration=event.iteration, level=event.level))
+    return pb.MasterMessage(shutdown=pb.Shutdown(reason=event.reason))
+
+
+# ---------------------------------------------------------------------------------------------
+# partitions (master -> worker, when the master holds the data)
+
+
+@dataclass(frozen=True, slots=True)
+class PartitionAsk:
+    slot: int
+    partition: int
+    session_id: str
+    token: str = field(repr=False)
+
+
+def partition_request(ask: PartitionAsk) -> pb.PartitionRequest:
+    return pb.PartitionRequest(slot=ask.slot, partition=ask.partition, session_id=ask.session_id, token=ask.token)
+
+
+def partition_ask(msg: pb.PartitionRequest) -> PartitionAsk:
+    return PartitionAsk(msg.slot, msg.partition, msg.session_id, msg.token)
+
+
+def partition_chunks(X: np.ndarray, y: np.ndarray, chunk_bytes: int) -> Iterator[pb.PartitionChunk]:
+    """Rows X (m, f) and labels y (m,) of one partition as float64 chunks, each array ending `last`."""
+    for name, arr in (("X", X), ("y", y)):
+        flat = np.ascontiguousarray(arr, dtype="<f8").reshape(-1)
+        slices = list(chunk_slices(flat.size, 8, chunk_bytes))
+        for i, (a, b) in enumerate(slices):
+            yield pb.PartitionChunk(name=name, dtype="<f8", shape=arr.shape, offset=a, data=flat[a:b].tobytes(),
+                                    last=i == len(slices) - 1)
+
+
+class PartitionReceiver:
+    """Reassembles one partition's X and y from its chunks, checking names, dtype, order and completeness."""
+
+    def __init__(self, partition: int) -> None:
+        self.partition = partition
+        self._arrays: dict[str, np.ndarray] = {}
+        self._shapes: dict[str, tuple[int, ...]] = {}
+        self._filled: dict[str, int] = {}
+
+    def accept(self, chunk: pb.PartitionChunk) -> None:
+        j = self.partition
+        if chunk.name not in ("X", "y") or chunk.dtype != "<f8":
+            raise WireError(f"partition {j}: unexpected array {chunk.name!r} dtype {chunk.dtype!r}")
+        name = chunk.name
+        if name not in self._arrays:
+            shape = tuple(int(x) for x in chunk.shape)
+            if any(x < 0 for x in shape) or len(shape) != (2 if name == "X" else 1):
+                raise WireError(f"partition {j}: shape {shape} of {name}")
+            self._arrays[name] = np.empty(int(np.prod(shape)), dtype="<f8")
+            self._shapes[name], self._filled[name] = shape, 0
+        buf, filled = self._arrays[name], self._filled[name]
+        part = np.frombuffer(chunk.data, "<f8")
+        if chunk.offset != filled or filled + part.size > buf.size:
+            raise WireError(f"partition {j}: chunk of {name} out of order")
+        buf[filled:filled + part.size] = part
+        self._filled[name] = filled + part.size
+
+    def result(self) -> tuple[np.ndarray, np.ndarray]:
+        """(X, y) once both arrays are complete, else WireError."""
+        if set(self._arrays) != {"X", "y"} or any(self._filled[k] != self._arrays[k].size for k in self._arrays):
+            raise WireError(f"partition {self.partition}: incomplete transfer")
+        return self._arrays["X"].reshape(self._shapes["X"]), self._arrays["y"]
+
+
+# ---------------------------------------------------------------------------------------------
+# error kinds in a status's trailing metadata
+
+
+ERROR_KIND_KEY = "flexgc-error-kind"
+
+
+def error_metadata(kind: str) -> tuple[tuple[str, str], ...]:
+    """Trailing metadata that names the domain error behind a status (e.g. "JobFinishedError")."""
+    return ((ERROR_KIND_KEY, kind),)
+
+
+def error_kind(exc: grpc.RpcError) -> str | None:
+    """The domain error a master named in a failed call's trailing metadata, if any."""
+    trailing = getattr(exc, "trailing_metadata", None)
+    for key, value in (trailing() if callable(trailing) else None) or ():
+        if key == ERROR_KIND_KEY:
+            return str(value)
+    return None

@@ -18,8 +18,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from flexgc.harness.local import LocalCluster
 from flexgc.common.config import master_config
+from flexgc.harness.local import LocalCluster
 from flexgc.master.accounting import read_run_log
 
 

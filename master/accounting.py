@@ -1,5 +1,4 @@
-"""Latency accounting: the JSON-lines run log (data with a schema, separate from logs), the summary, and
-Prometheus metrics.
+"""Latency accounting: the JSON-lines run log (data with a schema, separate from logs) and the summary.
 
 Run log schema (one JSON object per iteration, `schema: "flexgc.run.v1"`):
     iteration, outcome (EXACT | APPROXIMATE | FAILED), latency_ms (task first sent -> gradient decoded),
@@ -24,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from flexgc.common.codes import Code
 from flexgc.master.coordinator import Iteration, Outcome
@@ -32,33 +30,6 @@ from flexgc.master.coordinator import Iteration, Outcome
 _log = logging.getLogger(__name__)
 
 SCHEMA = "flexgc.run.v1"
-_LATENCY_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 30, 60)
-
-
-class Metrics:
-    """Prometheus metrics of one master, in their own registry (several masters may share a process)."""
-
-    def __init__(self) -> None:
-        self.registry = CollectorRegistry()
-        r = self.registry
-        self.iteration_latency = Histogram("flexgc_iteration_latency_seconds", "task sent -> gradient decoded",
-                                           buckets=_LATENCY_BUCKETS, registry=r)
-        self.result_latency = Histogram("flexgc_result_latency_seconds", "task sent -> result arrival",
-                                        ["slot", "level"], buckets=_LATENCY_BUCKETS, registry=r)
-        self.decode_seconds = Histogram("flexgc_decode_seconds", "weighted sum of the decode",
-                                        buckets=(1e-5, 1e-4, 1e-3, 1e-2, 0.1, 1), registry=r)
-        self.level_used = Counter("flexgc_level_used_total", "decodes by highest level used", ["level"],
-                                  registry=r)
-        self.iterations = Counter("flexgc_iterations_total", "iterations by outcome", ["outcome"], registry=r)
-        self.cancelled_partitions = Counter("flexgc_cancelled_partitions_total",
-                                            "partitions assigned but not computed thanks to cancel", registry=r)
-        self.bytes = Counter("flexgc_bytes_total", "payload bytes", ["direction"], registry=r)
-        self.rejected = Counter("flexgc_rejected_messages_total", "messages rejected with a gRPC status",
-                                ["kind"], registry=r)
-        self.discarded = Counter("flexgc_discarded_results_total", "stale or duplicate results dropped",
-                                 ["kind"], registry=r)
-        self.connected = Gauge("flexgc_connected_workers", "workers with a live Work stream", registry=r)
-        self.loss = Gauge("flexgc_loss", "mean loss at the current parameters", registry=r)
 
 
 def _r(x: float | None, nd: int = 3) -> float | None:
@@ -158,8 +129,7 @@ class RunLog:
         out = []
         for number in sorted(self._pending):
             it, outcome, loss, verify = self._pending[number]
-            acked = all(it.timing[s].answered for s in it.sent)
-            if not (force or acked or (newest is not None and number <= newest - 2)):
+            if not (force or it.settled or (newest is not None and number <= newest - 2)):
                 break  # records stay in iteration order: later ones wait for this one
             del self._pending[number]
             rec = iteration_record(code, it, outcome, loss, verify)

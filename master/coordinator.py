@@ -1,16 +1,16 @@
-"""The master's domain: worker slots, the iteration state machine, decoding and latency accounting.
+"""The iteration state machine: tasks out, coded results in, decode as soon as possible, cancel the rest.
 
 Everything here runs on the master's one event loop; the servicer (service.py) only translates wire
-messages into the calls below. Lifecycles are enums with transition tables (STYLE §3):
+messages into the calls below, and membership (membership.py) decides who holds which slot. An
+iteration's lifecycle is an enum with a transition table (docs/design.md §4):
 
-    SlotState:      JOINED -> IDLE -> WORKING -> CANCELLING -> IDLE ...; WORKING -> IDLE (task_done);
-                    any -> GONE
     IterationPhase: SCHEDULED -> COLLECTING -> EXACT | APPROXIMATE | FAILED
 
 A coded result is written chunk by chunk into its row of a preallocated ``(n_messages, d + 1)`` buffer
-(zeros, so rows never written hold finite values); rows are handed out in arrival order per
-iteration, and the decode is one ``np.dot(weights, buffer[:rows])`` with zero weight on every row that
-is not used. Results of any other iteration are never written into the buffer.
+(the gradient's d elements and, last, the partition losses' sum; zeros at the start, so rows never
+written hold finite values); rows are handed out in arrival order per iteration, and the decode is one
+``np.dot(weights, buffer[:rows])`` with zero weight on every row that is not used. Results of any other
+iteration are never written into the buffer.
 """
 
 from __future__ import annotations
@@ -18,50 +18,30 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
-import math
 import time
-import uuid
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 
+from flexgc import __version__
 from flexgc.common import wire
 from flexgc.common.codes import Code
 from flexgc.common.decoder import Decoder, Decoding
 from flexgc.common.errors import (
-    AuthError,
     DuplicateResultError,
     InvalidTransitionError,
-    JobFinishedError,
     StaleIterationError,
     UnknownSlotError,
     WireError,
 )
 from flexgc.common.models import DataSpec
+from flexgc.master.membership import Connection, Membership, SlotState
+from flexgc.master.metrics import Metrics
 from flexgc.v1 import coordinator_pb2 as pb
 
 _log = logging.getLogger(__name__)
 
-_CLOSE = object()  # sentinel that ends a connection's outbox
-SHARED_ID_REPLACEMENTS, SHARED_ID_WINDOW_S = 3, 10.0  # a worker_id replacing itself this often: shared id
-JOIN_GRACE_S = 5.0  # a slot granted by Join stays its worker's this long before the stream is open
-
-
-class SlotState(enum.Enum):
-    JOINED = 1
-    IDLE = 2
-    WORKING = 3
-    CANCELLING = 4
-    GONE = 5
-
-
-# Beyond STYLE §3's table: WORKING -> IDLE (the task_done chunk, or a Ready, says the worker is idle) and
-# IDLE -> IDLE (a repeated Ready). Every Ready (also the one a CancelAck carries) passes through IDLE before
-# the next task makes the slot WORKING.
-_SLOT_MOVES = {("JOINED", "IDLE"), ("IDLE", "WORKING"), ("WORKING", "CANCELLING"),
-               ("WORKING", "IDLE"), ("CANCELLING", "IDLE"),
-               ("IDLE", "IDLE")} | {(s.name, "GONE") for s in SlotState if s is not SlotState.GONE}
+HISTORY = 4  # finished iterations kept for answers that arrive late (acks, task_done, stale results)
 
 
 class IterationPhase(enum.Enum):
@@ -80,31 +60,9 @@ _PHASE_MOVES = {("SCHEDULED", "COLLECTING"), ("COLLECTING", "EXACT"), ("COLLECTI
                 ("COLLECTING", "FAILED")}
 
 
-def slot_transition_allowed(src: SlotState, dst: SlotState) -> bool:
-    return (src.name, dst.name) in _SLOT_MOVES
-
-
 def phase_transition_allowed(src: IterationPhase, dst: IterationPhase) -> bool:
+    """Whether the iteration lifecycle table allows the move src -> dst."""
     return (src.name, dst.name) in _PHASE_MOVES
-
-
-@dataclass
-class Connection:
-    """One live Work stream of one worker slot."""
-
-    slot: int
-    worker_id: str
-    epoch: int
-    outbox: asyncio.Queue[Any]
-    state: SlotState = SlotState.JOINED
-    last_seen: float = field(default_factory=time.perf_counter)
-    ready_after: int | None = None       # waiting for the first task newer than this
-    task_iteration: int = -1             # newest task sent on this connection
-
-    def advance(self, to: SlotState) -> None:
-        if not slot_transition_allowed(self.state, to):
-            raise InvalidTransitionError(f"slot={self.slot} {self.state.name}->{to.name}")
-        self.state = to
 
 
 @dataclass
@@ -133,6 +91,8 @@ class WorkerTiming:
 
 @dataclass
 class Outcome:
+    """How an iteration ended: its phase and, unless FAILED, the decoded vector and how it was decoded."""
+
     iteration: int
     phase: IterationPhase
     gradient: np.ndarray | None          # (d + 1,) wire dtype: summed gradient and, last, the summed loss
@@ -142,6 +102,8 @@ class Outcome:
 
 
 class Iteration:
+    """One iteration's task, arrivals, timings and outcome."""
+
     def __init__(self, number: int, code: Code, task: list[wire.Preserialized], started: float) -> None:
         self.number = number
         self.phase = IterationPhase.SCHEDULED
@@ -158,6 +120,7 @@ class Iteration:
         self.timing = {i: WorkerTiming(level_done_ms=[None] * code.n_levels,
                                        result_arrival_ms=[None] * code.n_levels) for i in range(code.n)}
         self.sent: set[int] = set()
+        self.awaiting: set[int] = set()   # slots sent the task, still connected, that have not answered it
         self.done: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
         self.decoded_ms: float | None = None
         self.deadline: asyncio.TimerHandle | None = None
@@ -165,146 +128,88 @@ class Iteration:
         self.duplicates = 0
 
     def advance(self, to: IterationPhase) -> None:
+        """Move to `to`, or raise InvalidTransitionError if the table does not allow it."""
         if not phase_transition_allowed(self.phase, to):
             raise InvalidTransitionError(f"iteration={self.number} {self.phase.name}->{to.name}")
         self.phase = to
+
+    @property
+    def settled(self) -> bool:
+        """Every connected worker that got this task has answered it (CancelAck or task_done)."""
+        return not self.awaiting
 
     def now_ms(self) -> float:
         return (time.perf_counter() - self.started) * 1e3
 
 
-@dataclass(frozen=True, slots=True)
-class JoinGrant:
-    slot: int
-    session_id: str
-    slot_code: wire.SlotCode
-
-
 class Coordinator:
-    """Slots, tasks, results and decoding for one job."""
+    """Tasks, results and decoding for one job; membership decides who holds which slot."""
 
     def __init__(self, code: Code, data: DataSpec, *, dtype: str, chunk_bytes: int, deadline_s: float,
                  on_deadline: str, token: str | None = None, max_workers: int = 0,
-                 metrics: Any = None, decode_inline_elements: int = 1 << 20) -> None:
+                 metrics: Metrics | None = None, decode_inline_elements: int = 1 << 20) -> None:
         self.code = code
         self.data = data
-        self.d = data.d + 1
+        self.vector_len = data.d + 1  # a coded vector: the d gradient elements and the loss
         self.dtype = np.dtype(dtype)
         self.wire_dtype = wire.wire_dtype(self.dtype)
         self.chunk_bytes = chunk_bytes
         self.deadline_s = deadline_s
         self.on_deadline = on_deadline
-        self.session_id = uuid.uuid4().hex
-        self._token = token
-        self._max_workers = max_workers or code.n
+        self.members = Membership(code.n, token=token, max_workers=max_workers)
+        self.metrics = metrics or Metrics()
         self.decoder = Decoder(code)
-        self._buf = np.zeros((code.n_messages, self.d), dtype=self.dtype)
-        self._owner: dict[int, str] = {}              # slot -> worker_id
-        self._slot_of: dict[str, int] = {}            # worker_id -> slot
-        self.connections: dict[int, Connection] = {}  # slot -> live connection
-        self._epoch = 0
+        self._buf = np.zeros((code.n_messages, self.vector_len), dtype=self.dtype)
         self.current: Iteration | None = None
-        self.history: dict[int, Iteration] = {}       # finished iterations awaiting late acks
-        self._granted_at: dict[int, float] = {}        # slot -> when Join last granted it
-        self._replaced: dict[int, list[float]] = {}    # slot -> recent times a connection was replaced
-        self._warned_shared: dict[str, float] = {}     # worker_id -> when we last warned it looks shared
-        self.metrics = metrics
-        self.rejected: dict[str, int] = {}
+        self.history: dict[int, Iteration] = {}       # finished iterations awaiting late answers
         self.stale_results = 0
         self._decode_inline = decode_inline_elements
-        self.slots_changed = asyncio.Event()
-        self.acks_changed = asyncio.Event()
-        self.finished = False
+        self.answers_changed = asyncio.Event()
 
     # -- membership -----------------------------------------------------------------------------
+    @property
+    def session_id(self) -> str:
+        return self.members.session_id
+
+    @property
+    def connected(self) -> int:
+        return self.members.connected
+
     def check_token(self, token: str) -> None:
-        if self._token is not None and token != self._token:
-            raise AuthError("join token missing or wrong")
+        """Raise AuthError unless `token` is the job's token (or the job has none)."""
+        self.members.check_token(token)
 
-    def join(self, worker_id: str, preferred_slot: int, token: str) -> JoinGrant:
-        self.check_token(token)
-        if self.finished:
-            raise JobFinishedError("the job has finished; nothing to join")
-        if not worker_id or len(worker_id) > 256:
-            raise WireError("worker_id must be 1..256 characters")
-        n = self.code.n
-        if worker_id in self._slot_of:
-            slot = self._slot_of[worker_id]
-        elif 0 <= preferred_slot < n and self._slot_free(preferred_slot):
-            slot = preferred_slot
-        elif preferred_slot >= n or preferred_slot < -1:
-            raise UnknownSlotError(f"preferred_slot={preferred_slot}; allowed -1 or 0..{n - 1}")
-        else:
-            free = [i for i in range(n) if self._slot_free(i)]
-            if not free:
-                raise UnknownSlotError(f"all {n} slots are held by connected workers (or granted in the last "
-                                       f"{JOIN_GRACE_S:g} s to workers about to connect)")
-            slot = free[0]
-        old = self._owner.get(slot)
-        if old is not None and old != worker_id:
-            self._slot_of.pop(old, None)
-        self._owner[slot] = worker_id
-        self._slot_of[worker_id] = slot
-        self._granted_at[slot] = time.monotonic()
-        _log.info("joined slot=%d worker_id=%s", slot, worker_id)
-        return JoinGrant(slot, self.session_id, self.slot_code(slot))
-
-    def _note_replacement(self, slot: int, worker_id: str) -> None:
-        """A reconnect replaces a dead connection now and then; the same id replacing a live one again and
-        again means several processes share the id (each knocks the other off, and no task completes)."""
-        now = time.monotonic()
-        recent = [t for t in self._replaced.get(slot, []) if now - t < SHARED_ID_WINDOW_S] + [now]
-        self._replaced[slot] = recent
-        if len(recent) >= SHARED_ID_REPLACEMENTS and now - self._warned_shared.get(worker_id, -math.inf) > 30.0:
-            self._warned_shared[worker_id] = now
-            _log.warning("slot=%d: worker_id=%r replaced its own connection %d times in %g s: several worker "
-                         "processes seem to share this id (the default is the hostname); give each worker its "
-                         "own --worker-id / FLEXGC_WORKER_ID", slot, worker_id, len(recent), SHARED_ID_WINDOW_S)
-
-    def _slot_free(self, slot: int) -> bool:
-        """Unowned, or owned by a worker that is not connected, unless Join granted it moments ago (its
-        worker is about to open its stream: two workers joining at once must not get the same slot)."""
-        if slot not in self._owner:
-            return True
-        if slot in self.connections:
-            return False
-        return time.monotonic() - self._granted_at.get(slot, -math.inf) > JOIN_GRACE_S
+    def join(self, ask: wire.JoinAsk) -> wire.JoinGrant:
+        """A slot for the asking worker, with its part of the code."""
+        slot = self.members.join(ask.worker_id, ask.preferred_slot, ask.token)
+        if ask.version and ask.version != __version__:
+            _log.warning("version mismatch slot=%d worker_id=%s worker_version=%s master_version=%s", slot,
+                         ask.worker_id, ask.version, __version__)
+        return wire.JoinGrant(slot, self.session_id, self.slot_code(slot))
 
     def slot_code(self, slot: int) -> wire.SlotCode:
+        """What slot `slot` needs of the code: its partitions in order and its coefficient row per level."""
         c = self.code
         parts = c.order[slot]
         coeffs = np.stack([c.B[level, slot, list(parts)] for level in range(c.n_levels)])
         return wire.SlotCode(parts, tuple(int(x) for x in c.prefix[:, slot]), c.levels, coeffs, c.signaling)
 
-    def open_stream(self, slot: int, worker_id: str, session_id: str, token: str) -> Connection:
-        self.check_token(token)
-        if self.finished:
-            raise JobFinishedError("the job has finished; nothing to work on")
-        if session_id != self.session_id:
-            raise StaleIterationError(f"session_id={session_id!r} is not this job's session; join again")
-        if self._owner.get(slot) != worker_id:
-            raise UnknownSlotError(f"slot={slot} is not held by worker_id={worker_id!r}; join first")
-        if len(self.connections) >= self._max_workers and slot not in self.connections:
-            raise UnknownSlotError(f"max_workers={self._max_workers} connections reached")
-        old = self.connections.get(slot)
+    def open_stream(self, hello: wire.Hello) -> Connection:
+        """The live connection of a Work stream that opened with `hello` (replacing the slot's old one)."""
+        conn, old = self.members.open_stream(hello.slot, hello.worker_id, hello.session_id, hello.token)
         if old is not None:
-            self.close_stream(old, "replaced by a new connection")
-            self._note_replacement(slot, worker_id)
-        self._epoch += 1
-        conn = Connection(slot, worker_id, self._epoch, asyncio.Queue())
-        self.connections[slot] = conn
-        self.slots_changed.set()
-        _log.info("connected slot=%d worker_id=%s epoch=%d", slot, worker_id, conn.epoch)
+            self._lost(old)
         return conn
 
     def close_stream(self, conn: Connection, reason: str) -> None:
-        if self.connections.get(conn.slot) is not conn:
-            return
-        del self.connections[conn.slot]
-        conn.advance(SlotState.GONE)
-        conn.outbox.put_nowait(_CLOSE)
-        self.slots_changed.set()
-        _log.info("disconnected slot=%d epoch=%d reason=%s", conn.slot, conn.epoch, reason)
+        """The stream of `conn` ended: its slot is free to reconnect, and what it owed is written off."""
+        if self.members.close_stream(conn, reason):
+            self._lost(conn)
+
+    def _lost(self, conn: Connection) -> None:
+        for old in self._open_iterations():
+            if conn.slot in old.awaiting:
+                self._answered(old, conn.slot)  # it never will: do not wait for it
         it = self.current
         if it is not None and it.phase is IterationPhase.COLLECTING:
             it.sent.discard(conn.slot)
@@ -315,22 +220,31 @@ class Coordinator:
                 it.pulled &= ~(lost & ~it.complete)
                 self._plan_pulls(it)
 
-    @property
-    def connected(self) -> int:
-        return len(self.connections)
+    def _open_iterations(self) -> list[Iteration]:
+        its = list(self.history.values())
+        if self.current is not None and self.current.number not in self.history:
+            its.append(self.current)
+        return its
 
     async def wait_for_workers(self, count: int, timeout_s: float) -> bool:
-        deadline = time.monotonic() + timeout_s if timeout_s > 0 else math.inf
-        while self.connected < count:
-            self.slots_changed.clear()
+        """Wait until `count` workers are connected (True) or `timeout_s` passes (False; 0 = forever)."""
+        return await self.members.wait_for_workers(count, timeout_s)
+
+    async def wait_settled(self, number: int, timeout_s: float) -> bool:
+        """Wait until iteration `number` is settled (True) or `timeout_s` passes (False)."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            it = self._recent(number)
+            if it is None or it.settled:
+                return True
+            self.answers_changed.clear()
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return False
             try:
-                await asyncio.wait_for(self.slots_changed.wait(), min(remaining, 3600))
+                await asyncio.wait_for(self.answers_changed.wait(), remaining)
             except TimeoutError:
                 return False
-        return True
 
     # -- tasks ----------------------------------------------------------------------------------
     def start_iteration(self, number: int, params: np.ndarray) -> Iteration:
@@ -339,12 +253,11 @@ class Coordinator:
             # done: the decode (possibly in the executor) has read the buffer this iteration will reuse
             raise InvalidTransitionError(f"iteration {self.current.number} still collecting or decoding")
         task = [wire.Preserialized(m) for m in wire.task_messages(
-            number, params.astype(self.dtype, copy=False), self.chunk_bytes, self.deadline_s, self.code.n_levels,
-            inline=True)]
+            number, params.astype(self.dtype, copy=False), self.chunk_bytes, self.code.n_levels, inline=True)]
         it = Iteration(number, self.code, task, time.perf_counter())
         self.current = it
         it.advance(IterationPhase.COLLECTING)
-        for conn in list(self.connections.values()):
+        for conn in list(self.members.connections.values()):
             if conn.ready_after is not None and conn.ready_after < number:
                 self._send_task(conn, it)
         if self.deadline_s > 0:
@@ -360,11 +273,32 @@ class Coordinator:
         conn.task_iteration = it.number
         conn.advance(SlotState.WORKING)
         it.sent.add(conn.slot)
+        it.awaiting.add(conn.slot)
         t = it.timing[conn.slot]
         t.task_sent_ms = it.now_ms() if t.task_sent_ms is None else t.task_sent_ms
         t.bytes_down += it.task_bytes
 
+    def on_message(self, conn: Connection, event: wire.WorkerEvent) -> None:
+        """One message of a worker's Work stream after its hello."""
+        if isinstance(event, pb.ResultChunk):
+            self.on_result(conn, event)
+        elif isinstance(event, wire.Ready):
+            self.on_ready(conn, event.after_iteration)
+        elif isinstance(event, wire.LevelDone):
+            self.on_level_done(conn, event)
+        elif isinstance(event, wire.CancelAck):
+            self.on_cancel_ack(conn, event)
+        elif isinstance(event, wire.Heartbeat):
+            conn.last_seen = time.perf_counter()
+        else:
+            _log.warning("task rejected slot=%d iteration=%d reason=%r", conn.slot, event.iteration, event.reason)
+            self.metrics.reject("task_rejected_by_worker")
+            it = self._recent(event.iteration)
+            if it is not None:
+                self._answered(it, conn.slot)  # the worker is done with that task: it will not compute it
+
     def on_ready(self, conn: Connection, after_iteration: int) -> None:
+        """The worker is idle: it gets the current task if that is newer than `after_iteration`."""
         if conn.task_iteration > after_iteration:
             # a Ready may never go back past a task this connection was sent (it would re-send the task)
             raise WireError(f"slot={conn.slot}: Ready(after={after_iteration}) but iteration "
@@ -376,9 +310,6 @@ class Coordinator:
         if it is not None and it.phase is IterationPhase.COLLECTING and it.number > after_iteration:
             self._send_task(conn, it)
 
-    def on_heartbeat(self, conn: Connection) -> None:
-        conn.last_seen = time.perf_counter()
-
     # -- results --------------------------------------------------------------------------------
     def _iteration_for(self, conn: Connection, iteration: int) -> Iteration | None:
         """The collecting iteration a worker message belongs to, or None (stale: counted, dropped)."""
@@ -388,10 +319,10 @@ class Coordinator:
                                       f"(current {it.number if it else 'none'})")
         if iteration < it.number or it.phase is not IterationPhase.COLLECTING:
             self.stale_results += 1
-            old = self.history.get(iteration, it if iteration == it.number else None)
+            old = self._recent(iteration)
             if old is not None:
                 old.stale_results += 1
-            self._count("stale")
+            self.metrics.discard("stale")
             return None
         if conn.slot not in it.sent:
             raise WireError(f"slot={conn.slot}: result for iteration {iteration} without a task on this "
@@ -399,10 +330,11 @@ class Coordinator:
         return it
 
     def on_result(self, conn: Connection, chunk: pb.ResultChunk) -> None:
-        if chunk.slot != conn.slot:
-            raise UnknownSlotError(f"result for slot={chunk.slot} on the stream of slot={conn.slot}")
-        header = wire.result_header(chunk, self.wire_dtype, self.d, self.code.n_levels,
+        """One chunk of a coded result: written into its row; a completed row may make the iteration decode."""
+        header = wire.result_header(chunk, self.wire_dtype, self.vector_len, self.code.n_levels,
                                     self.code.max_partitions(conn.slot))
+        if header.slot != conn.slot:
+            raise UnknownSlotError(f"result for slot={header.slot} on the stream of slot={conn.slot}")
         if header.task_done and self.code.signaling != "push":
             raise WireError(f"slot={conn.slot}: task_done under signaling={self.code.signaling} (push only)")
         if header.task_done and header.iteration != conn.task_iteration:
@@ -421,7 +353,7 @@ class Coordinator:
                                            f"already received on this connection")
             # a reconnected worker recomputes levels its previous connection delivered: drop, count
             it.duplicates += 1
-            self._count("duplicate")
+            self.metrics.discard("duplicate")
             if header.task_done:
                 self._task_done(conn, header)  # this connection is done too: it gets the next task
             return
@@ -442,7 +374,7 @@ class Coordinator:
         before = it.filled[mid]
         it.filled[mid] = wire.accept_chunk(row, before, chunk)
         timing.bytes_up += (it.filled[mid] - before) * row.itemsize
-        if not chunk.last:
+        if not header.last:
             return
         timing.result_arrival_ms[header.level] = it.now_ms()
         if timing.level_done_ms[header.level] is None:
@@ -465,24 +397,28 @@ class Coordinator:
                 timing.compute_ms, timing.delay_ms = header.times.compute_ms, header.times.delay_ms
             if timing.cancel_sent_ms is not None and timing.cancel_ack_ms is None:
                 timing.cancel_ack_ms = timing.task_done_ms  # a Cancel crossed it: this answers it
-            self.acks_changed.set()
+            self._answered(it, conn.slot)
         self.on_ready(conn, header.iteration)
 
-    def on_level_done(self, conn: Connection, iteration: int, level: int,
-                      times: wire.PartitionTimes | None) -> None:
-        if not 0 <= level < self.code.n_levels:
-            raise WireError(f"slot={conn.slot}: level={level}; allowed 0..{self.code.n_levels - 1}")
+    def _answered(self, it: Iteration, slot: int) -> None:
+        it.awaiting.discard(slot)
+        self.answers_changed.set()
+
+    def on_level_done(self, conn: Connection, note: wire.LevelDone) -> None:
+        """notify signaling: the worker holds a level's vector; pull what the decode needs."""
+        if not 0 <= note.level < self.code.n_levels:
+            raise WireError(f"slot={conn.slot}: level={note.level}; allowed 0..{self.code.n_levels - 1}")
         if self.code.signaling != "notify":
             raise WireError(f"slot={conn.slot}: LevelDone under signaling={self.code.signaling}")
-        it = self._iteration_for(conn, iteration)
+        it = self._iteration_for(conn, note.iteration)
         if it is None:
             return
         timing = it.timing[conn.slot]
-        if timing.level_done_ms[level] is None:
-            timing.level_done_ms[level] = it.now_ms()
-        if times is not None:
-            timing.compute_ms, timing.delay_ms = times.compute_ms, times.delay_ms
-        it.notified |= 1 << self.code.message_id(level, conn.slot)
+        if timing.level_done_ms[note.level] is None:
+            timing.level_done_ms[note.level] = it.now_ms()
+        if note.times is not None:
+            timing.compute_ms, timing.delay_ms = note.times.compute_ms, note.times.delay_ms
+        it.notified |= 1 << self.code.message_id(note.level, conn.slot)
         self._plan_pulls(it)
 
     def _plan_pulls(self, it: Iteration) -> None:
@@ -496,13 +432,14 @@ class Coordinator:
             if it.pulled & (1 << mid) or it.complete & (1 << mid):
                 continue
             level, slot = self.code.message_of(mid)
-            conn = self.connections.get(slot)
+            conn = self.members.connections.get(slot)
             if conn is None:
                 continue
-            conn.outbox.put_nowait(pb.MasterMessage(pull=pb.Pull(iteration=it.number, level=level)))
+            conn.outbox.put_nowait(wire.master_message(wire.Pull(it.number, level)))
             it.pulled |= 1 << mid
 
-    def on_cancel_ack(self, conn: Connection, ack: pb.CancelAck) -> None:
+    def on_cancel_ack(self, conn: Connection, ack: wire.CancelAck) -> None:
+        """The worker stopped an iteration; its ack records what it computed and may ask for the next task."""
         self._record_ack(conn, ack)
         if ack.ready:  # the ack doubles as Ready(after_iteration=ack.iteration)
             self.on_ready(conn, ack.iteration)
@@ -513,10 +450,10 @@ class Coordinator:
             return self.current
         return self.history.get(number)
 
-    def _record_ack(self, conn: Connection, ack: pb.CancelAck) -> None:
+    def _record_ack(self, conn: Connection, ack: wire.CancelAck) -> None:
         it = self._recent(ack.iteration)
         if it is None:
-            self._count("stale")
+            self.metrics.discard("stale")
             return
         if ack.partitions_done < 0 or ack.partitions_done > self.code.max_partitions(conn.slot):
             raise WireError(f"slot={conn.slot}: partitions_done={ack.partitions_done} out of range")
@@ -524,11 +461,10 @@ class Coordinator:
         timing.cancel_ack_ms = it.now_ms()
         timing.partitions_done = ack.partitions_done
         timing.finished = ack.finished
-        times = wire.times_from_proto(ack.times, self.code.max_partitions(conn.slot))
-        timing.compute_ms, timing.delay_ms = times.compute_ms, times.delay_ms
+        timing.compute_ms, timing.delay_ms = ack.times.compute_ms, ack.times.delay_ms
         if conn.state is SlotState.CANCELLING:
             conn.advance(SlotState.IDLE)
-        self.acks_changed.set()
+        self._answered(it, conn.slot)
 
     # -- decoding -------------------------------------------------------------------------------
     def _try_decode(self, it: Iteration) -> None:
@@ -589,10 +525,10 @@ class Coordinator:
             fut.add_done_callback(_done)
 
     def _broadcast_cancel(self, it: Iteration) -> None:
-        msg = pb.MasterMessage(cancel=pb.Cancel(iteration=it.number))
+        msg = wire.master_message(wire.Cancel(it.number))
         now = it.now_ms()
         for slot in sorted(it.sent):
-            conn = self.connections.get(slot)
+            conn = self.members.connections.get(slot)
             if conn is None or conn.state is SlotState.IDLE:
                 continue  # gone, or idle: done with the whole task (task_done), or it rejected the task
             conn.outbox.put_nowait(msg)
@@ -600,28 +536,13 @@ class Coordinator:
             if conn.state is SlotState.WORKING and conn.task_iteration == it.number:
                 conn.advance(SlotState.CANCELLING)
         self.history[it.number] = it
-        for old in [k for k in self.history if k < it.number - 4]:
+        for old in [k for k in self.history if k < it.number - HISTORY]:
             del self.history[old]
 
-    # -- shutdown and counters ------------------------------------------------------------------
+    # -- shutdown -------------------------------------------------------------------------------
     def shutdown(self, reason: str) -> None:
-        self.finished = True
-        msg = pb.MasterMessage(shutdown=pb.Shutdown(reason=reason))
-        for conn in list(self.connections.values()):
-            conn.outbox.put_nowait(msg)
-            conn.outbox.put_nowait(_CLOSE)
-
-    def reject(self, kind: str) -> None:
-        self.rejected[kind] = self.rejected.get(kind, 0) + 1
-        if self.metrics is not None:
-            self.metrics.rejected.labels(kind=kind).inc()
-
-    def discard(self, kind: str) -> None:
-        self._count(kind)
-
-    def _count(self, kind: str) -> None:
-        if self.metrics is not None:
-            self.metrics.discarded.labels(kind=kind).inc()
+        """Tell every connected worker the job is over and refuse new joins and streams."""
+        self.members.broadcast(wire.master_message(wire.Shutdown(reason)))
 
 
 def combine_rows(weights: np.ndarray, rows: np.ndarray) -> np.ndarray:
@@ -632,7 +553,3 @@ def combine_rows(weights: np.ndarray, rows: np.ndarray) -> np.ndarray:
     Rows the decoding does not use carry weight 0 (they hold finite values: the buffer starts zeroed).
     """
     return np.dot(weights.astype(rows.dtype), rows)
-
-
-def is_close(item: Any) -> bool:
-    return item is _CLOSE

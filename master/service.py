@@ -1,11 +1,13 @@
-"""gRPC servicer: decodes through `wire`, makes one domain call, maps domain errors to a status (STYLE §2)."""
+"""gRPC servicer: decodes through `wire`, makes one domain call, maps domain errors to a status
+(docs/style.md §2). The status's trailing metadata names the domain error (`wire.error_kind`), so a
+client tells e.g. a finished job apart without reading the message text."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any, NoReturn
 
 import grpc
 import numpy as np
@@ -20,12 +22,14 @@ from flexgc.common.errors import (
     UnknownSlotError,
     WireError,
 )
-from flexgc.master.coordinator import Connection, Coordinator, SlotState, is_close
+from flexgc.master.coordinator import Coordinator
+from flexgc.master.membership import Connection, SlotState, is_close
 from flexgc.v1 import coordinator_pb2 as pb
 from flexgc.v1 import coordinator_pb2_grpc as pb_grpc
 
 _log = logging.getLogger(__name__)
 
+SERVICE_NAME = "flexgc.v1.Coordinator"
 _STATUS: dict[type[BaseException], grpc.StatusCode] = {
     WireError: grpc.StatusCode.INVALID_ARGUMENT,
     UnknownSlotError: grpc.StatusCode.NOT_FOUND,
@@ -38,38 +42,42 @@ _STATUS: dict[type[BaseException], grpc.StatusCode] = {
 _ERRORS = tuple(_STATUS)
 HELLO_TIMEOUT_S = 10.0
 
+PartitionSource = Callable[[int], tuple[np.ndarray, np.ndarray]]
+
 
 class CoordinatorService(pb_grpc.CoordinatorServicer):
-    def __init__(self, coordinator: Coordinator, join_reply_extra: dict[str, Any],
-                 partition_source: Any = None) -> None:
+    """The Coordinator service of flexgc.v1 (Join, Work, FetchPartition) over one `Coordinator`."""
+
+    def __init__(self, coordinator: Coordinator, job: wire.JobInfo,
+                 partition_source: PartitionSource | None = None) -> None:
         self._coordinator = coordinator
-        self._extra = join_reply_extra
-        self._partitions = partition_source  # callable(j) -> (X, y) when the master holds the data
+        self._job = job
+        self._partitions = partition_source  # partition j -> (X, y) when the master holds the data
 
     async def Join(self, request: pb.JoinRequest, context: grpc.aio.ServicerContext) -> pb.JoinReply:
         try:
-            grant = self._coordinator.join(request.worker_id, request.preferred_slot, request.token)
+            grant = self._coordinator.join(wire.join_ask(request))
         except _ERRORS as exc:
             await self._abort(context, exc)
-        reply = pb.JoinReply(slot=grant.slot, session_id=grant.session_id, **self._extra)
-        reply.slot_code.CopyFrom(wire.slot_code_to_proto(grant.slot_code))
-        return reply
+        return wire.join_reply(grant, self._job)
 
     async def Work(self, request_iterator: AsyncIterator[pb.WorkerMessage],
-                   context: grpc.aio.ServicerContext) -> AsyncIterator[pb.MasterMessage]:
+                   context: grpc.aio.ServicerContext) -> AsyncIterator[pb.MasterMessage | wire.Preserialized]:
+        c = self._coordinator
         try:
             first = await asyncio.wait_for(anext(aiter(request_iterator)), HELLO_TIMEOUT_S)
         except StopAsyncIteration:
             return
         except TimeoutError:
-            self._coordinator.reject("no_hello")
+            c.metrics.reject("no_hello")
             await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, f"no hello within {HELLO_TIMEOUT_S} s")
-        if first.WhichOneof("kind") != "hello":
-            self._coordinator.reject("no_hello")
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the first message on Work must be hello")
-        hello = first.hello
         try:
-            conn = self._coordinator.open_stream(hello.slot, hello.worker_id, hello.session_id, hello.token)
+            hello = wire.hello(first)
+        except WireError as exc:
+            c.metrics.reject("no_hello")
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        try:
+            conn = c.open_stream(hello)
         except _ERRORS as exc:
             await self._abort(context, exc)
         reader = asyncio.create_task(self._read(request_iterator, conn))
@@ -83,7 +91,7 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
                 yield item
         finally:
             reader.cancel()
-            self._coordinator.close_stream(conn, "stream ended")
+            c.close_stream(conn, "stream ended")
         if failure:
             await self._abort(context, failure[0])
 
@@ -98,61 +106,63 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
 
     async def _read(self, request_iterator: AsyncIterator[pb.WorkerMessage], conn: Connection) -> None:
         c = self._coordinator
+        max_partitions = c.code.max_partitions(conn.slot)
         async for msg in request_iterator:
             if conn.state is SlotState.GONE:
                 # replaced by a newer connection of the same slot (or closed): whatever was still buffered
                 # on this one is dropped, not judged
-                c.discard("closed_connection")
+                c.metrics.discard("closed_connection")
                 continue
-            kind = msg.WhichOneof("kind")
             try:
-                if kind == "result":
-                    c.on_result(conn, msg.result)
-                elif kind == "ready":
-                    c.on_ready(conn, msg.ready.after_iteration)
-                elif kind == "level_done":
-                    ld = msg.level_done
-                    times = (wire.times_from_proto(ld.times, c.code.max_partitions(conn.slot))
-                             if ld.HasField("times") else None)
-                    c.on_level_done(conn, ld.iteration, ld.level, times)
-                elif kind == "cancel_ack":
-                    c.on_cancel_ack(conn, msg.cancel_ack)
-                elif kind == "heartbeat":
-                    c.on_heartbeat(conn)
-                elif kind == "task_rejected":
-                    _log.warning("task rejected slot=%d iteration=%d reason=%r", conn.slot,
-                                 msg.task_rejected.iteration, msg.task_rejected.reason[:200])
-                    c.reject("task_rejected_by_worker")
-                else:
-                    raise WireError(f"slot={conn.slot}: unexpected message kind {kind!r} on Work")
+                c.on_message(conn, wire.worker_event(msg, conn.slot, max_partitions))
             except _ERRORS as exc:
-                _log.warning("rejected slot=%d kind=%s error=%s", conn.slot, kind, exc)
+                _log.warning("rejected slot=%d kind=%s error=%s", conn.slot, msg.WhichOneof("kind"), exc)
                 raise
 
     async def FetchPartition(self, request: pb.PartitionRequest,
                              context: grpc.aio.ServicerContext) -> AsyncIterator[pb.PartitionChunk]:
-        c = self._coordinator
         try:
-            c.check_token(request.token)
-            if request.session_id != c.session_id:
-                raise StaleIterationError("session_id is not this job's session; join again")
-            if not 0 <= request.slot < c.code.n or request.partition not in c.code.order[request.slot]:
-                raise UnknownSlotError(f"slot={request.slot} does not hold partition={request.partition}")
-            if self._partitions is None:
-                raise WireError("this job's data is synthetic: workers generate it themselves")
+            chunks = self._partition_chunks(wire.partition_ask(request))
         except _ERRORS as exc:
             await self._abort(context, exc)
-        X, y = self._partitions(request.partition)
-        for name, arr in (("X", X), ("y", y)):
-            flat = np.ascontiguousarray(arr, dtype="<f8").reshape(-1)
-            slices = list(wire.chunk_slices(flat.size, 8, c.chunk_bytes))
-            for i, (a, b) in enumerate(slices):
-                yield pb.PartitionChunk(name=name, dtype="<f8", shape=arr.shape, offset=a,
-                                        data=flat[a:b].tobytes(), last=i == len(slices) - 1)
+        for chunk in chunks:
+            yield chunk
 
-    async def _abort(self, context: grpc.aio.ServicerContext, exc: BaseException) -> Any:
+    def _partition_chunks(self, ask: wire.PartitionAsk) -> Iterator[pb.PartitionChunk]:
+        c = self._coordinator
+        c.check_token(ask.token)
+        if ask.session_id != c.session_id:
+            raise StaleIterationError("session_id is not this job's session; join again")
+        if not 0 <= ask.slot < c.code.n or ask.partition not in c.code.order[ask.slot]:
+            raise UnknownSlotError(f"slot={ask.slot} does not hold partition={ask.partition}")
+        if self._partitions is None:
+            raise WireError("this job's data is synthetic: workers generate it themselves")
+        X, y = self._partitions(ask.partition)
+        return wire.partition_chunks(X, y, c.chunk_bytes)
+
+    async def _abort(self, context: grpc.aio.ServicerContext, exc: BaseException) -> NoReturn:
         code = _STATUS.get(type(exc), grpc.StatusCode.INTERNAL)
+        kind = type(exc).__name__
         if code is not grpc.StatusCode.INTERNAL:
-            self._coordinator.reject(type(exc).__name__)
-        _log.info("rejected code=%s kind=%s", code.name, type(exc).__name__)
-        await context.abort(code, str(exc))
+            self._coordinator.metrics.reject(kind)
+        _log.info("rejected code=%s kind=%s", code.name, kind)
+        await context.abort(code, str(exc), trailing_metadata=wire.error_metadata(kind))
+        raise AssertionError("unreachable: abort raises")
+
+
+def add_coordinator_service(service: pb_grpc.CoordinatorServicer, server: grpc.aio.Server) -> None:
+    """As the generated add_CoordinatorServicer_to_server, but the Work stream's responses may be
+    pre-serialized (`wire.Preserialized`): a task is serialized once per iteration, not once per worker."""
+    handlers: dict[str, Any] = {
+        "Join": grpc.unary_unary_rpc_method_handler(
+            service.Join, request_deserializer=pb.JoinRequest.FromString,
+            response_serializer=pb.JoinReply.SerializeToString),
+        "Work": grpc.stream_stream_rpc_method_handler(
+            service.Work, request_deserializer=pb.WorkerMessage.FromString,
+            response_serializer=wire.serialize_master_message),
+        "FetchPartition": grpc.unary_stream_rpc_method_handler(
+            service.FetchPartition, request_deserializer=pb.PartitionRequest.FromString,
+            response_serializer=pb.PartitionChunk.SerializeToString),
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
+    server.add_registered_method_handlers(SERVICE_NAME, handlers)

@@ -10,10 +10,10 @@ from typing import Any
 
 import numpy as np
 
-from flexgc.harness.local import LocalCluster
 from flexgc.common.codes import parse_code
 from flexgc.common.config import MasterConfig, master_config
 from flexgc.common.models import DataSpec, full_gradient, synthetic_partition
+from flexgc.harness.local import LocalCluster
 from flexgc.master.accounting import read_run_log
 from flexgc.v1 import coordinator_pb2 as pb
 

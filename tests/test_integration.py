@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from flexgc.harness.local import LocalCluster
 from flexgc.common.codes import parse_code
+from flexgc.harness.local import LocalCluster
 from tests.helpers import centralized_params, job_config, read_records, run_job, wait_for
 
 pytestmark = pytest.mark.slow

@@ -18,6 +18,7 @@ import enum
 import logging
 import random
 import signal
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
@@ -29,7 +30,7 @@ from flexgc.common import transport, wire
 from flexgc.common.config import WorkerConfig
 from flexgc.common.delays import parse_delay, realize
 from flexgc.common.errors import InvalidTransitionError, WireError
-from flexgc.common.models import DataSpec, synthetic_partition
+from flexgc.common.models import synthetic_partition
 from flexgc.v1 import coordinator_pb2 as pb
 from flexgc.v1 import coordinator_pb2_grpc as pb_grpc
 from flexgc.worker.compute import PartitionCompute, TaskRun
@@ -52,25 +53,37 @@ _MOVES = {("IDLE", "RECEIVING"), ("RECEIVING", "WORKING"), ("RECEIVING", "IDLE")
           ("CANCELLING", "IDLE"), ("WORKING", "IDLE")}
 
 
-class Outcome(enum.Enum):
+class SessionEnd(enum.Enum):
+    """Why a Work stream ended."""
+
     SHUTDOWN = 1        # the master ended the job
     DISCONNECTED = 2    # stream broke: reconnect
     FATAL = 3
 
 
+@dataclass(frozen=True, slots=True)
+class _Outgoing:
+    """A message in the writer's queue, with what the writer must know of it without reading it."""
+
+    message: pb.WorkerMessage
+    iteration: int = -1        # >= 0: work of that iteration, dropped once it is cancelled
+    task_done: bool = False    # the task's last chunk: the worker is idle once it goes out
+
+
 class Session:
     """One joined connection's Work stream."""
 
-    def __init__(self, cfg: WorkerConfig, reply: pb.JoinReply, stub: pb_grpc.CoordinatorStub,
+    def __init__(self, cfg: WorkerConfig, grant: wire.JoinGrant, job: wire.JobInfo, stub: pb_grpc.CoordinatorStub,
                  compute: PartitionCompute, executor: concurrent.futures.Executor) -> None:
         self.cfg = cfg
-        self.reply = reply
-        self.slot = reply.slot
+        self.grant = grant
+        self.job = job
+        self.slot = grant.slot
         self.stub = stub
         self.compute = compute
         self.executor = executor
-        self.delay = parse_delay(cfg.delay if cfg.delay is not None else reply.delay_spec or "none")
-        self.outbox: asyncio.Queue[pb.WorkerMessage | None] = asyncio.Queue()
+        self.delay = parse_delay(cfg.delay if cfg.delay is not None else job.delay_spec or "none")
+        self.outbox: asyncio.Queue[_Outgoing | None] = asyncio.Queue()
         self.state = WorkerState.IDLE
         self.task: TaskRun | None = None
         self.task_future: asyncio.Future[None] | None = None
@@ -79,6 +92,7 @@ class Session:
         self._params_filled = 0
         self._header: wire.TaskHeader | None = None
         self._rejected_iteration: int | None = None
+        self._arriving = -1               # iteration of the task message being handled (for a rejection)
         self._cancelled_through = -1      # results of iterations up to this one are not sent any more
 
     def advance(self, to: WorkerState) -> None:
@@ -86,30 +100,30 @@ class Session:
             raise InvalidTransitionError(f"worker slot={self.slot} {self.state.name}->{to.name}")
         self.state = to
 
-    async def run(self) -> Outcome:
+    async def run(self) -> SessionEnd:
+        """Work on this stream until the master's Shutdown, a broken stream or a fatal status."""
         call = self.stub.Work()
         writer = asyncio.create_task(self._write(call))
         beat = asyncio.create_task(self._heartbeat())
         try:
-            await call.write(pb.WorkerMessage(hello=pb.Hello(slot=self.slot, session_id=self.reply.session_id,
-                                                             worker_id=self.cfg.identity,
-                                                             token=self.cfg.token or "")))
-            self._send(pb.WorkerMessage(ready=pb.Ready(after_iteration=self.last_iteration)))
+            await call.write(wire.worker_message(wire.Hello(self.slot, self.grant.session_id, self.cfg.identity,
+                                                            self.cfg.token or "")))
+            self._send(wire.Ready(self.last_iteration))
             while True:
                 msg = await call.read()
                 if msg is grpc.aio.EOF:
-                    return Outcome.DISCONNECTED
-                kind = msg.WhichOneof("kind")
-                if kind == "shutdown":
-                    _log.info("shutdown slot=%d reason=%s", self.slot, msg.shutdown.reason)
-                    return Outcome.SHUTDOWN
+                    return SessionEnd.DISCONNECTED
                 try:
-                    await self._handle(kind, msg)
+                    event = wire.master_event(msg)
+                    if isinstance(event, wire.Shutdown):
+                        _log.info("shutdown slot=%d reason=%s", self.slot, event.reason)
+                        return SessionEnd.SHUTDOWN
+                    await self._handle(event)
                 except WireError as exc:
-                    self._reject(kind, msg, exc)
+                    self._reject(exc)
         except grpc.aio.AioRpcError as exc:
             _log.warning("stream ended slot=%d code=%s details=%s", self.slot, exc.code().name, exc.details())
-            return Outcome.FATAL if exc.code() in _FATAL else Outcome.DISCONNECTED
+            return SessionEnd.FATAL if exc.code() in _FATAL else SessionEnd.DISCONNECTED
         finally:
             if self.task is not None:
                 self.task.cancel.set()
@@ -117,23 +131,16 @@ class Session:
             writer.cancel()
             call.cancel()
 
-    def _reject(self, kind: str | None, msg: pb.MasterMessage, exc: WireError) -> None:
+    def _reject(self, exc: WireError) -> None:
         """A malformed task: reject it clearly, drop the rest of it, stay connected, ask for the next one."""
-        if self._header is not None:
-            iteration = self._header.iteration
-        elif kind == "task":
-            iteration = msg.task.iteration
-        elif kind == "params":
-            iteration = msg.params.iteration
-        else:
-            iteration = -1
+        iteration = self._header.iteration if self._header is not None else self._arriving
         _log.warning("task rejected slot=%d iteration=%d error=%s", self.slot, iteration, exc)
         self._reset_task()
-        self._send(pb.WorkerMessage(task_rejected=pb.TaskRejected(iteration=iteration, reason=str(exc))))
+        self._send(wire.TaskRejected(iteration, str(exc)))
         if self.state is WorkerState.IDLE and iteration >= 0:
             self._rejected_iteration = iteration
             self.last_iteration = max(self.last_iteration, iteration)
-            self._send(pb.WorkerMessage(ready=pb.Ready(after_iteration=self.last_iteration)))
+            self._send(wire.Ready(self.last_iteration))
 
     def _reset_task(self) -> None:
         self._header = None
@@ -142,39 +149,41 @@ class Session:
         if self.state is WorkerState.RECEIVING:
             self.advance(WorkerState.IDLE)
 
-    async def _handle(self, kind: str | None, msg: pb.MasterMessage) -> None:
-        if kind == "task":
+    async def _handle(self, event: wire.MasterEvent) -> None:
+        self._arriving = -1
+        if isinstance(event, pb.Task):
+            self._arriving = event.iteration
             if self.state is not WorkerState.IDLE:
-                raise WireError(f"task {msg.task.iteration} while {self.state.name} on iteration "
+                raise WireError(f"task {event.iteration} while {self.state.name} on iteration "
                                 f"{self.task.iteration if self.task else '?'}")
-            self._header = wire.task_header(msg.task, self.compute.d - 1, len(self.compute.slot_code.level_prefix))
+            self._header = wire.task_header(event, self.compute.vector_len - 1,
+                                            len(self.compute.slot_code.level_prefix))
             self._params = np.empty(self._header.total_elements, dtype=wire.numpy_dtype(self._header.dtype))
             self._params_filled = 0
             self.advance(WorkerState.RECEIVING)
-            if msg.task.params_inline:
-                self._params_filled = wire.accept_inline_params(self._params, msg.task)
+            if event.params_inline:
+                self._params_filled = wire.accept_inline_params(self._params, event)
                 self._start()
-        elif kind == "params":
-            if self.state is WorkerState.IDLE and msg.params.iteration == self._rejected_iteration:
+        elif isinstance(event, pb.ParamsChunk):
+            self._arriving = event.iteration
+            if self.state is WorkerState.IDLE and event.iteration == self._rejected_iteration:
                 return  # the rest of a task already rejected
             if self.state is not WorkerState.RECEIVING or self._header is None or self._params is None:
                 raise WireError("params chunk without a task header")
-            self._params_filled = wire.accept_params_chunk(self._params, self._params_filled, msg.params,
+            self._params_filled = wire.accept_params_chunk(self._params, self._params_filled, event,
                                                            self._header.iteration)
-            if msg.params.last:
+            if event.last:
                 self._start()
-        elif kind == "cancel":
-            await self._cancel(msg.cancel.iteration)
-        elif kind == "pull":
-            self._pull(msg.pull.iteration, msg.pull.level)
-        else:
-            raise WireError(f"unexpected message kind {kind!r}")
+        elif isinstance(event, wire.Cancel):
+            await self._cancel(event.iteration)
+        elif isinstance(event, wire.Pull):
+            self._pull(event.iteration, event.level)
 
     def _start(self) -> None:
         assert self._header is not None and self._params is not None
         header = self._header
-        real = realize(self.delay, self.reply.delay_seed, header.iteration, self.slot,
-                       self.compute.slot_code.partitions, self.reply.k)
+        real = realize(self.delay, self.job.delay_seed, header.iteration, self.slot,
+                       self.compute.slot_code.partitions, self.job.k)
         task = TaskRun(header.iteration, self._params.astype(np.float64), header.max_levels, real.durations_s)
         self.task = task
         self._header, self._params = None, None
@@ -186,14 +195,12 @@ class Session:
                 return
             if self.compute.slot_code.signaling == "notify":
                 task.vectors[level] = vector
-                note = pb.WorkerMessage(level_done=pb.LevelDone(iteration=task.iteration, level=level,
-                                                                times=wire.times_to_proto(task.times)))
-                loop.call_soon_threadsafe(self.outbox.put_nowait, note)
+                note = wire.LevelDone(task.iteration, level, task.times)
+                loop.call_soon_threadsafe(self.outbox.put_nowait,
+                                          _Outgoing(wire.worker_message(note), task.iteration))
                 return
             last = level == task.max_levels - 1  # push: nothing is left to send after this vector
-            for m in wire.result_chunks(task.iteration, self.slot, level, vector, self.reply.chunk_bytes,
-                                        task.times, task_done=last):
-                loop.call_soon_threadsafe(self.outbox.put_nowait, m)
+            loop.call_soon_threadsafe(self.queue_result, task.iteration, level, vector, task.times, last)
 
         self.task_future = loop.run_in_executor(self.executor, self.compute.run, task, emit)
 
@@ -204,8 +211,7 @@ class Session:
         vector = task.vectors.get(level)
         if vector is None:
             raise WireError(f"pull for iteration {iteration} level {level} before LevelDone")
-        for m in wire.result_chunks(iteration, self.slot, level, vector, self.reply.chunk_bytes, task.times):
-            self.outbox.put_nowait(m)
+        self.queue_result(iteration, level, vector, task.times)
 
     async def _cancel(self, iteration: int) -> None:
         task = self.task
@@ -221,29 +227,32 @@ class Session:
         self.task, self.task_future = None, None
         self.last_iteration = max(self.last_iteration, iteration)
         self.advance(WorkerState.IDLE)
-        self._send(pb.WorkerMessage(cancel_ack=pb.CancelAck(iteration=iteration,
-                                                            partitions_done=task.partitions_done,
-                                                            times=wire.times_to_proto(task.times),
-                                                            finished=task.finished,
-                                                            ready=iteration == self.last_iteration)))
+        self._send(wire.CancelAck(iteration, task.partitions_done, task.times, task.finished,
+                                  ready=iteration == self.last_iteration))
         if iteration != self.last_iteration:  # acknowledging an older task: ask for the newest one
-            self._send(pb.WorkerMessage(ready=pb.Ready(after_iteration=self.last_iteration)))
+            self._send(wire.Ready(self.last_iteration))
 
-    def _send(self, msg: pb.WorkerMessage) -> None:
-        self.outbox.put_nowait(msg)
+    def queue_result(self, iteration: int, level: int, vector: np.ndarray, times: wire.PartitionTimes,
+                     task_done: bool = False) -> None:
+        """Queue a level's coded vector for upload, in chunks; `task_done` flags the task's last chunk."""
+        chunks = list(wire.result_chunks(iteration, self.slot, level, vector, self.job.chunk_bytes, times,
+                                         task_done=task_done))
+        for index, m in enumerate(chunks):
+            self.outbox.put_nowait(_Outgoing(m, iteration, task_done=task_done and index == len(chunks) - 1))
+
+    def _send(self, event: wire.Ready | wire.CancelAck | wire.Heartbeat | wire.TaskRejected) -> None:
+        self.outbox.put_nowait(_Outgoing(wire.worker_message(event)))
 
     async def _write(self, call: Any) -> None:
         while True:
-            msg = await self.outbox.get()
-            if msg is None:
+            out = await self.outbox.get()
+            if out is None:
                 return
-            kind = msg.WhichOneof("kind")
-            if (kind == "result" and msg.result.iteration <= self._cancelled_through) or (
-                    kind == "level_done" and msg.level_done.iteration <= self._cancelled_through):
+            if 0 <= out.iteration <= self._cancelled_through:
                 continue  # queued before the Cancel: never upload stale work (the ack would wait behind it)
-            if kind == "result" and msg.result.task_done:
-                self._task_done(msg.result.iteration)
-            await call.write(msg)
+            if out.task_done:
+                self._task_done(out.iteration)
+            await call.write(out.message)
 
     def _task_done(self, iteration: int) -> None:
         """The task's last chunk goes out now: the worker is idle, and that chunk is its Ready (and its
@@ -262,47 +271,27 @@ class Session:
         self.advance(WorkerState.IDLE)
 
     async def _heartbeat(self) -> None:
-        interval = max(0.05, self.reply.heartbeat_interval_s or 2.0)
+        interval = max(0.05, self.job.heartbeat_interval_s or 2.0)
         while True:
             await asyncio.sleep(interval)
-            self._send(pb.WorkerMessage(heartbeat=pb.Heartbeat(sent_unix_ns=0)))
+            self._send(wire.Heartbeat())
 
 
-async def _load_data(stub: pb_grpc.CoordinatorStub, reply: pb.JoinReply, cfg: WorkerConfig,
-                     spec: DataSpec, partitions: tuple[int, ...]) -> dict[int, tuple[np.ndarray, np.ndarray]]:
-    if spec.source == "synthetic":
+async def _load_data(stub: pb_grpc.CoordinatorStub, grant: wire.JoinGrant, job: wire.JobInfo, cfg: WorkerConfig
+                     ) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    """The slot's partitions: generated here (synthetic data) or fetched from the master."""
+    partitions = grant.slot_code.partitions
+    if job.data.source == "synthetic":
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(None, lambda: {j: synthetic_partition(spec, j) for j in partitions})
+        return await loop.run_in_executor(None, lambda: {j: synthetic_partition(job.data, j) for j in partitions})
     data = {}
     for j in partitions:
-        arrays: dict[str, np.ndarray] = {}
-        fills: dict[str, int] = {}
-        req = pb.PartitionRequest(slot=reply.slot, partition=j, session_id=reply.session_id,
-                                  token=cfg.token or "")
-        async for chunk in stub.FetchPartition(req):
-            if chunk.name not in ("X", "y") or chunk.dtype != "<f8":
-                raise WireError(f"partition {j}: unexpected array {chunk.name!r} dtype {chunk.dtype!r}")
-            if chunk.name not in arrays:
-                arrays[chunk.name] = np.empty(int(np.prod(chunk.shape)), dtype="<f8")
-                fills[chunk.name] = 0
-                shape = tuple(chunk.shape)
-                arrays[chunk.name + "_shape"] = np.array(shape)
-            buf = arrays[chunk.name]
-            part = np.frombuffer(chunk.data, "<f8")
-            if chunk.offset != fills[chunk.name] or fills[chunk.name] + part.size > buf.size:
-                raise WireError(f"partition {j}: chunk of {chunk.name} out of order")
-            buf[chunk.offset:chunk.offset + part.size] = part
-            fills[chunk.name] += part.size
-        if "X" not in arrays or "y" not in arrays or fills["X"] != arrays["X"].size:
-            raise WireError(f"partition {j}: incomplete transfer")
-        data[j] = (arrays["X"].reshape(tuple(arrays["X_shape"])), arrays["y"])
+        receiver = wire.PartitionReceiver(j)
+        ask = wire.PartitionAsk(grant.slot, j, grant.session_id, cfg.token or "")
+        async for chunk in stub.FetchPartition(wire.partition_request(ask)):
+            receiver.accept(chunk)
+        data[j] = receiver.result()
     return data
-
-
-def data_spec_from(reply: pb.JoinReply) -> DataSpec:
-    ds = reply.data
-    return DataSpec(model=ds.model, source=ds.source, samples=ds.samples, features=ds.features,
-                    classes=ds.classes, seed=ds.seed, partitions=ds.partitions, noise=ds.noise or 0.1)
 
 
 async def run_worker(cfg: WorkerConfig, stop: asyncio.Event | None = None) -> int:
@@ -326,34 +315,34 @@ async def run_worker(cfg: WorkerConfig, stop: asyncio.Event | None = None) -> in
             channel = transport.aio_channel(cfg.master, tls, server_name=cfg.server_name)
             try:
                 stub = pb_grpc.CoordinatorStub(channel)
+                ask = wire.JoinAsk(cfg.identity, slot, cfg.token or "", __version__)
                 try:
-                    reply = await stub.Join(pb.JoinRequest(worker_id=cfg.identity, preferred_slot=slot,
-                                                           token=cfg.token or "", version=__version__),
-                                            timeout=10)
+                    grant, job = wire.joined(await stub.Join(wire.join_request(ask), timeout=10))
                 except grpc.aio.AioRpcError as exc:
                     if exc.code() in _FATAL:
                         _log.error("join refused code=%s details=%s", exc.code().name, exc.details())
                         return 2
-                    if exc.code() is grpc.StatusCode.FAILED_PRECONDITION and "finished" in (exc.details() or ""):
+                    if wire.error_kind(exc) == "JobFinishedError":
                         _log.info("job already finished")
                         return await _linger(cfg, stop)
+                except WireError as exc:  # a reply this worker cannot use: another protocol version?
+                    _log.error("join reply refused master=%s error=%s", cfg.master, exc)
+                    return 2
                     _log.info("join failed code=%s; retrying in %.2fs", exc.code().name, backoff)
                     await _sleep_or_stop(backoff, stop)
                     backoff = min(cfg.reconnect_max_s, backoff * 2) * (0.8 + 0.4 * random.random())
                     continue
-                slot = reply.slot
-                spec = data_spec_from(reply)
-                sc = wire.slot_code_from_proto(reply.slot_code, reply.k)
-                if compute is None or not _same_code(compute.slot_code, sc):
-                    data = await _load_data(stub, reply, cfg, spec, sc.partitions)
-                    dtype = np.dtype("<f4") if reply.data.dtype == "float32" else np.dtype("<f8")
-                    compute = PartitionCompute(sc, spec.model, spec.classes, data, spec.d + 1, dtype,
+                slot = grant.slot
+                if compute is None or not _same_code(compute.slot_code, grant.slot_code):
+                    data = await _load_data(stub, grant, job, cfg)
+                    compute = PartitionCompute(grant.slot_code, job.data.model, job.data.classes, data,
+                                               job.data.d + 1, wire.numpy_dtype(wire.wire_dtype(job.dtype)),
                                                cfg.rows_per_chunk)
-                _log.info("joined slot=%d n=%d code=%s", slot, reply.n, reply.code_spec)
-                if reply.session_id != session_id:
+                _log.info("joined slot=%d n=%d code=%s", slot, job.n, job.code_spec)
+                if grant.session_id != session_id:
                     # a new master session (e.g. restarted from a checkpoint) may repeat iterations
-                    session_id, last_iteration = reply.session_id, -1
-                session = Session(cfg, reply, stub, compute, executor)
+                    session_id, last_iteration = grant.session_id, -1
+                session = Session(cfg, grant, job, stub, compute, executor)
                 session.last_iteration = last_iteration
                 backoff = 0.05
                 run = asyncio.ensure_future(session.run())
@@ -367,9 +356,9 @@ async def run_worker(cfg: WorkerConfig, stop: asyncio.Event | None = None) -> in
                     return 0
                 last_iteration = session.last_iteration
                 outcome = run.result()
-                if outcome is Outcome.SHUTDOWN:
+                if outcome is SessionEnd.SHUTDOWN:
                     return await _linger(cfg, stop)
-                if outcome is Outcome.FATAL:
+                if outcome is SessionEnd.FATAL:
                     return 2
                 _log.info("reconnecting slot=%d in %.2fs", slot, backoff)
                 await _sleep_or_stop(backoff, stop)

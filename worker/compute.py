@@ -42,16 +42,16 @@ class PartitionCompute:
     """Holds a slot's data and its code rows; computes coded messages for tasks."""
 
     def __init__(self, slot_code: wire.SlotCode, model: str, classes: int,
-                 data: dict[int, tuple[np.ndarray, np.ndarray]], d: int, wire_dtype: np.dtype,
+                 data: dict[int, tuple[np.ndarray, np.ndarray]], vector_len: int, wire_dtype: np.dtype,
                  rows_per_chunk: int = 4096) -> None:
         self.slot_code = slot_code
         self.model = model
         self.classes = classes
         self.data = data
-        self.d = d                                  # gradient length + 1 (trailing loss)
+        self.vector_len = vector_len                # a coded vector: gradient length d + 1 (trailing loss)
         self.wire_dtype = wire_dtype
         self.rows_per_chunk = rows_per_chunk
-        self.partials = np.zeros((len(slot_code.partitions), d))
+        self.partials = np.zeros((len(slot_code.partitions), vector_len))
 
     def run(self, task: TaskRun, emit: Callable[[int, np.ndarray], None]) -> None:
         """Compute until done or cancelled; `emit(level, vector)` is called from this thread."""

@@ -107,11 +107,11 @@ def test_times_travel_on_the_first_chunk_only() -> None:
 def test_task_round_trip(dtype: str, d: int) -> None:
     params = np.linspace(-1, 1, d).astype(dtype)
 
-    messages = wire.task_messages(5, params, 64, 2.5, 2)
+    messages = wire.task_messages(5, params, 64, 2)
 
     header = wire.task_header(messages[0].task, d, n_levels=3)
-    assert (header.iteration, header.dtype, header.total_elements, header.deadline_s, header.max_levels) == (
-        5, wire.wire_dtype(dtype), d, 2.5, 2)
+    assert (header.iteration, header.dtype, header.total_elements, header.max_levels) == (
+        5, wire.wire_dtype(dtype), d, 2)
     buf = np.empty(d, dtype=wire.numpy_dtype(header.dtype))
     filled = 0
     for m in messages[1:]:
@@ -274,7 +274,7 @@ def test_accept_chunk_continues_a_sequence() -> None:
 
 
 def _task(**changes: object) -> pb.Task:
-    task = pb.Task(iteration=4, dtype="<f8", total_elements=10, deadline_s=1.0, max_levels=2)
+    task = pb.Task(iteration=4, dtype="<f8", total_elements=10, max_levels=2)
     for key, value in changes.items():
         setattr(task, key, value)
     return task
@@ -288,9 +288,6 @@ def _task(**changes: object) -> pb.Task:
     (dict(iteration=-1), "task iteration=-1 < 0"),
     (dict(max_levels=0), "task iteration=4: max_levels=0; allowed 1..3"),
     (dict(max_levels=4), "task iteration=4: max_levels=4; allowed 1..3"),
-    (dict(deadline_s=-1.0), "task iteration=4: deadline_s=-1.0 must be >= 0"),
-    (dict(deadline_s=float("nan")), "task iteration=4: deadline_s=nan must be >= 0"),
-    (dict(deadline_s=float("inf")), "task iteration=4: deadline_s=inf must be >= 0"),
 ])
 def test_task_header_errors(changes: dict[str, object], expected: str) -> None:
     with pytest.raises(WireError) as info:
@@ -395,7 +392,7 @@ def test_times_proto_round_trip_and_limit() -> None:
 def test_small_parameters_travel_inside_the_task() -> None:
     params = np.arange(5, dtype=np.float64)
 
-    messages = wire.task_messages(3, params, 1 << 20, 0.0, 2, inline=True)
+    messages = wire.task_messages(3, params, 1 << 20, 2, inline=True)
 
     assert len(messages) == 1 and messages[0].task.params_inline
     buf = np.empty(5)
@@ -404,7 +401,7 @@ def test_small_parameters_travel_inside_the_task() -> None:
 
 
 def test_large_parameters_are_never_inline() -> None:
-    messages = wire.task_messages(3, np.zeros(100), 64, 0.0, 2, inline=True)
+    messages = wire.task_messages(3, np.zeros(100), 64, 2, inline=True)
 
     assert not messages[0].task.params_inline and len(messages) > 2
 

@@ -1,4 +1,4 @@
-"""The master's domain, in process: lifecycles, membership, the receive buffer and stale/duplicate handling.
+"""The master's domain, in process: the iteration lifecycle, the receive buffer and stale/duplicate handling.
 
 Every test drives a real `Coordinator` on a fresh event loop, the way the servicer does (one domain call
 per wire message), and checks decoded gradients against the exact sum of known partial gradients.
@@ -13,8 +13,8 @@ import concurrent.futures
 import contextlib
 import itertools
 import random
-from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import pytest
@@ -23,157 +23,30 @@ from hypothesis import strategies as st
 
 from flexgc.common import wire
 from flexgc.common.codes import parse_code
-from flexgc.common.decoder import Decoding
 from flexgc.common.errors import (
-    AuthError,
     DuplicateResultError,
     InvalidTransitionError,
-    JobFinishedError,
     StaleIterationError,
     UnknownSlotError,
     WireError,
 )
-from flexgc.common.models import DataSpec
-from flexgc.master.accounting import Metrics
-from flexgc.master.coordinator import (
-    Connection,
-    Coordinator,
-    Iteration,
-    IterationPhase,
-    Outcome,
-    SlotState,
-    is_close,
-    phase_transition_allowed,
-    slot_transition_allowed,
-)
+from flexgc.master.coordinator import Iteration, IterationPhase, phase_transition_allowed
+from flexgc.master.membership import SlotState
 from flexgc.v1 import coordinator_pb2 as pb
 from tests.helpers import edited_chunk
-
-T = TypeVar("T")
-TOKEN = "tok-42"
-N, FEATURES = 3, 5
-D = FEATURES + 1                 # gradient plus the trailing loss
-CHUNK_BYTES = 16                 # 2 float64 elements per chunk: every result is 3 chunks
-
-# The lifecycles of STYLE §3 as the coordinator implements them (module docstring of coordinator.py).
-SLOT_MOVES = {
-    ("JOINED", "IDLE"), ("IDLE", "IDLE"), ("IDLE", "WORKING"),
-    ("WORKING", "CANCELLING"), ("WORKING", "IDLE"), ("CANCELLING", "IDLE"),
-    ("JOINED", "GONE"), ("IDLE", "GONE"), ("WORKING", "GONE"), ("CANCELLING", "GONE"),
-}
-PHASE_MOVES = {("SCHEDULED", "COLLECTING"), ("COLLECTING", "EXACT"), ("COLLECTING", "APPROXIMATE"),
-               ("COLLECTING", "FAILED")}
-
-
-def run(make: Callable[[], Awaitable[T]], timeout_s: float = 10.0) -> T:
-    async def bounded() -> T:
-        return await asyncio.wait_for(make(), timeout_s)
-    return asyncio.run(bounded())
-
-
-class Job:
-    """A coordinator plus known partial gradients G[t] (k, D) per iteration; coded messages are B[l, i] @ G[t]."""
-
-    def __init__(self, *, token: str | None = TOKEN, decode_inline_elements: int = 1 << 20,
-                 deadline_s: float = 0.0, on_deadline: str = "fail", dtype: str = "float64",
-                 code: str = "nested:levels=0,1") -> None:
-        self.code = parse_code(code, N)
-        self.metrics = Metrics()
-        self.c = Coordinator(self.code, DataSpec(samples=30, features=FEATURES, partitions=self.code.k),
-                             dtype=dtype, chunk_bytes=CHUNK_BYTES, deadline_s=deadline_s, on_deadline=on_deadline,
-                             token=token, metrics=self.metrics, decode_inline_elements=decode_inline_elements)
-        self.token = token or ""
-        self.G: dict[int, np.ndarray] = {}
-
-    def partials(self, iteration: int) -> np.ndarray:
-        if iteration not in self.G:
-            self.G[iteration] = np.random.default_rng(100 + iteration).standard_normal((self.code.k, D)) * 10
-        return self.G[iteration]
-
-    def expected(self, iteration: int) -> np.ndarray:
-        return self.partials(iteration).sum(axis=0)
-
-    def coded(self, iteration: int, level: int, slot: int) -> np.ndarray:
-        return self.code.B[level, slot] @ self.partials(iteration)
-
-    def chunks(self, iteration: int, level: int, slot: int, vector: np.ndarray | None = None,
-               task_done: bool = False, times: wire.PartitionTimes | None = None) -> list[pb.ResultChunk]:
-        v = self.coded(iteration, level, slot) if vector is None else vector
-        return [m.result for m in wire.result_chunks(iteration, slot, level, v, CHUNK_BYTES, times,
-                                                     task_done=task_done)]
-
-    def connect(self, slot: int, worker_id: str | None = None, ready_after: int | None = -1) -> Connection:
-        wid = worker_id or f"w{slot}"
-        grant = self.c.join(wid, slot, self.token)
-        conn = self.c.open_stream(grant.slot, wid, grant.session_id, self.token)
-        if ready_after is not None:
-            self.c.on_ready(conn, ready_after)
-        return conn
-
-    def begin(self) -> tuple[list[Connection], Iteration]:
-        """Every slot connected and Ready, then iteration 0 started (its task goes to all of them)."""
-        conns = [self.connect(slot) for slot in range(N)]
-        return conns, self.start(0)
-
-    def deliver(self, conn: Connection, iteration: int, level: int, task_done: bool = False,
-                times: wire.PartitionTimes | None = None) -> None:
-        for chunk in self.chunks(iteration, level, conn.slot, task_done=task_done, times=times):
-            self.c.on_result(conn, chunk)
-
-    def start(self, iteration: int) -> Iteration:
-        return self.c.start_iteration(iteration, np.zeros(FEATURES))
-
-    def discarded(self, kind: str) -> float:
-        return self.metrics.registry.get_sample_value("flexgc_discarded_results_total", {"kind": kind}) or 0.0
-
-    def finish_and_ack(self, it: Iteration, conns: list[Connection]) -> None:
-        """Each worker acknowledges the cancel of `it` and asks for the next task."""
-        for conn in conns:
-            self.c.on_cancel_ack(conn, pb.CancelAck(iteration=it.number, partitions_done=2))
-            self.c.on_ready(conn, it.number)
-
-
-def drain(conn: Connection) -> list[Any]:
-    items = []
-    while not conn.outbox.empty():
-        items.append(conn.outbox.get_nowait())
-    return items
-
-
-def gradient_of(outcome: Outcome) -> np.ndarray:
-    assert outcome.gradient is not None, f"iteration {outcome.iteration} has no gradient ({outcome.phase.name})"
-    return outcome.gradient
-
-
-def decoding_of(outcome: Outcome) -> Decoding:
-    assert outcome.decoding is not None, f"iteration {outcome.iteration} was not decoded ({outcome.phase.name})"
-    return outcome.decoding
-
-
-def assert_exact(it: Iteration, expected: np.ndarray) -> None:
-    assert it.done.done(), "iteration did not decode"
-    outcome = it.done.result()
-    assert outcome.phase is IterationPhase.EXACT
-    np.testing.assert_allclose(gradient_of(outcome), expected, rtol=1e-12, atol=1e-12)
-
+from tests.master.jobs import (
+    PHASE_MOVES,
+    D,
+    Job,
+    N,
+    assert_exact,
+    decoding_of,
+    drain,
+    gradient_of,
+    run,
+)
 
 # -- lifecycles: every (from, to) pair ----------------------------------------------------------
-
-
-@pytest.mark.parametrize(("src", "dst"), list(itertools.product(SlotState, SlotState)),
-                         ids=lambda s: s.name)
-def test_slot_transition(src: SlotState, dst: SlotState) -> None:
-    conn = Connection(slot=1, worker_id="w", epoch=1, outbox=asyncio.Queue(), state=src)
-    allowed = (src.name, dst.name) in SLOT_MOVES
-
-    assert slot_transition_allowed(src, dst) is allowed
-    if allowed:
-        conn.advance(dst)
-        assert conn.state is dst
-    else:
-        with pytest.raises(InvalidTransitionError, match=f"slot=1 {src.name}->{dst.name}"):
-            conn.advance(dst)
-        assert conn.state is src
 
 
 @pytest.mark.parametrize(("src", "dst"), list(itertools.product(IterationPhase, IterationPhase)),
@@ -359,158 +232,6 @@ def test_start_iteration_while_collecting_is_refused() -> None:
 # -- membership ---------------------------------------------------------------------------------
 
 
-def test_reconnecting_worker_id_gets_its_slot_back() -> None:
-    async def scenario() -> None:
-        job = Job()
-        first = job.c.join("pod-a", 2, TOKEN)
-        conn = job.c.open_stream(first.slot, "pod-a", first.session_id, TOKEN)
-        again_while_connected = job.c.join("pod-a", -1, TOKEN)
-        job.c.close_stream(conn, "link cut")
-
-        after_disconnect = job.c.join("pod-a", 0, TOKEN)       # its old slot wins over the preference
-
-        assert first.slot == again_while_connected.slot == after_disconnect.slot == 2
-        assert after_disconnect.session_id == first.session_id
-        new = job.c.open_stream(2, "pod-a", first.session_id, TOKEN)
-        assert new.epoch > conn.epoch and conn.state is SlotState.GONE
-
-    run(scenario)
-
-
-def test_slot_code_in_the_grant_matches_the_code() -> None:
-    async def scenario() -> None:
-        job = Job()
-
-        grant = job.c.join("pod-a", 1, TOKEN)
-
-        sc = wire.slot_code_from_proto(wire.slot_code_to_proto(grant.slot_code), job.code.k)
-        assert sc.partitions == job.code.order[1]
-        np.testing.assert_array_equal(sc.coefficients, job.code.B[:, 1, list(job.code.order[1])])
-
-    run(scenario)
-
-
-@pytest.mark.parametrize("preferred", [3, 99, -2, -2**31])
-def test_join_refuses_unknown_slots(preferred: int) -> None:
-    async def scenario() -> None:
-        job = Job()
-
-        with pytest.raises(UnknownSlotError, match=f"preferred_slot={preferred}; allowed -1 or 0..2"):
-            job.c.join("pod-a", preferred, TOKEN)
-
-    run(scenario)
-
-
-def test_join_does_not_hand_out_a_connected_slot() -> None:
-    async def scenario() -> None:
-        job = Job()
-        for slot in range(N - 1):
-            job.connect(slot)
-
-        other = job.c.join("intruder", 0, TOKEN)          # slot 0 is held and connected: the free one
-        job.c.open_stream(other.slot, "intruder", other.session_id, TOKEN)
-
-        assert other.slot == 2
-        with pytest.raises(UnknownSlotError, match="all 3 slots are held by connected workers"):
-            job.c.join("late", -1, TOKEN)
-        with pytest.raises(UnknownSlotError, match="slot=0 is not held by worker_id='intruder'; join first"):
-            job.c.open_stream(0, "intruder", other.session_id, TOKEN)
-
-    run(scenario)
-
-
-def test_workers_joining_at_once_get_different_slots_until_the_grace_ends(
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    import flexgc.master.coordinator as coordinator
-
-    async def scenario() -> None:
-        job = Job()
-        first = job.c.join("a", -1, TOKEN)              # neither has opened its stream yet
-        second = job.c.join("b", -1, TOKEN)
-        assert (first.slot, second.slot) == (0, 1)
-
-        monkeypatch.setattr(coordinator, "JOIN_GRACE_S", 0.0)   # "a" never connected: its grant lapses
-        third = job.c.join("c", 0, TOKEN)
-
-        assert third.slot == 0
-        with pytest.raises(UnknownSlotError, match="slot=0 is not held by worker_id='a'; join first"):
-            job.c.open_stream(0, "a", first.session_id, TOKEN)
-
-    run(scenario)
-
-
-@pytest.mark.parametrize("token", ["", "tok-4", "TOK-42", "tok-42 "])
-def test_bad_token_is_refused_everywhere_and_never_echoed(token: str) -> None:
-    async def scenario() -> None:
-        job = Job()
-        grant = job.c.join("pod-a", 0, TOKEN)
-
-        errors = []
-        for call in (lambda: job.c.join("pod-b", -1, token),
-                     lambda: job.c.open_stream(0, "pod-a", grant.session_id, token),
-                     lambda: job.c.check_token(token)):
-            with pytest.raises(AuthError) as info:
-                call()
-            errors.append(str(info.value))
-
-        assert errors == ["join token missing or wrong"] * 3
-        assert job.c.connected == 0
-
-    run(scenario)
-
-
-@pytest.mark.parametrize(("worker_id", "session", "error", "match"), [
-    ("", None, WireError, "worker_id must be 1..256 characters"),
-    ("x" * 257, None, WireError, "worker_id must be 1..256 characters"),
-    ("pod-a", "stale-session", StaleIterationError, "session_id='stale-session' is not this job's session"),
-])
-def test_join_and_open_stream_validate_identity(worker_id: str, session: str | None, error: type[Exception],
-                                                match: str) -> None:
-    async def scenario() -> None:
-        job = Job()
-
-        with pytest.raises(error, match=match):
-            if session is None:
-                job.c.join(worker_id, -1, TOKEN)
-            else:
-                grant = job.c.join(worker_id, -1, TOKEN)
-                job.c.open_stream(grant.slot, worker_id, session, TOKEN)
-
-    run(scenario)
-
-
-def test_join_after_the_job_finished() -> None:
-    async def scenario() -> None:
-        job = Job()
-        conn = job.connect(0)
-
-        job.c.shutdown("job finished")
-
-        with pytest.raises(JobFinishedError):
-            job.c.join("pod-z", -1, TOKEN)
-        items = drain(conn)
-        assert items[-2].WhichOneof("kind") == "shutdown" and is_close(items[-1])
-
-    run(scenario)
-
-
-def test_open_stream_replaces_the_old_connection_of_the_slot() -> None:
-    async def scenario() -> None:
-        job = Job()
-        old = job.connect(0)
-        it = job.start(0)
-
-        new = job.connect(0)
-
-        assert is_close(drain(old)[-1])
-        assert old.state is SlotState.GONE and job.c.connections[0] is new
-        assert new.epoch == old.epoch + 1
-        assert it.sent == {0}                                   # the task went out again on the new stream
-        assert drain(new)[0].WhichOneof("kind") == "task"
-
-    run(scenario)
-
-
 # -- results: stale, future, duplicate ----------------------------------------------------------
 
 
@@ -532,7 +253,7 @@ def test_chunk_of_an_older_iteration_is_discarded_counted_and_never_written() ->
         np.testing.assert_array_equal(job.c._buf, before)
         assert job.c.stale_results == 6 and it0.stale_results == 6
         assert job.discarded("stale") == 6
-        job.c.on_cancel_ack(conns[2], pb.CancelAck(iteration=0, partitions_done=2, finished=True))
+        job.ack(conns[2], pb.CancelAck(iteration=0, partitions_done=2, finished=True))
         job.c.on_ready(conns[2], 0)
         job.deliver(conns[2], 1, 1)
         job.deliver(conns[0], 1, 1)
@@ -838,15 +559,15 @@ def test_cancel_ack_bounds_and_unknown_iterations() -> None:
         job.deliver(conns[0], 0, 1)
         job.deliver(conns[1], 0, 1)
 
-        job.c.on_cancel_ack(conns[2], pb.CancelAck(iteration=57, partitions_done=1))
+        job.ack(conns[2], pb.CancelAck(iteration=57, partitions_done=1))
         assert job.discarded("stale") == 1
         for bad in (-1, 3):
             with pytest.raises(WireError, match=f"slot=2: partitions_done={bad} out of range"):
-                job.c.on_cancel_ack(conns[2], pb.CancelAck(iteration=0, partitions_done=bad))
+                job.ack(conns[2], pb.CancelAck(iteration=0, partitions_done=bad))
         with pytest.raises(WireError, match="partition times"):
-            job.c.on_cancel_ack(conns[2], pb.CancelAck(iteration=0, partitions_done=1,
+            job.ack(conns[2], pb.CancelAck(iteration=0, partitions_done=1,
                                                        times=pb.PartitionTimes(compute_ms=[-1.0])))
-        job.c.on_cancel_ack(conns[2], pb.CancelAck(iteration=0, partitions_done=1,
+        job.ack(conns[2], pb.CancelAck(iteration=0, partitions_done=1,
                                                    times=pb.PartitionTimes(compute_ms=[3.0], delay_ms=[1.0])))
         assert conns[2].state is SlotState.IDLE
         assert (it.timing[2].partitions_done, it.timing[2].compute_ms) == (1, [3.0])
@@ -864,7 +585,7 @@ def test_level_done_is_refused_under_push_and_out_of_range(level: int, match: st
         job.start(0)
 
         with pytest.raises(WireError, match=match):
-            job.c.on_level_done(conn, 0, level, None)
+            job.c.on_level_done(conn, wire.LevelDone(0, level, None))
 
     run(scenario)
 
@@ -897,31 +618,3 @@ def test_deadline_approximate_policy_is_flagged() -> None:
         assert np.isfinite(gradient_of(outcome)).all()
 
     run(scenario)
-
-
-def test_reject_counts_by_kind() -> None:
-    async def scenario() -> None:
-        job = Job()
-
-        job.c.reject("WireError")
-        job.c.reject("WireError")
-        job.c.reject("no_hello")
-
-        assert job.c.rejected == {"WireError": 2, "no_hello": 1}
-        assert job.metrics.registry.get_sample_value("flexgc_rejected_messages_total", {"kind": "WireError"}) == 2
-
-    run(scenario)
-
-
-@pytest.mark.parametrize(("connections", "warned"), [(3, False), (4, True)])
-def test_a_worker_id_that_keeps_replacing_its_own_connection_is_reported_as_shared(
-        connections: int, warned: bool, caplog: pytest.LogCaptureFixture) -> None:
-    async def scenario() -> None:
-        job = Job()
-        for _ in range(connections):                  # the first connects, each later one replaces it
-            job.connect(0, worker_id="vm")
-
-    with caplog.at_level("WARNING", logger="flexgc.master.coordinator"):
-        run(scenario)
-
-    assert ("several worker processes seem to share this id" in caplog.text) is warned

@@ -11,10 +11,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from flexgc.harness.local import LocalCluster
 from flexgc.common.config import worker_config
 from flexgc.common.errors import ConfigError
 from flexgc.common.models import DataSpec, full_gradient, load_dataset
+from flexgc.harness.local import LocalCluster
 from flexgc.master.server import serve
 from flexgc.worker.client import run_worker
 from tests.helpers import job_config, read_records, run_job, wait_for

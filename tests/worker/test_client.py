@@ -23,11 +23,10 @@ from flexgc.common.codes import parse_code
 from flexgc.common.config import worker_config
 from flexgc.common.models import DataSpec, full_gradient, synthetic_partition
 from flexgc.master.coordinator import Coordinator
-from flexgc.master.server import add_coordinator_service
-from flexgc.master.service import CoordinatorService
+from flexgc.master.service import CoordinatorService, add_coordinator_service
 from flexgc.v1 import coordinator_pb2 as pb
 from flexgc.v1 import coordinator_pb2_grpc as pb_grpc
-from flexgc.worker.client import Outcome, Session, WorkerState, data_spec_from
+from flexgc.worker.client import Session, SessionEnd, WorkerState
 from flexgc.worker.compute import PartitionCompute, TaskRun
 
 CODE = parse_code("nested:levels=0,1", 3)
@@ -47,8 +46,7 @@ def slot_code(slot: int = SLOT) -> wire.SlotCode:
 
 def join_reply(spec: DataSpec = SPEC) -> pb.JoinReply:
     reply = pb.JoinReply(slot=SLOT, session_id="session-1", n=CODE.n, k=CODE.k, code_spec=CODE.spec,
-                         chunk_bytes=CHUNK_BYTES, max_message_bytes=8 << 20, heartbeat_interval_s=60.0,
-                         delay_spec="none", delay_seed=0, compute_chunk_s=0.0,
+                         chunk_bytes=CHUNK_BYTES, heartbeat_interval_s=60.0, delay_spec="none", delay_seed=0,
                          data=pb.DataSpec(model=spec.model, source="synthetic", samples=spec.samples,
                                           features=spec.features, classes=spec.classes, seed=spec.seed,
                                           partitions=spec.partitions, dtype="float64", noise=spec.noise))
@@ -127,10 +125,12 @@ class Wiring:
     target: str
     stub: pb_grpc.CoordinatorStub
     executor: concurrent.futures.Executor
-    runs: list[asyncio.Task[Outcome]] = field(default_factory=list)
+    runs: list[asyncio.Task[SessionEnd]] = field(default_factory=list)
 
-    def start(self, reply: pb.JoinReply, compute: PartitionCompute) -> asyncio.Task[Outcome]:
-        session = Session(worker_config(master=self.target, worker_id="w0"), reply, self.stub, compute, self.executor)
+    def start(self, reply: pb.JoinReply, compute: PartitionCompute) -> asyncio.Task[SessionEnd]:
+        grant, job = wire.joined(reply)
+        session = Session(worker_config(master=self.target, worker_id="w0"), grant, job, self.stub, compute,
+                          self.executor)
         self.runs.append(asyncio.create_task(session.run()))
         return self.runs[-1]
 
@@ -157,7 +157,7 @@ async def served(servicer: pb_grpc.CoordinatorServicer) -> AsyncIterator[Wiring]
         wiring.executor.shutdown(wait=True, cancel_futures=True)
 
 
-async def with_session(script: Callable[[FakeMaster, asyncio.Task[Outcome]], Awaitable[None]]) -> None:
+async def with_session(script: Callable[[FakeMaster, asyncio.Task[SessionEnd]], Awaitable[None]]) -> None:
     """Start a fake master and a Session connected to it, run `script`, clean everything up."""
     fake = FakeMaster()
     async with served(fake) as wiring:
@@ -180,7 +180,7 @@ async def compute_good_task(fake: FakeMaster, iteration: int) -> None:
     that chunk arrived would) gets no ack: the flagged chunk is the ack, and the next test step proves
     it by receiving its own answer first."""
     params = np.linspace(-0.5, 0.5, D)
-    fake.send(*wire.task_messages(iteration, params, CHUNK_BYTES, 0.0, CODE.n_levels))
+    fake.send(*wire.task_messages(iteration, params, CHUNK_BYTES, CODE.n_levels))
     rows = {level: np.zeros(D + 1) for level in range(CODE.n_levels)}
     filled = dict.fromkeys(rows, 0)
     done: set[int] = set()
@@ -213,14 +213,14 @@ async def probe(fake: FakeMaster) -> None:
 
 
 def test_good_tasks_are_computed_exactly_and_shutdown_ends_the_session() -> None:
-    async def script(fake: FakeMaster, run: asyncio.Task[Outcome]) -> None:
+    async def script(fake: FakeMaster, run: asyncio.Task[SessionEnd]) -> None:
         await compute_good_task(fake, 0)
         await compute_good_task(fake, 1)
         await probe(fake)  # neither Cancel, each crossing a task_done chunk, was acknowledged
 
         fake.send(pb.MasterMessage(shutdown=pb.Shutdown(reason="job finished")))
 
-        assert await within(run, "the session to end") is Outcome.SHUTDOWN
+        assert await within(run, "the session to end") is SessionEnd.SHUTDOWN
         assert fake.streams == 1
 
     run_async(lambda: with_session(script))
@@ -230,7 +230,7 @@ def test_good_tasks_are_computed_exactly_and_shutdown_ends_the_session() -> None
 
 
 def _task(iteration: int = 0, params: np.ndarray | None = None, **header: Any) -> list[pb.MasterMessage]:
-    messages = wire.task_messages(iteration, np.zeros(D) if params is None else params, CHUNK_BYTES, 0.0,
+    messages = wire.task_messages(iteration, np.zeros(D) if params is None else params, CHUNK_BYTES,
                                   CODE.n_levels)
     for key, value in header.items():
         setattr(messages[0].task, key, value)
@@ -274,7 +274,7 @@ MALFORMED = [
 @pytest.mark.parametrize(("messages", "iteration", "reason"), MALFORMED)
 def test_malformed_task_is_rejected_once_and_the_worker_stays_connected(
         messages: list[pb.MasterMessage], iteration: int, reason: str) -> None:
-    async def script(fake: FakeMaster, run: asyncio.Task[Outcome]) -> None:
+    async def script(fake: FakeMaster, run: asyncio.Task[SessionEnd]) -> None:
         fake.send(*messages)
 
         rejected = await fake.receive_kind("task_rejected")
@@ -292,7 +292,7 @@ def test_malformed_task_is_rejected_once_and_the_worker_stays_connected(
 
 
 def test_params_chunk_without_a_task_header() -> None:
-    async def script(fake: FakeMaster, run: asyncio.Task[Outcome]) -> None:
+    async def script(fake: FakeMaster, run: asyncio.Task[SessionEnd]) -> None:
         fake.send(pb.MasterMessage(params=pb.ParamsChunk(iteration=0, offset=0, data=np.zeros(2).tobytes(),
                                                          last=True)))
 
@@ -307,7 +307,7 @@ def test_params_chunk_without_a_task_header() -> None:
 
 
 def test_task_while_receiving_another_is_rejected() -> None:
-    async def script(fake: FakeMaster, run: asyncio.Task[Outcome]) -> None:
+    async def script(fake: FakeMaster, run: asyncio.Task[SessionEnd]) -> None:
         first = _task(0)
         fake.send(first[0])                                     # header only, parameters still to come
         fake.send(_task(1)[0])
@@ -323,7 +323,7 @@ def test_task_while_receiving_another_is_rejected() -> None:
 
 
 def test_stale_cancel_and_pull_are_ignored() -> None:
-    async def script(fake: FakeMaster, run: asyncio.Task[Outcome]) -> None:
+    async def script(fake: FakeMaster, run: asyncio.Task[SessionEnd]) -> None:
         fake.send(pb.MasterMessage(cancel=pb.Cancel(iteration=7)), pb.MasterMessage(pull=pb.Pull(iteration=7)))
 
         await compute_good_task(fake, 8)
@@ -348,7 +348,8 @@ class RecordingCall:
 
 def _working_session(iteration: int) -> Session:
     """A Session (no stream) whose task has computed everything and queued the flagged last chunk."""
-    session = Session(worker_config(master="127.0.0.1:1", worker_id="w0"), join_reply(), None,  # type: ignore[arg-type]
+    grant, job = wire.joined(join_reply())
+    session = Session(worker_config(master="127.0.0.1:1", worker_id="w0"), grant, job, None,  # type: ignore[arg-type]
                       make_compute(), concurrent.futures.ThreadPoolExecutor(max_workers=1))
     task = TaskRun(iteration, np.zeros(D), CODE.n_levels, np.zeros(CODE.max_partitions(SLOT)))
     task.partitions_done, task.finished = CODE.max_partitions(SLOT), True
@@ -356,9 +357,7 @@ def _working_session(iteration: int) -> Session:
     done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
     done.set_result(None)
     session.task_future = done
-    for m in wire.result_chunks(iteration, SLOT, CODE.n_levels - 1, np.ones(D + 1), CHUNK_BYTES, task.times,
-                                task_done=True):
-        session.outbox.put_nowait(m)
+    session.queue_result(iteration, CODE.n_levels - 1, np.ones(D + 1), task.times, task_done=True)
     return session
 
 
@@ -431,27 +430,25 @@ def test_rejected_task_keeps_the_worker_connected_to_the_real_master() -> None:
     async def scenario() -> None:
         coordinator = Coordinator(CODE, SPEC, dtype="float64", chunk_bytes=CHUNK_BYTES, deadline_s=0.0,
                                   on_deadline="fail")
-        reply = join_reply()
-        extra = {f.name: getattr(reply, f.name) for f in reply.DESCRIPTOR.fields
-                 if f.name not in ("slot", "session_id", "slot_code")}
-        async with served(CoordinatorService(coordinator, extra)) as wiring:
+        _, job = wire.joined(join_reply())
+        async with served(CoordinatorService(coordinator, job)) as wiring:
             granted = await wiring.stub.Join(pb.JoinRequest(worker_id="w0", preferred_slot=SLOT), timeout=WAIT_S)
             wrong = DataSpec(model="logistic", samples=60, features=5, partitions=CODE.k)   # d = 5, not 4
-            assert data_spec_from(granted).d == D
+            assert wire.joined(granted)[1].data.d == D
             run = wiring.start(granted, make_compute(wrong))
-            await within(_until(lambda: SLOT in coordinator.connections
-                                and coordinator.connections[SLOT].ready_after is not None), "the worker's Ready")
+            live = coordinator.members.connections
+            await within(_until(lambda: SLOT in live and live[SLOT].ready_after is not None), "the worker's Ready")
             coordinator.start_iteration(0, np.zeros(D))
 
-            await within(_until(lambda: coordinator.rejected or run.done()), "the worker's TaskRejected")
-            await within(_until(lambda: coordinator.connections.get(SLOT) is None
-                                or coordinator.connections[SLOT].ready_after == 0 or run.done()),
+            await within(_until(lambda: coordinator.metrics.rejected_by_kind or run.done()),
+                         "the worker's TaskRejected")
+            await within(_until(lambda: live.get(SLOT) is None or live[SLOT].ready_after == 0 or run.done()),
                          "the worker's Ready after the rejection")
 
-            assert coordinator.rejected == {"task_rejected_by_worker": 1}
+            assert coordinator.metrics.rejected_by_kind == {"task_rejected_by_worker": 1}
             assert not run.done() and coordinator.connected == 1
             coordinator.shutdown("job finished")
-            assert await within(run, "the session to end") is Outcome.SHUTDOWN
+            assert await within(run, "the session to end") is SessionEnd.SHUTDOWN
 
     run_async(scenario)
 

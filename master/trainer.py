@@ -1,0 +1,225 @@
+"""The training loop: one iteration at a time, the optimizer step, checkpoints and atomic writes.
+
+The trainer starts an iteration on the coordinator, awaits its outcome (decoded, approximated or failed at
+the deadline), applies heavy-ball gradient descent to the decoded gradient, hands the iteration to the
+run log, and checkpoints every K iterations. It never reaches into the coordinator's state: it asks it
+to start, to wait, and whether an iteration is settled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO, TypeVar
+
+import numpy as np
+
+from flexgc.common.codes import Code
+from flexgc.common.config import MasterConfig
+from flexgc.common.models import DataSpec, full_gradient, load_dataset, synthetic_partition
+from flexgc.master.accounting import RunLog
+from flexgc.master.coordinator import Coordinator
+from flexgc.master.metrics import Metrics
+
+_log = logging.getLogger(__name__)
+_T = TypeVar("_T")
+ACK_WAIT_S = 1.0  # after the last iteration, how long its cancel acks may take (for the accounting)
+
+
+def write_atomic(path: Path, write: Callable[[BinaryIO], object]) -> None:
+    """Write a temporary file beside `path`, fsync, rename: a reader sees the old file or the whole new one."""
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("wb") as fh:
+        write(fh)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+@dataclass
+class TrainState:
+    """What a checkpoint holds: parameters, optimizer state, the next iteration and RNG seeds."""
+
+    params: np.ndarray
+    velocity: np.ndarray
+    iteration: int = 0
+    data_seed: int = 0
+    delay_seed: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def save(self, path: Path) -> None:
+        write_atomic(path, lambda fh: np.savez(fh, params=self.params, velocity=self.velocity,
+                                               iteration=self.iteration, data_seed=self.data_seed,
+                                               delay_seed=self.delay_seed, extra=json.dumps(self.extra)))
+
+    @classmethod
+    def load(cls, path: Path) -> TrainState:
+        with np.load(path, allow_pickle=False) as f:
+            return cls(params=f["params"].copy(), velocity=f["velocity"].copy(),
+                       iteration=int(f["iteration"]), data_seed=int(f["data_seed"]),
+                       delay_seed=int(f["delay_seed"]), extra=json.loads(str(f["extra"])))
+
+
+def data_spec_for(cfg: MasterConfig, code: Code) -> tuple[DataSpec, Callable[[int], Any] | None]:
+    """The job's DataSpec and, when the master holds the data, a function returning partition j."""
+    if cfg.data == "synthetic":
+        spec = DataSpec(model=cfg.model, source="synthetic", samples=cfg.samples, features=cfg.features,
+                        classes=cfg.classes if cfg.model == "softmax" else 1, seed=cfg.data_seed,
+                        partitions=code.k)
+        return spec, None
+    X, y = load_dataset(cfg.data, cfg.model)
+    classes = int(y.max()) + 1 if cfg.model == "softmax" else 1
+    spec = DataSpec(model=cfg.model, source="master", samples=X.shape[0], features=X.shape[1],
+                    classes=classes, seed=cfg.data_seed, partitions=code.k)
+
+    def partition(j: int) -> tuple[np.ndarray, np.ndarray]:
+        a, b = spec.partition_bounds(j)
+        return X[a:b], y[a:b]
+
+    return spec, partition
+
+
+class Trainer:
+    """Runs one job's iterations on a coordinator, from a checkpoint if there is one."""
+
+    def __init__(self, cfg: MasterConfig, code: Code, data: DataSpec, coordinator: Coordinator,
+                 metrics: Metrics, runlog: RunLog, partitions: Callable[[int], Any] | None,
+                 on_record: Callable[[dict[str, Any]], None] | None = None) -> None:
+        self.cfg, self.code, self.data = cfg, code, data
+        self.coordinator = coordinator
+        self.metrics = metrics
+        self.runlog = runlog
+        self.on_record = on_record
+        self._partitions = partitions
+        self._verify_data: list[tuple[np.ndarray, np.ndarray]] | None = None
+        self.out = Path(cfg.out) if cfg.out else None
+        self.state = TrainState(np.zeros(data.d), np.zeros(data.d), 0, cfg.data_seed, cfg.delay_seed)
+        self.stopped_early = False
+        self.last_loss: float | None = None
+        self._log_error: BaseException | None = None   # from a run-log flush run as a loop callback
+
+    def restore(self) -> None:
+        """Continue from OUT/checkpoint.npz when resuming is on and a checkpoint of this shape exists."""
+        if self.out is None or not self.cfg.resume:
+            return
+        path = self.out / "checkpoint.npz"
+        if path.exists():
+            state = TrainState.load(path)
+            if state.params.shape != (self.data.d,):
+                _log.warning("checkpoint ignored path=%s reason=shape %s != %s", path, state.params.shape,
+                             (self.data.d,))
+                return
+            self.state = state
+            _log.info("resumed path=%s iteration=%d", path, state.iteration)
+
+    def checkpoint(self) -> None:
+        """Write the training state to OUT/checkpoint.npz atomically (nothing without --out)."""
+        if self.out is not None:
+            self.out.mkdir(parents=True, exist_ok=True)
+            self.state.save(self.out / "checkpoint.npz")
+
+    def _verify(self, gradient: np.ndarray) -> float:
+        if self._verify_data is None:
+            source = self._partitions or (lambda j: synthetic_partition(self.data, j))
+            self._verify_data = [source(j) for j in range(self.data.partitions)]
+        direct = full_gradient(self.data, self.state.params, self._verify_data)
+        return float(np.linalg.norm(gradient - direct)) / max(float(np.linalg.norm(direct)), 1e-300)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Train until --iterations, the target loss, or `stop`; every iteration reaches the run log."""
+        cfg, c = self.cfg, self.coordinator
+        if self.state.iteration >= cfg.iterations:
+            _log.warning("the checkpoint in %s is at iteration %d of %d: the job is complete, nothing to run "
+                         "(use another --out, or raise --iterations to continue it)", cfg.out,
+                         self.state.iteration, cfg.iterations)
+            return
+        joined = await _until(c.wait_for_workers(self.code.n, cfg.join_timeout_s), stop)
+        if stop.is_set():
+            return
+        if not joined:
+            _log.warning("join timeout connected=%d of n=%d; starting anyway", c.connected, self.code.n)
+        N = self.data.samples
+        d = self.data.d
+        for t in range(self.state.iteration, cfg.iterations):
+            if stop.is_set():
+                break
+            it = c.start_iteration(t, self.state.params)
+            # the previous iterations' records, after this iteration's tasks: call_soon runs in order, so
+            # the Work streams that start_iteration woke hand their tasks to gRPC first
+            asyncio.get_running_loop().call_soon(self._flush_log, t - 1)
+            await _until(asyncio.shield(it.done), stop)
+            if self._log_error is not None:
+                raise self._log_error  # a run log that cannot be written stops the job, as before
+            if not it.done.done():
+                break
+            outcome = it.done.result()
+            loss = None
+            verify = None
+            if outcome.gradient is not None:
+                if cfg.verify:
+                    verify = self._verify(outcome.gradient)
+                grad = np.divide(outcome.gradient[:d], N, dtype=np.float64)  # widened here, not in the decode
+                loss = float(outcome.gradient[d]) / N
+                self.state.velocity = cfg.momentum * self.state.velocity + grad
+                self.state.params = self.state.params - cfg.lr * self.state.velocity
+                self.last_loss = loss
+                self.metrics.loss.set(loss)
+                if outcome.decoding is not None:
+                    self.metrics.level_used.labels(level=str(outcome.decoding.level)).inc()
+                self.metrics.decode_seconds.observe(outcome.decode_ms / 1e3)
+            self.state.iteration = t + 1
+            self.metrics.iterations.labels(outcome=outcome.phase.name).inc()
+            self.metrics.iteration_latency.observe(outcome.latency_ms / 1e3)
+            self.metrics.connected.set(c.connected)
+            self.runlog.add(it, outcome, loss, verify)
+            if cfg.checkpoint_every and (t + 1) % cfg.checkpoint_every == 0:
+                # the run log must hold every iteration before the checkpoint, or a resume leaves a gap
+                self._emit(self.runlog.flush(self.code, force=True))
+                self.checkpoint()
+            if cfg.target_loss is not None and loss is not None and loss <= cfg.target_loss:
+                self.stopped_early = True
+                _log.info("target loss reached iteration=%d loss=%.6g", t, loss)
+                break
+        # give the last iteration's cancel acks a moment to arrive, for the accounting
+        await _until(c.wait_settled(self.state.iteration - 1, ACK_WAIT_S), stop)
+        self._emit(self.runlog.flush(self.code, force=True))
+
+    def _flush_log(self, newest: int) -> None:
+        try:
+            self._emit(self.runlog.flush(self.code, newest=newest))
+        except Exception as exc:
+            self._log_error = exc
+
+    def _emit(self, records: list[dict[str, Any]]) -> None:
+        for rec in records:
+            for w in rec["workers"]:
+                for level, ms in enumerate(w["result_arrival_ms"]):
+                    if ms is not None and w["task_sent_ms"] is not None:
+                        self.metrics.result_latency.labels(slot=str(w["slot"]), level=str(level)).observe(
+                            (ms - w["task_sent_ms"]) / 1e3)
+                if w["partitions_done"] is not None and w["task_sent_ms"] is not None:
+                    left = self.code.max_partitions(w["slot"]) - w["partitions_done"]
+                    self.metrics.cancelled_partitions.inc(max(0, left))
+            self.metrics.bytes.labels(direction="up").inc(rec["bytes_up"])
+            self.metrics.bytes.labels(direction="down").inc(rec["bytes_down"])
+            if self.on_record is not None:
+                self.on_record(rec)
+
+
+async def _until(aw: Awaitable[_T], stop: asyncio.Event) -> _T | None:
+    """Await `aw` unless `stop` is set first; returns aw's result or None."""
+    task = asyncio.ensure_future(aw)
+    stopper = asyncio.ensure_future(stop.wait())
+    done, _ = await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    stopper.cancel()
+    if task in done:
+        return task.result()
+    task.cancel()
+    return None
+
+

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -16,10 +17,11 @@ FLAGS = ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-backgroun
 
 def missing() -> str | None:
     """Why a browser test cannot run here, or None."""
+    why = os.environ.get("FLEXGC_BROWSER_UNAVAILABLE")  # .ci/setup-browser.sh could not install it
     if not any(Path(p).exists() for p in CHROMIUM) and not shutil.which("chromium"):
-        return "chromium is not installed (apt install chromium chromium-driver; .ci/setup-browser.sh does)"
+        return why or "chromium is not installed (apt install chromium chromium-driver; .ci/setup-browser.sh does)"
     if not Path(CHROMEDRIVER).exists():
-        return "chromedriver is not installed (apt install chromium-driver; .ci/setup-browser.sh does)"
+        return why or "chromedriver is not installed (apt install chromium-driver; .ci/setup-browser.sh does)"
     try:
         import selenium  # noqa: F401
     except ImportError:

@@ -5,13 +5,15 @@
 #
 #   ./dev.sh demo [ARGS]    run the local demo cluster (master + workers on loopback)
 #   ./dev.sh test [ARGS]    lint, type-check and run the test suite (what .ci/run calls)
+#   ./dev.sh bench SUITE [ARGS]  a BENCHMARKS.md table: codes (flexgc bench) or a script of benchmarks/:
+#                           signaling, limits, overhead, scale, analysis
 #   ./dev.sh flexgc ARGS    any flexgc command, e.g. ./dev.sh flexgc analyze --workers 10 ...
 set -euo pipefail
 cd "$(dirname "$0")"
 VENV=${FLEXGC_VENV:-.venv}
 cmd=${1:-demo}; shift || true
 case "$cmd" in
-  test) extras="[dev]"; stamp="$VENV/.flexgc-installed-dev" ;;
+  test|bench) extras="[dev]"; stamp="$VENV/.flexgc-installed-dev" ;;
   *)    extras=""; stamp="$VENV/.flexgc-installed" ;;
 esac
 if [[ ! -x "$VENV/bin/python" ]]; then
@@ -29,7 +31,9 @@ fi
 if [[ ! -f "$stamp" || pyproject.toml -nt "$stamp" || setup.py -nt "$stamp" || -n "$(find proto -newer "$stamp" -name '*.proto' 2>/dev/null)" || ! -d flexgc/v1 ]]; then
   echo "dev.sh: installing flexgc into $VENV ..." >&2
   "$VENV/bin/python" -m pip install -q --disable-pip-version-check --upgrade pip >&2
-  "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e ".$extras" >&2
+  # setuptools warns that a folder named like the package may shadow it: flexgc/ is that package itself
+  PYTHONWARNINGS="ignore:Editable installation" \
+    "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e ".$extras" >&2
   touch "$stamp"
   # the dev install holds the runtime one: keep that stamp as fresh
   [[ -z "$extras" ]] || touch "$VENV/.flexgc-installed"
@@ -51,6 +55,13 @@ case "$cmd" in
     set -e
     if [[ $rc -eq 5 ]]; then echo "dev.sh: pytest collected no tests: failing" >&2; exit 1; fi
     exit $rc ;;
+  bench)
+    suite=${1:-codes}; shift || true
+    case "$suite" in
+      codes) exec flexgc bench "$@" ;;
+      signaling|limits|overhead|scale|analysis) exec python "benchmarks/bench_$suite.py" "$@" ;;
+      *) echo "usage: ./dev.sh bench codes|signaling|limits|overhead|scale|analysis [ARGS]" >&2; exit 2 ;;
+    esac ;;
   flexgc) exec flexgc "$@" ;;
-  *) echo "usage: ./dev.sh demo|test|flexgc [ARGS]" >&2; exit 2 ;;
+  *) echo "usage: ./dev.sh demo|test|bench|flexgc [ARGS]" >&2; exit 2 ;;
 esac

@@ -39,7 +39,7 @@ import numpy as np
 
 from flexgc.common.codes import DECODER_POLICIES, Code
 from flexgc.common.decoder import Decoder
-from flexgc.common.delays import DelayModel, sample_durations
+from flexgc.common.delays import DelayModel, realized_durations, sample_durations
 from flexgc.common.errors import ConfigError
 
 _log = logging.getLogger(__name__)
@@ -447,3 +447,9 @@ def simulate(code: Code, model: DelayModel, trials: int, seed: int,
         closed_form=closed_form(code, model, policy))
     _log.debug("simulated code=%s policy=%s trials=%d mean=%.4f", code.spec, policy, trials, mean)
     return result
+
+
+def ideal_latencies_ms(code: Code, model: DelayModel, seed: int, iterations: list[int]) -> np.ndarray:
+    """What `code` needs per iteration, in ms, on exactly the delays a live run with `seed` injects: the
+    model's decode instant on the realized durations (communication and compute excluded)."""
+    return decode_times(code, realized_durations(code, model, seed, iterations)).latency * 1e3

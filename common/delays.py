@@ -284,3 +284,33 @@ def sample_durations(model: DelayModel, code: Code, trials: int, rng: np.random.
     durations[gone] = math.inf
     durations[:, ~valid] = math.inf
     return durations
+
+
+def realized_durations(code: Code, model: DelayModel, seed: int, iterations: list[int]) -> np.ndarray:
+    """``(len(iterations), n, max_parts)`` injected seconds per partition, in each slot's order under `code`:
+    exactly what the live workers of a run with this delay seed sleep (inf: unresponsive, or no partition)."""
+    m = max(len(o) for o in code.order)
+    out = np.full((len(iterations), code.n, m), math.inf)
+    for t, it in enumerate(iterations):
+        for i in range(code.n):
+            real = realize(model, seed, it, i, code.order[i], code.k)
+            out[t, i, :len(code.order[i])] = real.durations_s
+    return out
+
+
+DeadPattern = Literal["contiguous", "spread", "random"]
+DEAD_PATTERNS: tuple[str, ...] = get_args(DeadPattern)
+
+
+def dead_slots(n: int, r: int, pattern: str = "contiguous", seed: int = 0) -> tuple[int, ...]:
+    """Which r of n slots are dead: 0..r-1 (contiguous), spread evenly, or a seeded random choice that is
+    the same for every code (random: the first r of a permutation drawn from `seed`)."""
+    if not 0 <= r <= n:
+        raise ConfigError(f"dead workers r={r}; allowed 0..{n}")
+    if pattern == "contiguous":
+        return tuple(range(r))
+    if pattern == "spread":
+        return tuple(sorted({(j * n) // r for j in range(r)})) if r else ()
+    if pattern == "random":
+        return tuple(sorted(int(x) for x in np.random.default_rng([seed, 0xDEAD]).permutation(n)[:r]))
+    raise ConfigError(f"dead pattern={pattern!r}; allowed: {', '.join(DEAD_PATTERNS)}")

@@ -4,8 +4,8 @@ For every scenario (r dead workers, unresponsive probability p) and every code, 
 worker processes run K iterations on loopback with the same delay spec and seed, so every code faces
 the same per-worker delays (a pure function of (seed, iteration, slot)). From each run log we report
 mean / median / p90 iteration latency, mean load per worker, vectors uploaded per worker and iteration,
-cancel latency, and the model's ideal latency for the very same realization (`analysis.decode_times`
-on the realized delays), with the ratio measured / ideal.
+cancel latency, and the model's ideal latency for the very same realization
+(`analysis.ideal_latencies_ms`), with the ratio measured / ideal.
 """
 
 from __future__ import annotations
@@ -23,14 +23,13 @@ from typing import Any
 
 import numpy as np
 
-from flexgc.harness.local import LocalCluster
-from flexgc.common.analysis import decode_times
+from flexgc.common.analysis import ideal_latencies_ms
 from flexgc.common.codes import parse_code
 from flexgc.common.config import master_config
-from flexgc.common.delays import parse_delay
-from flexgc.common.errors import ConfigError
-from flexgc.demo import realized_durations
+from flexgc.common.delays import dead_slots, parse_delay
+from flexgc.harness.local import LocalCluster
 from flexgc.master.accounting import read_run_log
+from flexgc.report import run_dirs_below, write_report_if_available
 
 _log = logging.getLogger(__name__)
 
@@ -47,11 +46,6 @@ class Scenario:
     @property
     def label(self) -> str:
         return f"r={len(self.dead)},p={self.p:g}"
-
-
-def dead_slots(n: int, r: int, seed: int) -> tuple[int, ...]:
-    """The same r dead slots for every code: a seeded permutation's first r entries."""
-    return tuple(sorted(int(x) for x in np.random.default_rng([seed, 0xDEAD]).permutation(n)[:r]))
 
 
 def delay_spec(base: str, scenario: Scenario) -> str:
@@ -79,7 +73,7 @@ def run_one(code_spec: str, n: int, delay: str, seed: int, iterations: int, dead
     records = read_run_log(out / "run.jsonl")
     model = parse_delay(delay)
     iters = [r["iteration"] for r in records]
-    ideal_ms = decode_times(code, realized_durations(code, model, seed, iters)).latency * 1e3
+    ideal_ms = ideal_latencies_ms(code, model, seed, iters)
     measured = np.array([r["latency_ms"] if r["outcome"] != "FAILED" else math.inf for r in records])
     ok = np.isfinite(measured) & np.isfinite(ideal_ms)
     loads = [w["load"] for r in records for w in r["workers"] if w["task_sent_ms"] is not None
@@ -106,37 +100,9 @@ def run_one(code_spec: str, n: int, delay: str, seed: int, iterations: int, dead
     }
 
 
-SUITES = {
-    "codes": "the code comparison (BENCHMARKS.md sections 1 and 3), run in this process",
-    "signaling": "benchmarks/bench_signaling.py: push vs notify under tbf (section 2; root)",
-    "limits": "benchmarks/bench_limits.py: result stream vs raw TCP, decode vs copy (4a, 4b)",
-    "overhead": "benchmarks/bench_overhead.py: coordination overhead, n = 4..32, d = 1e3 and 1e6 (4c, 4d)",
-    "scale": "benchmarks/bench_scale.py: n = 64 workers (section 5)",
-}
-
-
-def run_script_suite(suite: str) -> int:
-    """The other BENCHMARKS.md tables come from scripts in the source checkout's benchmarks/ folder."""
-    import subprocess
-    import sys
-
-    script = Path(__file__).resolve().parents[1] / "benchmarks" / f"bench_{suite}.py"
-    if not script.is_file():
-        raise ConfigError(f"suite={suite!r} runs {script.name} from a source checkout's benchmarks/ folder, "
-                          f"which this installation does not have; allowed here: codes")
-    print(f"flexgc bench --suite {suite}: {SUITES[suite]}", flush=True)
-    return subprocess.call([sys.executable, str(script)], cwd=script.parents[1])
-
-
 def run_bench(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    if args.suite != "codes":
-        suites = [s for s in SUITES if s != "codes"] if args.suite == "all" else [args.suite]
-        rc = 0
-        for suite in suites:
-            rc = max(rc, run_script_suite(suite))
-        return rc
 
     n = args.workers
     codes = args.code or (QUICK_CODES if args.quick else FULL_CODES)
@@ -147,7 +113,7 @@ def run_bench(args: argparse.Namespace) -> int:
         parse_code(spec, n)  # fail early, with the field named
     base = args.delay
     parse_delay(base).check_slots(n)
-    scenarios = [Scenario(dead_slots(n, r, args.seed), p) for p in ps for r in rs]
+    scenarios = [Scenario(dead_slots(n, r, "random", args.seed), p) for p in ps for r in rs]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, Any]] = []
@@ -168,10 +134,13 @@ def run_bench(args: argparse.Namespace) -> int:
                 row.update(r=len(sc.dead), p=sc.p, n=n)
                 rows.append(row)
                 bar.update(1)
+        report = write_report_if_available(run_dirs_below(Path(tmp)), out / "report.html")  # all runs, one page
     wall = time.perf_counter() - started
     _write(out, rows, wall, args)
     _print_table(rows)
     print(f"\nwrote {out / 'bench.csv'}, {out / 'bench.json'} and plots in {out}; {wall:.0f} s")
+    if report is not None:
+        print(f"report: {report} (every run on one page: flexgc report)")
     return 0
 
 
@@ -247,9 +216,6 @@ def _num(x: float | None, width: int, digits: int) -> str:
 
 def register(sub: Any) -> None:
     p = sub.add_parser("bench", help="live clusters for several codes on identical delay realizations")
-    p.add_argument("--suite", default="codes", choices=[*SUITES, "all"],
-                   help="which table: " + "; ".join(f"{k}: {v}" for k, v in SUITES.items())
-                   + "; all: every script suite")
     p.add_argument("--quick", action="store_true", help="a short run (< 3 min on 2 cores)")
     p.add_argument("--workers", type=int, default=10)
     p.add_argument("--code", action="append", help="code spec (repeatable; default: the full comparison)")

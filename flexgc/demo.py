@@ -1,6 +1,7 @@
 """`flexgc demo`: a master in this process and n worker processes on loopback, a short job with a nested
 code and injected delays, a live progress bar, and a comparison with what CRC(s_max) and the uncoded
-scheme would have taken on exactly the same delay realization (DESIGN §3: same seeds, same delays)."""
+scheme would have taken on exactly the same delay realization (docs/design.md §3.1: same seeds, same
+delays)."""
 
 from __future__ import annotations
 
@@ -14,28 +15,12 @@ from typing import Any
 
 import numpy as np
 
-from flexgc.common.analysis import decode_times
-from flexgc.common.codes import Code, parse_code
+from flexgc.common.analysis import ideal_latencies_ms
+from flexgc.common.codes import parse_code
 from flexgc.common.config import master_config
-from flexgc.common.delays import DelayModel, parse_delay, realize
+from flexgc.common.delays import parse_delay
 from flexgc.harness.local import worker_process_main, worker_values
 from flexgc.harness.processes import SpawnedChild, stop_all
-
-
-def realized_durations(code: Code, model: DelayModel, seed: int, iterations: list[int]) -> np.ndarray:
-    """(iterations, n, max_parts) injected seconds per partition, in each slot's order under `code`."""
-    m = max(len(o) for o in code.order)
-    out = np.full((len(iterations), code.n, m), math.inf)
-    for t, it in enumerate(iterations):
-        for i in range(code.n):
-            real = realize(model, seed, it, i, code.order[i], code.k)
-            out[t, i, :len(code.order[i])] = real.durations_s
-    return out
-
-
-def ideal_latencies_ms(spec: str, n: int, model: DelayModel, seed: int, iterations: list[int]) -> np.ndarray:
-    code = parse_code(spec, n)
-    return decode_times(code, realized_durations(code, model, seed, iterations)).latency * 1e3
 
 
 def _fmt(values: np.ndarray) -> tuple[str, str, str]:
@@ -92,11 +77,8 @@ def run_demo(args: argparse.Namespace) -> int:
     measured = np.array([r["latency_ms"] if r["outcome"] != "FAILED" else math.inf for r in records])
     smax = code.s_max
     rows = [(f"{code.spec} (measured, live)", measured)]
-    rows.append((f"{code.spec} (model, same delays)", ideal_latencies_ms(code.spec, n, delay, args.delay_seed,
-                                                                        iters)))
-    rows.append((f"crc:s={smax} (model, same delays)", ideal_latencies_ms(f"crc:s={smax}", n, delay,
-                                                                         args.delay_seed, iters)))
-    rows.append(("uncoded (model, same delays)", ideal_latencies_ms("uncoded", n, delay, args.delay_seed, iters)))
+    for other in (code, parse_code(f"crc:s={smax}", n), parse_code("uncoded", n)):
+        rows.append((f"{other.spec} (model, same delays)", ideal_latencies_ms(other, delay, args.delay_seed, iters)))
     print()
     print(f"{'scheme':48s} {'mean ms':>8s} {'median':>8s} {'stalls':>8s}")
     for name, values in rows:
@@ -115,4 +97,9 @@ def run_demo(args: argparse.Namespace) -> int:
         print(f"live mean latency {lat['mean']:.1f} ms is {100 * (1 - lat['mean'] / crc_mean):.0f}% below what "
               f"CRC(s={smax}) needs on the same delays ({crc_mean:.1f} ms, model)")
     print(f"run log: {out / 'run.jsonl'}  summary: {out / 'summary.json'}")
+    from flexgc.report import write_report_if_available
+
+    report = write_report_if_available([out], out / "report.html")
+    print(f"report: {report} (open it in a browser)" if report else
+          f"report: pip install 'flexgc[report]', then flexgc report {out}")
     return 0 if summary["failed_iterations"] == 0 else 1

@@ -33,8 +33,3 @@ def test_bench_writes_a_row_per_code_and_scenario(tmp_path: Path, capsys: pytest
     assert (tmp_path / "latency_vs_dead_p0.png").stat().st_size > 0
     assert "nested:levels=0,1" in capsys.readouterr().out
 
-
-def test_script_suites_name_their_script(capsys: pytest.CaptureFixture[str]) -> None:
-    with pytest.raises(SystemExit):
-        main(["bench", "--suite", "nope"])
-    assert "invalid choice" in capsys.readouterr().err

@@ -102,12 +102,6 @@ def test_analyze_plot_without_matplotlib_names_the_extra(capsys: pytest.CaptureF
     assert "matplotlib" in err and "plot" in err and "flexgc[plot]" in err
 
 
-@pytest.mark.parametrize(("r", "pattern", "expected"), [(0, "spread", []), (3, "contiguous", [0, 1, 2]),
-                                                        (3, "spread", [0, 3, 6]), (5, "spread", [0, 2, 4, 6, 8])])
-def test_dead_slots(r: int, pattern: str, expected: list[int]) -> None:
-    assert cmd_analyze.dead_slots(10, r, pattern) == expected
-
-
 # -- codes check --------------------------------------------------------------------------------
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -232,9 +233,9 @@ def test_invalid_toml(tmp_path: Path, text: str | bytes) -> None:
     (dict(max_workers=2, workers=4), "max_workers=2; must be 0 or >= workers=4"),
     (dict(classes=3), "classes=3; logistic regression has 2 classes"),
     (dict(code="bogus"), "code='bogus': unknown family 'bogus'; allowed: uncoded, ignore, frc, crc, nested"),
-    (dict(code="crc:s=9", workers=4), r"code: s=9; need 0 <= s < n=4"),
+    (dict(code="crc:s=9", workers=4), r"code='crc:s=9': s=9; need 0 <= s < n=4"),
     (dict(code="crc:q=1"), "code='crc:q=1': unknown option q; allowed for 'crc'"),
-    (dict(code="nested:levels=0,1,x"), "code: levels='0,1,x' must be integers"),
+    (dict(code="nested:levels=0,1,x"), "code='nested:levels=0,1,x': levels='0,1,x' must be integers"),
     (dict(code=""), "code='': empty spec"),
     (dict(delay="gauss:a=1"), "delay='gauss:a=1': 'gauss' unknown base model; allowed: none, shifted-exp"),
     (dict(delay="shifted-exp:a=-1"), r"delay: a=-1.0 must be >= 0.0"),
@@ -326,10 +327,40 @@ def test_master_cross_field_error_with_token_does_not_show_it() -> None:
     assert TOKEN not in str(info.value)
 
 
-def test_help_text_hides_the_token_default() -> None:
+@pytest.mark.parametrize("options", [MASTER_OPTIONS, WORKER_OPTIONS], ids=["master", "worker"])
+def test_help_names_every_default_and_every_allowed_value(options: list[Any]) -> None:
     parser = argparse.ArgumentParser()
-    add_options(parser, MASTER_OPTIONS)
+    add_options(parser, options)
 
-    text = parser.format_help()
+    text = " ".join(parser.format_help().split())  # argparse wraps lines
 
-    assert "(secret)" in text
+    assert "FLEXGC_TOKEN; default not set]" in text
+    for opt in options:
+        if opt.choices:
+            assert f"{opt.env}; default {opt.default!r}; one of {', '.join(opt.choices)}]" in text
+
+
+def test_each_option_is_declared_once_on_its_config_field() -> None:
+    master = {o.name for o in MASTER_OPTIONS}
+    worker = {o.name for o in WORKER_OPTIONS}
+
+    assert master == {f.name for f in dataclasses.fields(MasterConfig)}
+    assert worker == {f.name for f in dataclasses.fields(WorkerConfig)}
+    assert next(o for o in MASTER_OPTIONS if o.name == "dtype").choices == ("float64", "float32")
+    assert next(o for o in MASTER_OPTIONS if o.name == "token").secret
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    (dict(code="crcc:s=2"), "code='crcc:s=2': unknown family 'crcc'; allowed: uncoded, ignore, frc, crc, nested, "
+                            "nested-frc, multimessage"),
+    (dict(workers=3), "code='nested:levels=0,1,2,3': levels=0,1,2,3; need strictly increasing 0 <= s_0 < ... < "
+                      "s_L < n=3"),
+    (dict(port=70000), "port=70000; must be <= 65535"),
+    (dict(delay="shifted-exp:a=1/dead:workers=9"), "delay='shifted-exp:a=1,mu=1,p=0/dead:workers=9': "
+                                                   "dead:workers=9 names slot 9; allowed: 0..3 (workers=4)"),
+])
+def test_master_errors_name_the_field_once(overrides: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        master_config(**overrides)
+
+    assert str(info.value) == message

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from flexgc.common.codes import parse_code
-from flexgc.common.delays import DelayModel, parse_delay, realize, sample_durations
+from flexgc.common.delays import DelayModel, dead_slots, parse_delay, realize, sample_durations
 from flexgc.common.errors import ConfigError
 
 # -- grammar ------------------------------------------------------------------------------------
@@ -253,3 +253,20 @@ def test_with_dead_adds_slots() -> None:
     assert more.dead == (0, 1, 4)
     assert parse_delay(more.spec) == more
     assert math.isinf(realize(more, 0, 0, 1, (1,), 10).durations_s[0])
+
+
+@pytest.mark.parametrize(("r", "pattern", "expected"), [(0, "spread", ()), (3, "contiguous", (0, 1, 2)),
+                                                        (3, "spread", (0, 3, 6)), (5, "spread", (0, 2, 4, 6, 8))])
+def test_dead_slots_by_pattern(r: int, pattern: str, expected: tuple[int, ...]) -> None:
+    assert dead_slots(10, r, pattern) == expected
+
+
+def test_random_dead_slots_depend_on_the_seed_only() -> None:
+    first = dead_slots(10, 3, "random", seed=1)
+
+    assert first == dead_slots(10, 3, "random", seed=1) and len(set(first)) == 3
+    assert set(first) <= set(dead_slots(10, 4, "random", seed=1))  # the first r of one permutation
+    with pytest.raises(ConfigError, match="dead pattern='ring'; allowed: contiguous, spread, random"):
+        dead_slots(10, 3, "ring")
+    with pytest.raises(ConfigError, match=r"dead workers r=11; allowed 0\.\.10"):
+        dead_slots(10, 11)

@@ -4,8 +4,12 @@ this package. Needs the `report` extra (plotly) for HTML, the `plot` extra (matp
 
 from __future__ import annotations
 
+import importlib.util
+import logging
 from collections.abc import Sequence
 from pathlib import Path
+
+_log = logging.getLogger(__name__)
 
 
 def write_report(run_dirs: Sequence[Path | str], out: Path | str, timeline_max: int | None = None) -> Path:
@@ -20,3 +24,19 @@ def write_report(run_dirs: Sequence[Path | str], out: Path | str, timeline_max: 
     tmp.write_text(render(page_data(runs, timeline_max=timeline_max)), encoding="utf-8")
     tmp.replace(path)
     return path
+
+
+def run_dirs_below(folder: Path) -> list[Path]:
+    """The run directories directly below `folder`, in the order their logs were last written."""
+    return sorted((p.parent for p in folder.glob("*/run.jsonl")), key=lambda d: (d / "run.jsonl").stat().st_mtime)
+
+
+def write_report_if_available(run_dirs: Sequence[Path], out: Path) -> Path | None:
+    """`write_report` for commands whose report is a bonus (bench, demo): None, with a warning, when the
+    `report` extra is not installed or there is no run to show."""
+    if importlib.util.find_spec("plotly") is None:
+        _log.warning("no report: plotly is not installed (pip install 'flexgc[report]')")
+        return None
+    if not run_dirs:
+        return None
+    return write_report(run_dirs, out)

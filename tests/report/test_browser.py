@@ -97,17 +97,17 @@ def test_runs_side_by_side_step_together(chromium: Any, real_run: Path, real_crc
 @pytest.mark.slow
 def test_live_view_follows_a_running_job(chromium: Any, tmp_path: Path) -> None:
     out = tmp_path / "live"
-    cfg = job_config(out, workers=4, code="nested:levels=0,1,2", iterations=40, delay_seed=5,
-                     delay="shifted-exp:a=1,mu=1,unit_s=0.12")
+    cfg = job_config(out, workers=4, code="nested:levels=0,1,2", iterations=60, delay_seed=5,
+                     delay="shifted-exp:a=1,mu=1,unit_s=0.2")  # ~130 ms an iteration: ~8 s of job
     viewer = Viewer([out])  # started before the job: the folder does not exist yet
     server = make_server(viewer, "127.0.0.1", 0)
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
     thread.start()
     try:
+        open_page(chromium, f"http://127.0.0.1:{server.server_port}/")  # an empty page, polling
         with LocalCluster(cfg) as cluster:
             cluster.start_master()
             cluster.start_workers()
-            open_page(chromium, f"http://127.0.0.1:{server.server_port}/")
             first = wait_for(lambda: shown(chromium), 60, "a first iteration in the live view")
             later = wait_for(lambda: (v := shown(chromium)) and v["iteration"] > first["iteration"] and v, 30,
                              "a newer iteration appended in the live view")

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from flexgc.cli import main
+from flexgc.report import run_dirs_below, write_report_if_available
 from flexgc.report.page import DATA_ELEMENT_ID
 
 
@@ -88,3 +91,22 @@ def test_analyze_plot_uses_the_shared_plotting_module(tmp_path: Path, suffix: st
                  "--plot", str(path)]) == 0
     head = path.read_bytes()[:200]
     assert head.startswith(b"%PDF") if suffix == ".pdf" else b"<!doctype html>" in head
+
+
+def test_bench_and_demo_report_every_run_below_a_folder(real_run: Path, real_crc_run: Path, tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch,
+                                                        caplog: pytest.LogCaptureFixture) -> None:
+    folder = tmp_path / "runs"
+    for t, (name, src) in enumerate((("b-crc", real_crc_run), ("a-nested", real_run))):  # written in this order
+        (folder / name).mkdir(parents=True)
+        for f in ("summary.json", "run.jsonl"):
+            (folder / name / f).write_bytes((src / f).read_bytes())
+        os.utime(folder / name / "run.jsonl", (1_000_000 + t, 1_000_000 + t))
+    dirs = run_dirs_below(folder)
+    assert [d.name for d in dirs] == ["b-crc", "a-nested"]
+    page = write_report_if_available(dirs, tmp_path / "bench.html")
+    assert page is not None and [r["label"] for r in page_payload(page.read_text())["runs"]] == \
+        ["crc:s=2", "nested:levels=0,1,2"]
+    monkeypatch.setitem(sys.modules, "plotly", None)  # find_spec then reports it missing
+    assert write_report_if_available(dirs, tmp_path / "none.html") is None
+    assert "flexgc[report]" in caplog.text and not (tmp_path / "none.html").exists()

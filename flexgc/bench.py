@@ -30,7 +30,6 @@ from flexgc.common.delays import dead_slots, parse_delay
 from flexgc.harness.local import LocalCluster
 from flexgc.master.accounting import read_run_log
 from flexgc.report import run_dirs_below, write_report_if_available
-from flexgc.report import run_dirs_below, write_report_if_available
 
 _log = logging.getLogger(__name__)
 
@@ -140,8 +139,6 @@ def run_bench(args: argparse.Namespace) -> int:
     _write(out, rows, wall, args)
     _print_table(rows)
     print(f"\nwrote {out / 'bench.csv'}, {out / 'bench.json'} and plots in {out}; {wall:.0f} s")
-    if report is not None:
-        print(f"report: {report} (every run on one page: flexgc report)")
     if report is not None:
         print(f"report: {report} (every run on one page: flexgc report)")
     return 0

@@ -102,9 +102,4 @@ def run_demo(args: argparse.Namespace) -> int:
     report = write_report_if_available([out], out / "report.html")
     print(f"report: {report} (open it in a browser)" if report else
           f"report: pip install 'flexgc[report]', then flexgc report {out}")
-    from flexgc.report import write_report_if_available
-
-    report = write_report_if_available([out], out / "report.html")
-    print(f"report: {report} (open it in a browser)" if report else
-          f"report: pip install 'flexgc[report]', then flexgc report {out}")
     return 0 if summary["failed_iterations"] == 0 else 1

@@ -151,7 +151,7 @@ class RunData:
             self.ideal_ms += [None] * len(new)
             return
         from flexgc.common.analysis import decode_times
-        from flexgc.demo import realized_durations
+        from flexgc.common.delays import realized_durations
 
         iters = [int(r["iteration"]) for r in new]
         durations = realized_durations(self.code, self.delay, self.seed, iters)

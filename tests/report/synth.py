@@ -14,8 +14,7 @@ import numpy as np
 
 from flexgc.common.analysis import decode_times
 from flexgc.common.codes import parse_code
-from flexgc.common.delays import parse_delay
-from flexgc.demo import realized_durations
+from flexgc.common.delays import parse_delay, realized_durations
 
 SCHEMA = "flexgc.run.v1"
 

@@ -11,9 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from flexgc.common.analysis import ideal_latencies_ms
+from flexgc.common.codes import parse_code
 from flexgc.common.delays import parse_delay
 from flexgc.common.errors import ConfigError, FlexgcError
-from flexgc.demo import ideal_latencies_ms
 from flexgc.report.data import RunData, layout_slot, run_labels, select_iterations
 
 
@@ -38,8 +39,8 @@ def test_ideal_is_the_models_decode_instant_for_the_same_delays(real_run: Path) 
     run = RunData.open(real_run)
     summary = json.loads((real_run / "summary.json").read_text())
     iters = [r["iteration"] for r in run.records]
-    want = ideal_latencies_ms(summary["code"], summary["n"], parse_delay(summary["delay"]), summary["delay_seed"],
-                              iters)
+    want = ideal_latencies_ms(parse_code(summary["code"], summary["n"]), parse_delay(summary["delay"]),
+                              summary["delay_seed"], iters)
     got = np.array([math.inf if x is None else x for x in run.ideal_ms])
     np.testing.assert_allclose(got, want, atol=1e-3)  # kept to the microsecond
 

@@ -6,7 +6,7 @@ The run log stays the one source of truth: the viewer is a separate process that
 and a watched one a few milliseconds per iteration.
 
 Routes: `/` the page (live mode), `/api/data?v=VERSION&have=N,N` what changed since the page's version
-(the new iterations' timelines and every chart), `/api/timeline?run=R&i=ITERATION` one timeline.
+(the new iterations' timelines and every chart), `/api/timeline?run=R&i=ITERATION` one timeline, `/healthz`.
 """
 
 from __future__ import annotations
@@ -103,6 +103,8 @@ def _handler(viewer: Viewer) -> type[BaseHTTPRequestHandler]:
                         self._send(HTTPStatus.NOT_FOUND, "text/plain", b"no such iteration")
                     else:
                         self._json(entry)
+                elif url.path == "/healthz":  # for a container's healthcheck: no file is read
+                    self._send(HTTPStatus.OK, "text/plain", b"ok\n")
                 elif url.path == "/favicon.ico":
                     self._send(HTTPStatus.NO_CONTENT, "image/x-icon", b"")
                 else:

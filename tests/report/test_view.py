@@ -61,6 +61,7 @@ def test_page_and_timeline_routes(served: tuple[str, Viewer], growing: tuple[Pat
     page = get(f"{base}/")
     assert '"live":true' in page and "Plotly" in page
     assert get(f"{base}/api/timeline?run=0&i=0")["i"] == 0
+    assert get(f"{base}/healthz") == "ok\n"
     for bad, code in (("/api/timeline?run=0&i=99", 404), ("/api/timeline?run=5&i=0", 404),
                       ("/api/timeline?run=x", 400), ("/nowhere", 404)):
         with pytest.raises(urllib.error.HTTPError) as err:

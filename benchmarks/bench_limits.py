@@ -312,7 +312,7 @@ def grpc_bytes_rates(total_bytes: int, transfers: int, chunk_bytes: int) -> list
 
 
 def _time_decode(m: int, d: int, dtype: str, repeats: int, rng: np.random.Generator) -> dict[str, Any]:
-    from flexgc.master.coordinator import combine_rows
+    from flexgc.master.buffer import combine_rows
 
     buf = np.zeros((m + 4, d), dtype=dtype)           # the Coordinator's buffer has spare rows
     rows = buf[:m]

@@ -104,24 +104,21 @@ class Code:
         """Inverse of `message_id`: ``(level, slot)``."""
         return divmod(message_id, self.n)
 
-    def row(self, message_id: int) -> np.ndarray:
-        level, slot = self.message_of(message_id)
-        return self.B[level, slot]
-
     def levels_completed_by(self, slot: int, m: int) -> list[int]:
         """Levels whose message slot `slot` can send right after finishing its m-th partition."""
         return [level for level in range(self.n_levels) if self.prefix[level, slot] == m]
 
     def level_is_mds(self, level: int) -> bool:
-        """Any n - s_l rows of this level decode (the paper's per-level rule applies)."""
+        """Any n - s_l rows of this level decode (the per-level rule of Maßny et al. applies)."""
         name = self.construction[level]
         return name in ("identity", "cyclic-mds") or name.startswith(("trig-phase:", "random-orthonormal:"))
 
     def max_partitions(self, slot: int) -> int:
+        """How many partitions `slot` computes when nobody cancels it (its last level's prefix)."""
         return int(self.prefix[-1, slot])
 
-    def load(self, slot: int, partitions_done: int) -> float:
-        """Fraction of the dataset computed by `slot` after `partitions_done` partitions."""
+    def load(self, partitions_done: int) -> float:
+        """Fraction of the dataset a worker computed after `partitions_done` partitions."""
         return partitions_done / self.k
 
 

@@ -57,7 +57,7 @@ def iteration_record(code: Code, it: Iteration, outcome: Outcome, loss: float | 
             "task_done_ms": _r(t.task_done_ms), "partitions_done": t.partitions_done, "finished": t.finished,
             "compute_ms": [_r(x) for x in t.compute_ms], "delay_ms": [_r(x) for x in t.delay_ms],
             "bytes_up": t.bytes_up, "bytes_down": t.bytes_down,
-            "load": round(done / code.k, 6) if slot in it.sent else 0.0, "slot": slot,
+            "load": round(code.load(done), 6) if slot in it.sent else 0.0, "slot": slot,
         })
         if t.cancel_ack_ms is not None and t.cancel_sent_ms is not None:
             cancel_lat.append(t.cancel_ack_ms - t.cancel_sent_ms)

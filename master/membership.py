@@ -17,9 +17,11 @@ import logging
 import math
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from flexgc.common import wire
 from flexgc.common.errors import (
     AuthError,
     InvalidTransitionError,
@@ -85,8 +87,10 @@ def is_close(item: Any) -> bool:
 class Membership:
     """The n slots of one job session: owners, live connections and the join rules."""
 
-    def __init__(self, n: int, *, token: str | None = None, max_workers: int = 0) -> None:
+    def __init__(self, n: int, *, token: str | None = None, max_workers: int = 0,
+                 on_lost: Callable[[Connection], None] | None = None) -> None:
         self.n = n
+        self._on_lost = on_lost  # told of every live connection that ends (closed or replaced)
         self.session_id = uuid.uuid4().hex
         self._token = token
         self._max_workers = max_workers or n
@@ -143,10 +147,10 @@ class Membership:
             return False
         return time.monotonic() - self._granted_at.get(slot, -math.inf) > JOIN_GRACE_S
 
-    def open_stream(self, slot: int, worker_id: str, session_id: str,
-                    token: str) -> tuple[Connection, Connection | None]:
-        """A new live connection for the slot `worker_id` holds, and the one it replaced (closed), if any."""
-        self.check_token(token)
+    def open_stream(self, hello: wire.Hello) -> Connection:
+        """A new live connection for the slot the hello's worker holds (its old connection is closed)."""
+        slot, worker_id, session_id = hello.slot, hello.worker_id, hello.session_id
+        self.check_token(hello.token)
         if self.finished:
             raise JobFinishedError("the job has finished; nothing to work on")
         if session_id != self.session_id:
@@ -164,7 +168,7 @@ class Membership:
         self.connections[slot] = conn
         self.slots_changed.set()
         _log.info("connected slot=%d worker_id=%s epoch=%d", slot, worker_id, conn.epoch)
-        return conn, old
+        return conn
 
     def _note_replacement(self, slot: int, worker_id: str) -> None:
         """A reconnect replaces a dead connection now and then; the same id replacing a live one again and
@@ -178,16 +182,18 @@ class Membership:
                          "processes seem to share this id (the default is the hostname); give each worker its "
                          "own --worker-id / FLEXGC_WORKER_ID", slot, worker_id, len(recent), SHARED_ID_WINDOW_S)
 
-    def close_stream(self, conn: Connection, reason: str) -> bool:
-        """End `conn` (its outbox gets the close sentinel); False if it was no longer the slot's live one."""
+    def close_stream(self, conn: Connection, reason: str) -> None:
+        """End `conn` if it is still its slot's live connection: its outbox gets the close sentinel, and
+        `on_lost` writes off what it owed."""
         if self.connections.get(conn.slot) is not conn:
-            return False
+            return
         del self.connections[conn.slot]
         conn.advance(SlotState.GONE)
         conn.outbox.put_nowait(CLOSE)
         self.slots_changed.set()
         _log.info("disconnected slot=%d epoch=%d reason=%s", conn.slot, conn.epoch, reason)
-        return True
+        if self._on_lost is not None:
+            self._on_lost(conn)
 
     @property
     def connected(self) -> int:

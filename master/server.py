@@ -25,9 +25,10 @@ from flexgc.common.codes import parse_code
 from flexgc.common.config import MasterConfig
 from flexgc.master.accounting import RunLog, summarize
 from flexgc.master.coordinator import Coordinator
+from flexgc.master.data import JobData
 from flexgc.master.metrics import Metrics
 from flexgc.master.service import SERVICE_NAME, CoordinatorService, add_coordinator_service
-from flexgc.master.trainer import Trainer, data_spec_for, write_atomic
+from flexgc.master.trainer import Trainer, write_atomic
 
 _log = logging.getLogger(__name__)
 
@@ -37,7 +38,8 @@ async def serve(cfg: MasterConfig, on_port: Callable[[int], None] | None = None,
                 on_record: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """Run one job to completion; returns the summary (also written to OUT/summary.json)."""
     code = parse_code(cfg.code, cfg.workers)
-    data, partitions = data_spec_for(cfg, code)
+    job_data = JobData.from_config(cfg, code)
+    data = job_data.spec
     stop = stop or asyncio.Event()
     if cfg.dtype == "float32" and code.worst_cond and max(code.worst_cond) * np.finfo(np.float32).eps > 1e-5:
         _log.warning("float32 code=%s worst_cond=%.3g: decoded gradients may carry relative errors near %.1g; "
@@ -53,7 +55,7 @@ async def serve(cfg: MasterConfig, on_port: Callable[[int], None] | None = None,
     job = wire.JobInfo(n=code.n, k=code.k, code_spec=code.spec, data=data, dtype=cfg.dtype,
                        chunk_bytes=cfg.chunk_bytes, heartbeat_interval_s=cfg.heartbeat_s, delay_spec=cfg.delay,
                        delay_seed=cfg.delay_seed)
-    service = CoordinatorService(coordinator, job, partitions)
+    service = CoordinatorService(coordinator, job, job_data)
     server = transport.aio_server()
     add_coordinator_service(service, server)
     health_servicer = health.aio.HealthServicer()
@@ -77,7 +79,7 @@ async def serve(cfg: MasterConfig, on_port: Callable[[int], None] | None = None,
         except (NotImplementedError, RuntimeError, ValueError):
             pass  # not the main thread (tests)
     out = Path(cfg.out) if cfg.out else None
-    trainer = Trainer(cfg, code, data, coordinator, metrics, RunLog(None), partitions, on_record)
+    trainer = Trainer(cfg, code, job_data, coordinator, metrics, RunLog(None), on_record)
     trainer.restore()
     trainer.runlog = RunLog(out, resume_from=trainer.state.iteration)
     started = time.perf_counter()

@@ -6,11 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator
 from typing import Any, NoReturn
 
 import grpc
-import numpy as np
 
 from flexgc.common import wire
 from flexgc.common.errors import (
@@ -23,6 +22,7 @@ from flexgc.common.errors import (
     WireError,
 )
 from flexgc.master.coordinator import Coordinator
+from flexgc.master.data import JobData
 from flexgc.master.membership import Connection, SlotState, is_close
 from flexgc.v1 import coordinator_pb2 as pb
 from flexgc.v1 import coordinator_pb2_grpc as pb_grpc
@@ -42,17 +42,13 @@ _STATUS: dict[type[BaseException], grpc.StatusCode] = {
 _ERRORS = tuple(_STATUS)
 HELLO_TIMEOUT_S = 10.0
 
-PartitionSource = Callable[[int], tuple[np.ndarray, np.ndarray]]
-
-
 class CoordinatorService(pb_grpc.CoordinatorServicer):
     """The Coordinator service of flexgc.v1 (Join, Work, FetchPartition) over one `Coordinator`."""
 
-    def __init__(self, coordinator: Coordinator, job: wire.JobInfo,
-                 partition_source: PartitionSource | None = None) -> None:
+    def __init__(self, coordinator: Coordinator, job: wire.JobInfo, data: JobData | None = None) -> None:
         self._coordinator = coordinator
         self._job = job
-        self._partitions = partition_source  # partition j -> (X, y) when the master holds the data
+        self._data = data or JobData(job.data)
 
     async def Join(self, request: pb.JoinRequest, context: grpc.aio.ServicerContext) -> pb.JoinReply:
         try:
@@ -77,7 +73,7 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
             c.metrics.reject("no_hello")
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         try:
-            conn = c.open_stream(hello)
+            conn = c.members.open_stream(hello)
         except _ERRORS as exc:
             await self._abort(context, exc)
         reader = asyncio.create_task(self._read(request_iterator, conn))
@@ -91,7 +87,7 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
                 yield item
         finally:
             reader.cancel()
-            c.close_stream(conn, "stream ended")
+            c.members.close_stream(conn, "stream ended")
         if failure:
             await self._abort(context, failure[0])
 
@@ -102,7 +98,8 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
         if exc is not None:
             failure.append(exc)
         # end of the request stream (client gone or half-closed): never treated as completion
-        self._coordinator.close_stream(conn, "request stream ended" if exc is None else type(exc).__name__)
+        self._coordinator.members.close_stream(conn, "request stream ended" if exc is None else
+                                               type(exc).__name__)
 
     async def _read(self, request_iterator: AsyncIterator[pb.WorkerMessage], conn: Connection) -> None:
         c = self._coordinator
@@ -121,24 +118,13 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
 
     async def FetchPartition(self, request: pb.PartitionRequest,
                              context: grpc.aio.ServicerContext) -> AsyncIterator[pb.PartitionChunk]:
+        c = self._coordinator
         try:
-            chunks = self._partition_chunks(wire.partition_ask(request))
+            X, y = self._data.rows_for(wire.partition_ask(request), c.members, c.code)
         except _ERRORS as exc:
             await self._abort(context, exc)
-        for chunk in chunks:
+        for chunk in wire.partition_chunks(X, y, c.chunk_bytes):
             yield chunk
-
-    def _partition_chunks(self, ask: wire.PartitionAsk) -> Iterator[pb.PartitionChunk]:
-        c = self._coordinator
-        c.check_token(ask.token)
-        if ask.session_id != c.session_id:
-            raise StaleIterationError("session_id is not this job's session; join again")
-        if not 0 <= ask.slot < c.code.n or ask.partition not in c.code.order[ask.slot]:
-            raise UnknownSlotError(f"slot={ask.slot} does not hold partition={ask.partition}")
-        if self._partitions is None:
-            raise WireError("this job's data is synthetic: workers generate it themselves")
-        X, y = self._partitions(ask.partition)
-        return wire.partition_chunks(X, y, c.chunk_bytes)
 
     async def _abort(self, context: grpc.aio.ServicerContext, exc: BaseException) -> NoReturn:
         code = _STATUS.get(type(exc), grpc.StatusCode.INTERNAL)

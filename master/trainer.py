@@ -21,9 +21,10 @@ import numpy as np
 
 from flexgc.common.codes import Code
 from flexgc.common.config import MasterConfig
-from flexgc.common.models import DataSpec, full_gradient, load_dataset, synthetic_partition
+from flexgc.common.models import full_gradient
 from flexgc.master.accounting import RunLog
 from flexgc.master.coordinator import Coordinator
+from flexgc.master.data import JobData
 from flexgc.master.metrics import Metrics
 
 _log = logging.getLogger(__name__)
@@ -65,40 +66,19 @@ class TrainState:
                        delay_seed=int(f["delay_seed"]), extra=json.loads(str(f["extra"])))
 
 
-def data_spec_for(cfg: MasterConfig, code: Code) -> tuple[DataSpec, Callable[[int], Any] | None]:
-    """The job's DataSpec and, when the master holds the data, a function returning partition j."""
-    if cfg.data == "synthetic":
-        spec = DataSpec(model=cfg.model, source="synthetic", samples=cfg.samples, features=cfg.features,
-                        classes=cfg.classes if cfg.model == "softmax" else 1, seed=cfg.data_seed,
-                        partitions=code.k)
-        return spec, None
-    X, y = load_dataset(cfg.data, cfg.model)
-    classes = int(y.max()) + 1 if cfg.model == "softmax" else 1
-    spec = DataSpec(model=cfg.model, source="master", samples=X.shape[0], features=X.shape[1],
-                    classes=classes, seed=cfg.data_seed, partitions=code.k)
-
-    def partition(j: int) -> tuple[np.ndarray, np.ndarray]:
-        a, b = spec.partition_bounds(j)
-        return X[a:b], y[a:b]
-
-    return spec, partition
-
-
 class Trainer:
     """Runs one job's iterations on a coordinator, from a checkpoint if there is one."""
 
-    def __init__(self, cfg: MasterConfig, code: Code, data: DataSpec, coordinator: Coordinator,
-                 metrics: Metrics, runlog: RunLog, partitions: Callable[[int], Any] | None,
-                 on_record: Callable[[dict[str, Any]], None] | None = None) -> None:
-        self.cfg, self.code, self.data = cfg, code, data
+    def __init__(self, cfg: MasterConfig, code: Code, data: JobData, coordinator: Coordinator,
+                 metrics: Metrics, runlog: RunLog, on_record: Callable[[dict[str, Any]], None] | None = None) -> None:
+        self.cfg, self.code, self.job_data, self.data = cfg, code, data, data.spec
         self.coordinator = coordinator
         self.metrics = metrics
         self.runlog = runlog
         self.on_record = on_record
-        self._partitions = partitions
         self._verify_data: list[tuple[np.ndarray, np.ndarray]] | None = None
         self.out = Path(cfg.out) if cfg.out else None
-        self.state = TrainState(np.zeros(data.d), np.zeros(data.d), 0, cfg.data_seed, cfg.delay_seed)
+        self.state = TrainState(np.zeros(self.data.d), np.zeros(self.data.d), 0, cfg.data_seed, cfg.delay_seed)
         self.stopped_early = False
         self.last_loss: float | None = None
         self._log_error: BaseException | None = None   # from a run-log flush run as a loop callback
@@ -125,8 +105,7 @@ class Trainer:
 
     def _verify(self, gradient: np.ndarray) -> float:
         if self._verify_data is None:
-            source = self._partitions or (lambda j: synthetic_partition(self.data, j))
-            self._verify_data = [source(j) for j in range(self.data.partitions)]
+            self._verify_data = [self.job_data.partition(j) for j in range(self.data.partitions)]
         direct = full_gradient(self.data, self.state.params, self._verify_data)
         return float(np.linalg.norm(gradient - direct)) / max(float(np.linalg.norm(direct)), 1e-300)
 
@@ -138,11 +117,11 @@ class Trainer:
                          "(use another --out, or raise --iterations to continue it)", cfg.out,
                          self.state.iteration, cfg.iterations)
             return
-        joined = await _until(c.wait_for_workers(self.code.n, cfg.join_timeout_s), stop)
+        joined = await _until(c.members.wait_for_workers(self.code.n, cfg.join_timeout_s), stop)
         if stop.is_set():
             return
         if not joined:
-            _log.warning("join timeout connected=%d of n=%d; starting anyway", c.connected, self.code.n)
+            _log.warning("join timeout connected=%d of n=%d; starting anyway", c.members.connected, self.code.n)
         N = self.data.samples
         d = self.data.d
         for t in range(self.state.iteration, cfg.iterations):
@@ -175,7 +154,7 @@ class Trainer:
             self.state.iteration = t + 1
             self.metrics.iterations.labels(outcome=outcome.phase.name).inc()
             self.metrics.iteration_latency.observe(outcome.latency_ms / 1e3)
-            self.metrics.connected.set(c.connected)
+            self.metrics.connected.set(c.members.connected)
             self.runlog.add(it, outcome, loss, verify)
             if cfg.checkpoint_every and (t + 1) % cfg.checkpoint_every == 0:
                 # the run log must hold every iteration before the checkpoint, or a resume leaves a gap

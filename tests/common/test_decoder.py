@@ -237,7 +237,7 @@ def loads_under_dead_workers(n: int, smax: int, policy: str) -> dict[int, list[f
     loads: dict[int, list[float]] = {}
     for r in range(smax + 1):
         ms = [first_decoding_partition(decoder, dead) for dead in itertools.combinations(range(n), r)]
-        loads[r] = [math.inf if m is None else code.load(0, m) for m in ms]
+        loads[r] = [math.inf if m is None else code.load(m) for m in ms]
     return loads
 
 

@@ -88,7 +88,7 @@ class Job:
         return self.c.join(wire.JoinAsk(worker_id, preferred_slot, token))
 
     def open_stream(self, slot: int, worker_id: str, session_id: str, token: str) -> Connection:
-        return self.c.open_stream(wire.Hello(slot, session_id, worker_id, token))
+        return self.c.members.open_stream(wire.Hello(slot, session_id, worker_id, token))
 
     def ack(self, conn: Connection, ack: pb.CancelAck) -> None:
         """A CancelAck as the servicer passes it on: decoded (and its times checked) by wire."""

@@ -244,13 +244,13 @@ def test_chunk_of_an_older_iteration_is_discarded_counted_and_never_written() ->
         assert_exact(it0, job.expected(0))
         job.finish_and_ack(it0, conns[:2])
         it1 = job.start(1)
-        before = job.c._buf.copy()
+        before = job.c.buffer.array.copy()
 
         poison = np.full(D, 1e6)
         for chunk in job.chunks(0, 1, 2, poison) + job.chunks(0, 0, 2, poison):
             job.c.on_result(conns[2], chunk)                  # the straggler's late iteration-0 result
 
-        np.testing.assert_array_equal(job.c._buf, before)
+        np.testing.assert_array_equal(job.c.buffer.array, before)
         assert job.c.stale_results == 6 and it0.stale_results == 6
         assert job.discarded("stale") == 6
         job.ack(conns[2], pb.CancelAck(iteration=0, partitions_done=2, finished=True))
@@ -381,8 +381,8 @@ def test_malformed_result_raises_wire_error_and_the_decode_stays_exact(kind: str
             job.c.on_result(conns[0], bad)
 
         assert not it.complete & (1 << job.code.message_id(1, 0))
-        assert np.isfinite(job.c._buf).all()
-        job.c.close_stream(conns[0], "aborted: INVALID_ARGUMENT")   # what the servicer does next
+        assert np.isfinite(job.c.buffer.array).all()
+        job.c.members.close_stream(conns[0], "aborted: INVALID_ARGUMENT")   # what the servicer does next
         retry = job.connect(0)
         job.deliver(retry, 0, 1)
         job.deliver(conns[1], 0, 1)
@@ -398,7 +398,7 @@ def test_partial_row_of_an_aborted_stream_is_never_used() -> None:
         poison = job.chunks(0, 1, 0, np.full(D, 7e7))
         job.c.on_result(conns[0], poison[0])
         job.c.on_result(conns[0], poison[1])
-        job.c.close_stream(conns[0], "client went away")         # end of stream is never completion
+        job.c.members.close_stream(conns[0], "client went away")         # end of stream is never completion
 
         job.deliver(conns[1], 0, 1)
         job.deliver(conns[2], 0, 1)

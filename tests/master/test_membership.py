@@ -50,7 +50,7 @@ def test_reconnecting_worker_id_gets_its_slot_back() -> None:
         first = job.join("pod-a", 2, TOKEN)
         conn = job.open_stream(first.slot, "pod-a", first.session_id, TOKEN)
         again_while_connected = job.join("pod-a", -1, TOKEN)
-        job.c.close_stream(conn, "link cut")
+        job.c.members.close_stream(conn, "link cut")
 
         after_disconnect = job.join("pod-a", 0, TOKEN)       # its old slot wins over the preference
 
@@ -133,13 +133,13 @@ def test_bad_token_is_refused_everywhere_and_never_echoed(token: str) -> None:
         errors = []
         for call in (lambda: job.join("pod-b", -1, token),
                      lambda: job.open_stream(0, "pod-a", grant.session_id, token),
-                     lambda: job.c.check_token(token)):
+                     lambda: job.c.members.check_token(token)):
             with pytest.raises(AuthError) as info:
                 call()
             errors.append(str(info.value))
 
         assert errors == ["join token missing or wrong"] * 3
-        assert job.c.connected == 0
+        assert job.c.members.connected == 0
 
     run(scenario)
 

@@ -446,7 +446,7 @@ def test_rejected_task_keeps_the_worker_connected_to_the_real_master() -> None:
                          "the worker's Ready after the rejection")
 
             assert coordinator.metrics.rejected_by_kind == {"task_rejected_by_worker": 1}
-            assert not run.done() and coordinator.connected == 1
+            assert not run.done() and coordinator.members.connected == 1
             coordinator.shutdown("job finished")
             assert await within(run, "the session to end") is SessionEnd.SHUTDOWN
 

@@ -39,7 +39,7 @@ if [[ ! -f "$stamp" || pyproject.toml -nt "$stamp" || setup.py -nt "$stamp" || -
   [[ -z "$extras" ]] || touch "$VENV/.flexgc-installed"
 fi
 export PATH="$PWD/$VENV/bin:$PATH"
-# large fresh allocations page-fault expensively on small VMs (DESIGN §7): keep big buffers mapped
+# large fresh allocations page-fault expensively on small VMs (docs/design.md §7): keep big buffers mapped
 export MALLOC_MMAP_THRESHOLD_=${MALLOC_MMAP_THRESHOLD_:-268435456}
 export MALLOC_TRIM_THRESHOLD_=${MALLOC_TRIM_THRESHOLD_:-1073741824}
 export MALLOC_TOP_PAD_=${MALLOC_TOP_PAD_:-268435456}

@@ -20,7 +20,7 @@
     (`np.dot(flat, flat)`) is timed too: no decode can be cheaper.
 
 Every measurement runs in spawned child processes, so `--malloc both` times each figure with and
-without the malloc settings of DESIGN §7 (`MALLOC_MMAP_THRESHOLD_` etc.; dev.sh sets them). A repeat
+without the malloc settings of docs/design.md §7 (`MALLOC_MMAP_THRESHOLD_` etc.; dev.sh sets them). A repeat
 is one fresh master/worker pair (or TCP pair) moving the vector `--transfers` times; the first
 transfer of each repeat is a warm-up and dropped; the repeat's figure is the median of the rest. We
 print the median over repeats and its range, and the ratio computed per repeat. Only loopback
@@ -385,7 +385,7 @@ def main() -> None:
     parser.add_argument("--chunk-bytes", type=int, default=1 << 20)
     parser.add_argument("--worker", choices=("stub", "real"), default="stub")
     parser.add_argument("--malloc", choices=("both", "on", "off"), default="on",
-                        help="run the children with the DESIGN §7 malloc settings, without, or both")
+                        help="run the children with the malloc settings of docs/design.md §7, without, or both")
     parser.add_argument("--decode-repeats", type=int, default=15)
     parser.add_argument("--skip", choices=("none", "throughput", "decode"), default="none")
     parser.add_argument("--json", default=None, help="also write the results here")

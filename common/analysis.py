@@ -1,4 +1,4 @@
-"""Iteration latency of every code under a delay model: closed forms and vectorized Monte Carlo (DESIGN §3).
+"""Iteration latency of every code under a delay model: closed forms and vectorized Monte Carlo (docs/design.md §3).
 
 The core is `decode_times`: given per-partition durations ``(trials, n, max_parts)`` in each slot's
 order, message (level l, slot i) arrives when slot i has finished its first ``prefix[l, i]``
@@ -8,7 +8,7 @@ run's recorded compute times into the ideal latency of exactly that realization 
 
 Decodability is decided without linear algebra where the structure allows it:
 
-* ``per-level`` is the paper's rule (DESIGN §2): an MDS level (constructions ``identity``,
+* ``per-level`` is the rule of Maßny et al., arXiv 2212.08580 (docs/design.md §2.8): an MDS level (constructions ``identity``,
   ``cyclic-mds``, ``trig-phase:*``, ``random-orthonormal:*``) decodes once n - s_l of its messages have
   arrived, an order statistic; an FRC level once every group has one finisher (max over groups of min
   over members); the code at the minimum over levels. A level of any other construction falls back to
@@ -61,7 +61,7 @@ def harmonic(m: int) -> float:
 
 
 def expected_latency_crc(n: int, s: int, a: float, mu: float) -> float:
-    """E[T_CRC(s)], model A, p = 0 (DESIGN §3; Tandon et al., arXiv 1612.03301)."""
+    """E[T_CRC(s)], model A, p = 0 (docs/design.md §3.3; Tandon et al., arXiv 1612.03301)."""
     if not 0 <= s < n:
         raise ValueError(f"s={s}; need 0 <= s < n={n}")
     # E[X_(n-s)] for i.i.d. Exp(mu) is (H_n - H_s)/mu
@@ -69,7 +69,7 @@ def expected_latency_crc(n: int, s: int, a: float, mu: float) -> float:
 
 
 def expected_latency_frc(n: int, s: int, a: float, mu: float) -> float:
-    """E[T_FRC(s)], model A, p = 0, (s+1) divides n (DESIGN §3).
+    """E[T_FRC(s)], model A, p = 0, (s+1) divides n (docs/design.md §3.3).
 
     Each of the n/(s+1) groups finishes with its fastest member, X_min ~ Exp((s+1) mu); the max of
     g i.i.d. Exp(lambda) has mean H_g / lambda.

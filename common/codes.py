@@ -1,7 +1,7 @@
 """Gradient codes as data: an ordered partition list per worker slot and one coefficient row per level.
 
-Every family (DESIGN §2) is built into the same `Code` record, so one decoder and one worker loop serve
-them all. Notation follows DESIGN §1: `n` worker slots, `k` partitions (k = n here), tolerances
+Every family (docs/design.md §2) is built into the same `Code` record, so one decoder and one worker loop serve
+them all. Notation follows docs/design.md §1: `n` worker slots, `k` partitions (k = n here), tolerances
 ``levels = (s_0 < ... < s_L)``, coefficient rows ``B[l, i]`` of shape ``(k,)``.
 
 CRC construction (numerical quality is part of the contract, see docs/codes.md):

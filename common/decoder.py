@@ -1,4 +1,4 @@
-"""The one decoder every code shares (DESIGN §2, "Decoding").
+"""The one decoder every code shares (docs/design.md §2.8).
 
 A received message is identified by its message id (``level * n + slot``, see `Code.message_id`) and
 carries the vector ``f = B[level, slot] @ G`` where G stacks the partial gradients ``g_j``. The target
@@ -117,7 +117,7 @@ class Decoder:
 
     def _solve_uncached(self, mask: int) -> Decoding | None:
         if self.policy == "per-level":
-            # the paper's rule: n - s_l messages of one MDS level (even if fewer happen to span 1, as the
+            # the per-level rule of Maßny et al. (arXiv 2212.08580): n - s_l messages of one MDS level (even if fewer happen to span 1, as the
             # CRC(1) rows at even n do); an FRC level once its rows span 1 (every group has a finisher)
             for level in range(self.code.n_levels):
                 sub = mask & self._level_mask[level]

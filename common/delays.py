@@ -1,4 +1,4 @@
-"""Delay models (DESIGN §3) and the ``--delay SPEC`` grammar shared by the analysis and the live worker.
+"""Delay models (docs/design.md §3.1) and the ``--delay SPEC`` grammar shared by the analysis and the live worker.
 
 A spec is a base model, optionally followed by modifiers, joined with ``/``::
 

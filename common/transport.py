@@ -1,6 +1,6 @@
 """Channel and server builders for both sides: message-size limits, keepalive and (m)TLS in one place.
 
-From DESIGN §7: the default 4 MiB receive limit is too small for a 2^20-element float32 vector with
+From docs/design.md §7: the default 4 MiB receive limit is too small for a 2^20-element float32 vector with
 framing, so both ends set the send and receive limits explicitly, and vectors are chunked below them.
 """
 
@@ -13,7 +13,7 @@ import grpc
 
 from flexgc.common.errors import ConfigError
 
-CHUNK_BYTES = 1 << 20            # 1 MiB: the measured sweet spot for gRPC streaming (DESIGN §7)
+CHUNK_BYTES = 1 << 20            # 1 MiB: measured fastest for gRPC streaming (docs/design.md §7)
 MAX_MESSAGE_BYTES = 8 << 20       # every message is a chunk of <= CHUNK_BYTES plus a small header
 # The master's gRPC receive limit is twice the application limit, so a message between the two reaches
 # `wire`, which refuses it with INVALID_ARGUMENT and a counted rejection; beyond that gRPC core answers

@@ -1,4 +1,4 @@
-"""The one module that turns protobuf messages into domain values and back (STYLE §4).
+"""The one module that turns protobuf messages into domain values and back (docs/style.md §4).
 
 Vectors travel as raw little-endian bytes (``<f4`` or ``<f8``) split into chunks of at most
 `chunk_bytes`; the sender makes one ``tobytes()`` per chunk of a flat view, the receiver reads

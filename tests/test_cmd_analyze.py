@@ -23,7 +23,7 @@ def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
 # -- analyze ------------------------------------------------------------------------------------
 
 
-def test_analyze_defaults_show_the_paper_comparison(capsys: pytest.CaptureFixture[str]) -> None:
+def test_analyze_defaults_show_the_nested_vs_crc_comparison(capsys: pytest.CaptureFixture[str]) -> None:
     rc, out, _ = run(capsys, "analyze", "--trials", "20000")
 
     assert rc == 0

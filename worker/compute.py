@@ -1,4 +1,4 @@
-"""Partial-gradient compute for one task, run in a one-thread executor off the event loop (STYLE §7).
+"""Partial-gradient compute for one task, run in a one-thread executor off the event loop (docs/style.md §7).
 
 The worker computes its partitions in the assigned order (i, i+1, ..., i+s_max). Before each
 partition it serves the injected delay as an interruptible wait on the cancel event; the gradient

@@ -1,4 +1,4 @@
-"""Shared cases for the code and decoder tests: every family at every n <= 10 (DESIGN §2).
+"""Shared cases for the code and decoder tests: every family at every n <= 10 (docs/design.md §2).
 
 Tests ask for a fixture name and `pytest_generate_tests` parametrizes them:
 

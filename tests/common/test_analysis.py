@@ -23,7 +23,7 @@ from flexgc.common.decoder import Decoder
 from flexgc.common.delays import parse_delay, sample_durations
 
 MODEL_A = parse_delay("shifted-exp:a=1,mu=1")
-CRC_CHECK = (0.3929, 0.5858, 0.7287, 0.8383, 0.9228)  # DESIGN §3, n = 10, s = 0..4
+CRC_CHECK = (0.3929, 0.5858, 0.7287, 0.8383, 0.9228)  # docs/design.md §3.3, n = 10, s = 0..4
 
 
 def _arrivals(code: Code, durations: np.ndarray) -> np.ndarray:
@@ -37,7 +37,7 @@ def _mask(received: np.ndarray) -> int:
 
 
 def _per_level_rule(code: Code, received: np.ndarray) -> bool:
-    """The paper's per-level rule, written independently: some level has n - s_l messages (MDS levels) or
+    """The per-level rule of Maßny et al., written independently: some level has n - s_l messages (MDS levels) or
     one message from every group of slots sending the same row (FRC levels)."""
     for level in range(code.n_levels):
         got = received[level * code.n:(level + 1) * code.n]
@@ -55,7 +55,7 @@ def _per_level_rule(code: Code, received: np.ndarray) -> bool:
 
 def _assert_earliest(code: Code, durations: np.ndarray, policy: str) -> np.ndarray:
     """Each latency is the earliest instant at which the received set is decodable: for any-span as
-    decided by the shared Decoder itself, for per-level by the paper's rule (which the Decoder accepts)."""
+    decided by the shared Decoder itself, for per-level by the per-level rule (which the Decoder accepts)."""
     times = decode_times(code, durations, policy)
     decoder = Decoder(code, policy)
 
@@ -145,7 +145,7 @@ def test_monte_carlo_other_closed_forms(spec: str, expected: float) -> None:
     assert abs(result.mean / expected - 1) < 0.005
 
 
-def test_nested_per_level_reproduces_paper_value() -> None:
+def test_nested_per_level_reproduces_the_check_value() -> None:
     result = simulate(parse_code("nested:levels=0,1,2,3,decoder=per-level", 10), MODEL_A, 100_000, seed=0)
 
     assert result.mean == pytest.approx(0.385, abs=0.003)

@@ -1,6 +1,6 @@
 """Tests of `flexgc.common.codes`: spec grammar, code structure, nested windows, numerical quality.
 
-Numerical quality (DESIGN §2, STYLE §6): a shipped construction states its worst cond(B_F) and these
+Numerical quality (docs/design.md §2.4, docs/style.md §6): a shipped construction states its worst cond(B_F) and these
 tests check the statement, both against the bound (max_cond = 1e6) and against an independent
 recomputation on straggler patterns that codes.py did not choose.
 """

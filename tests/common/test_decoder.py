@@ -1,5 +1,5 @@
 """Tests of `flexgc.common.decoder`: exact decoding on every tolerated straggler set, nested load and
-policy invariants, the ignore-s approximation, caching and the weighted sum (DESIGN §2 "Decoding").
+policy invariants, the ignore-s approximation, caching and the weighted sum (docs/design.md §2.8).
 
 A message vector is built the way a worker builds it, ``f = B[level, slot] @ G`` in the gradient's
 dtype; the decoded vector must equal ``1^T G = sum_j g_j``.

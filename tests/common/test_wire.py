@@ -1,4 +1,4 @@
-"""The wire module: chunk round trips and every validation error of the receiving side (STYLE §4)."""
+"""The wire module: chunk round trips and every validation error of the receiving side (docs/style.md §4)."""
 
 from __future__ import annotations
 

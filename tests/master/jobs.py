@@ -28,7 +28,7 @@ N, FEATURES = 3, 5
 D = FEATURES + 1                 # gradient plus the trailing loss
 CHUNK_BYTES = 16                 # 2 float64 elements per chunk: every result is 3 chunks
 
-# The lifecycles of STYLE §3 as the coordinator implements them (module docstring of coordinator.py).
+# The lifecycles of docs/design.md §4.7 (docstrings of membership.py and coordinator.py).
 SLOT_MOVES = {
     ("JOINED", "IDLE"), ("IDLE", "IDLE"), ("IDLE", "WORKING"),
     ("WORKING", "CANCELLING"), ("WORKING", "IDLE"), ("CANCELLING", "IDLE"),

@@ -8,11 +8,11 @@ run's recorded compute times into the ideal latency of exactly that realization 
 
 Decodability is decided without linear algebra where the structure allows it:
 
-* ``per-level`` is the rule of Maßny et al., arXiv 2212.08580 (docs/design.md §2.8): an MDS level (constructions ``identity``,
-  ``cyclic-mds``, ``trig-phase:*``, ``random-orthonormal:*``) decodes once n - s_l of its messages have
-  arrived, an order statistic; an FRC level once every group has one finisher (max over groups of min
-  over members); the code at the minimum over levels. A level of any other construction falls back to
-  the Decoder's per-level test.
+* ``per-level`` is the rule of Maßny et al., arXiv 2212.08580 (docs/design.md §2.8): an MDS level
+  (constructions ``identity``, ``cyclic-mds``, ``trig-phase:*``, ``random-orthonormal:*``) decodes once
+  n - s_l of its messages have arrived, an order statistic; an FRC level once every group has one
+  finisher (max over groups of min over members); the code at the minimum over levels. A level of any
+  other construction falls back to the Decoder's per-level test.
 * ``uncoded`` is the s = 0 MDS case; ``ignore:s=S`` takes the (n-S)-th arrival (approximate);
   ``multimessage`` decodes once every partition was sent by someone.
 * ``any-span`` is exactly the shared Decoder: the all-ones row in the span of everything received.

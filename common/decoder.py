@@ -117,8 +117,9 @@ class Decoder:
 
     def _solve_uncached(self, mask: int) -> Decoding | None:
         if self.policy == "per-level":
-            # the per-level rule of Maßny et al. (arXiv 2212.08580): n - s_l messages of one MDS level (even if fewer happen to span 1, as the
-            # CRC(1) rows at even n do); an FRC level once its rows span 1 (every group has a finisher)
+            # the per-level rule of Maßny et al. (arXiv 2212.08580): n - s_l messages of one MDS level (even
+            # if fewer happen to span 1, as the CRC(1) rows at even n do); an FRC level once its rows span 1
+            # (every group has a finisher)
             for level in range(self.code.n_levels):
                 sub = mask & self._level_mask[level]
                 if self._mds[level] and sub.bit_count() < self.code.n - self.code.levels[level]:

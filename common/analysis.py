@@ -411,6 +411,7 @@ class SimResult:
     closed_form: float | None
 
     def as_dict(self) -> dict[str, object]:
+        """The result as plain numbers (JSON-ready)."""
         return {f: getattr(self, f) for f in self.__slots__}  # type: ignore[attr-defined]
 
 

@@ -85,6 +85,7 @@ class Code:
 
     @property
     def n_levels(self) -> int:
+        """Number of levels L (a plain code has one)."""
         return len(self.levels)
 
     @property
@@ -94,6 +95,7 @@ class Code:
 
     @property
     def n_messages(self) -> int:
+        """Number of distinct coded messages, L * n (one per level and slot)."""
         return self.n_levels * self.n
 
     def message_id(self, level: int, slot: int) -> int:

@@ -39,10 +39,12 @@ class Option:
 
     @property
     def flag(self) -> str:
+        """The command-line flag, e.g. --deadline-s."""
         return "--" + self.name.replace("_", "-")
 
     @property
     def env(self) -> str:
+        """The environment variable, e.g. FLEXGC_DEADLINE_S."""
         return "FLEXGC_" + self.name.upper()
 
 
@@ -140,9 +142,11 @@ class MasterConfig(_Tls):
 
     @classmethod
     def from_values(cls, values: Mapping[str, Any]) -> MasterConfig:
+        """The config of resolved option values (every field present)."""
         return cls(**{f.name: values[f.name] for f in fields(cls)})
 
     def redacted(self) -> dict[str, Any]:
+        """The fields as a dict with the token masked (for logs and summaries)."""
         out = {f.name: getattr(self, f.name) for f in fields(self)}
         if out.get("token"):
             out["token"] = "***"
@@ -175,10 +179,12 @@ class WorkerConfig(_Tls):
 
     @property
     def identity(self) -> str:
+        """The worker's stable id: --worker-id, or the hostname."""
         return self.worker_id or socket.gethostname()
 
     @classmethod
     def from_values(cls, values: Mapping[str, Any]) -> WorkerConfig:
+        """The config of resolved option values (every field present)."""
         return cls(**{f.name: values[f.name] for f in fields(cls)})
 
 
@@ -279,5 +285,6 @@ def master_config(**overrides: Any) -> MasterConfig:
 
 
 def worker_config(**overrides: Any) -> WorkerConfig:
+    """Defaults plus overrides (for tests and local clusters); validated like the CLI."""
     values = resolve(WORKER_OPTIONS, overrides, {}, None)
     return WorkerConfig.from_values(values)

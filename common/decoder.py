@@ -48,6 +48,7 @@ class Decoding:
 
 
 def mask_of(messages: Iterable[int]) -> int:
+    """Bitmask of a set of message ids."""
     mask = 0
     for m in messages:
         mask |= 1 << m
@@ -55,6 +56,7 @@ def mask_of(messages: Iterable[int]) -> int:
 
 
 def ids_of(mask: int) -> list[int]:
+    """Message ids set in a bitmask, ascending."""
     out, m = [], mask
     while m:
         low = m & -m
@@ -106,6 +108,7 @@ class Decoder:
         return result
 
     def decodable(self, received: Iterable[int] | int) -> bool:
+        """Whether the messages in `mask` decode under this decoder's policy."""
         return self.solve(received) is not None
 
     def _covers(self, mask: int) -> bool:
@@ -185,6 +188,7 @@ class Decoder:
         return out
 
     def cache_info(self) -> dict[str, int]:
+        """Hits, misses and size of the per-arrival-pattern cache."""
         return {"size": len(self._cache), "hits": self.hits, "misses": self.misses}
 
 

@@ -98,6 +98,7 @@ class DelayModel:
         return mask
 
     def check_slots(self, n: int) -> None:
+        """Raise ConfigError if a slow or dead slot is not one of the n slots."""
         for name, slots in [("slow", s.slots) for s in self.slow] + [("dead", self.dead)]:
             bad = [i for i in slots if i >= n]
             if bad:

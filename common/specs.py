@@ -13,6 +13,8 @@ from flexgc.common.errors import ConfigError
 
 @dataclass(frozen=True, slots=True)
 class Spec:
+    """A parsed FAMILY:key=value,... spec; `text` is what the user wrote."""
+
     family: str
     params: dict[str, str]
     text: str
@@ -45,6 +47,7 @@ def parse_spec(text: str, field: str) -> Spec:
 
 
 def as_int(spec: Spec, key: str, field: str, *, minimum: int | None = None) -> int:
+    """Integer value of `key`, or ConfigError naming the field and the spec."""
     raw = spec.params[key]
     try:
         value = int(raw)
@@ -57,6 +60,7 @@ def as_int(spec: Spec, key: str, field: str, *, minimum: int | None = None) -> i
 
 def as_float(spec: Spec, key: str, field: str, *, minimum: float | None = None,
              maximum: float | None = None, strict_min: bool = False) -> float:
+    """Finite float value of `key` within the bounds, or ConfigError naming the field and the spec."""
     raw = spec.params[key]
     try:
         value = float(raw)
@@ -73,6 +77,7 @@ def as_float(spec: Spec, key: str, field: str, *, minimum: float | None = None,
 
 
 def as_int_list(spec: Spec, key: str, field: str, sep: str = ",") -> tuple[int, ...]:
+    """Integers of `key` separated by ',' or '+', or ConfigError naming the field and the spec."""
     raw = spec.params[key]
     try:
         return tuple(int(x) for x in raw.replace("+", ",").split(",") if x.strip() != "")
@@ -82,6 +87,7 @@ def as_int_list(spec: Spec, key: str, field: str, sep: str = ",") -> tuple[int, 
 
 
 def reject_unknown(spec: Spec, allowed: set[str], field: str) -> None:
+    """ConfigError naming the keys of `spec` that its family does not take."""
     unknown = sorted(set(spec.params) - allowed)
     if unknown:
         raise ConfigError(f"{field}={spec.text!r}: unknown option {', '.join(unknown)}; "

@@ -38,6 +38,7 @@ class TlsConfig:
 
     @property
     def enabled(self) -> bool:
+        """Whether any certificate is configured (then the connection is TLS)."""
         return bool(self.cert or self.key or self.ca)
 
 
@@ -56,16 +57,19 @@ def _limits(max_message_bytes: int) -> list[tuple[str, int]]:
 
 
 def server_options(max_message_bytes: int = MAX_MESSAGE_BYTES) -> list[tuple[str, int]]:
+    """gRPC server options: message limits (receive twice the send limit, see above) and keepalive."""
     return [("grpc.max_send_message_length", max_message_bytes),
             ("grpc.max_receive_message_length", 2 * max_message_bytes), *_KEEPALIVE, ("grpc.so_reuseport", 0),
             ("grpc.http2.min_ping_interval_without_data_ms", 5_000)]
 
 
 def channel_options(max_message_bytes: int = MAX_MESSAGE_BYTES) -> list[tuple[str, int]]:
+    """gRPC channel options: message limits and keepalive."""
     return [*_limits(max_message_bytes), *_KEEPALIVE]
 
 
 def server_credentials(tls: TlsConfig) -> grpc.ServerCredentials | None:
+    """Server TLS credentials (client certificates required when a CA is given), or None."""
     if not tls.enabled:
         return None
     if not (tls.cert and tls.key):
@@ -79,6 +83,7 @@ def server_credentials(tls: TlsConfig) -> grpc.ServerCredentials | None:
 
 
 def channel_credentials(tls: TlsConfig) -> grpc.ChannelCredentials | None:
+    """Channel TLS credentials (with a client certificate for mTLS), or None."""
     if not tls.enabled:
         return None
     if bool(tls.cert) != bool(tls.key):
@@ -90,6 +95,7 @@ def channel_credentials(tls: TlsConfig) -> grpc.ChannelCredentials | None:
 
 
 def aio_server(max_message_bytes: int = MAX_MESSAGE_BYTES) -> grpc.aio.Server:
+    """A grpc.aio server with flexgc's limits and keepalive."""
     return grpc.aio.server(options=server_options(max_message_bytes))
 
 
@@ -104,6 +110,7 @@ def bind(server: grpc.aio.Server, address: str, tls: TlsConfig) -> int:
 
 def aio_channel(target: str, tls: TlsConfig, max_message_bytes: int = MAX_MESSAGE_BYTES,
                 server_name: str | None = None) -> grpc.aio.Channel:
+    """A grpc.aio channel to `target` with flexgc's limits, keepalive and (m)TLS."""
     creds = channel_credentials(tls)
     options = channel_options(max_message_bytes)
     if server_name:

@@ -4,6 +4,11 @@ Vectors travel as raw little-endian bytes (``<f4`` or ``<f8``) split into chunks
 `chunk_bytes`; the sender makes one ``tobytes()`` per chunk of a flat view, the receiver reads
 ``msg.data`` once, checks dtype, offset, size and finiteness, and fills its row of a preallocated
 buffer. Only an explicit ``last`` flag ends a result. Nothing is ever pickled.
+
+Sections: vectors and timings, results (worker -> master), tasks (master -> worker), join, the Work
+stream's control messages, partitions, error kinds. The module is longer than the ~600 lines the project
+keeps others to, on purpose: every protobuf message of the protocol is built or read here and nowhere
+else, so a change of the protocol is a change of this one file.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ WIRE_DTYPES: dict[str, np.dtype] = {"<f4": np.dtype("<f4"), "<f8": np.dtype("<f8
 
 
 def wire_dtype(dtype: str | np.dtype) -> str:
+    """The wire name (<f4 or <f8) of a float32/float64 dtype, or WireError."""
     dt = np.dtype(dtype)
     if dt.kind == "f" and dt.itemsize in (4, 8):
         return "<f4" if dt.itemsize == 4 else "<f8"
@@ -32,6 +38,7 @@ def wire_dtype(dtype: str | np.dtype) -> str:
 
 
 def numpy_dtype(name: str) -> np.dtype:
+    """The numpy dtype of a wire name (<f4 or <f8), or WireError."""
     try:
         return WIRE_DTYPES[name]
     except KeyError:
@@ -61,11 +68,14 @@ def _flat_le(vector: np.ndarray) -> np.ndarray:
 
 @dataclass(slots=True)
 class PartitionTimes:
+    """Measured compute and injected delay per finished partition, in ms, in compute order."""
+
     compute_ms: list[float] = field(default_factory=list)
     delay_ms: list[float] = field(default_factory=list)
 
 
 def times_to_proto(times: PartitionTimes) -> pb.PartitionTimes:
+    """The PartitionTimes message of `times`."""
     return pb.PartitionTimes(compute_ms=times.compute_ms, delay_ms=times.delay_ms)
 
 
@@ -111,6 +121,8 @@ def result_chunks(iteration: int, slot: int, level: int, vector: np.ndarray, chu
 
 @dataclass(slots=True)
 class ChunkHeader:
+    """What a result chunk says about itself, validated (its bytes are read by accept_chunk)."""
+
     iteration: int
     slot: int
     level: int
@@ -174,6 +186,8 @@ def accept_chunk(row: np.ndarray, filled: int, chunk: pb.ResultChunk) -> int:
 
 @dataclass(frozen=True, slots=True)
 class TaskHeader:
+    """A Task's header, validated: iteration, dtype and length of the parameters, levels to compute."""
+
     iteration: int
     dtype: str
     total_elements: int
@@ -281,16 +295,19 @@ class SlotCode:
     signaling: str
 
     def levels_completed_by(self, m: int) -> list[int]:
+        """Levels whose message this slot can send right after its m-th partition."""
         return [level for level, p in enumerate(self.level_prefix) if p == m]
 
 
 def slot_code_to_proto(sc: SlotCode) -> pb.SlotCode:
+    """The SlotCode message of `sc`."""
     return pb.SlotCode(partitions=sc.partitions, level_prefix=sc.level_prefix,
                        level_tolerance=sc.level_tolerance,
                        coefficients=sc.coefficients.reshape(-1).tolist(), signaling=sc.signaling)
 
 
 def slot_code_from_proto(msg: pb.SlotCode, k: int) -> SlotCode:
+    """A slot's code from the JoinReply, checked (partitions, prefixes, coefficients, signaling)."""
     parts = tuple(msg.partitions)
     prefix = tuple(msg.level_prefix)
     L, m = len(prefix), len(parts)
@@ -347,15 +364,18 @@ class JobInfo:
 
 
 def join_request(ask: JoinAsk) -> pb.JoinRequest:
+    """The JoinRequest of `ask`."""
     return pb.JoinRequest(worker_id=ask.worker_id, preferred_slot=ask.preferred_slot, token=ask.token,
                           version=ask.version)
 
 
 def join_ask(msg: pb.JoinRequest) -> JoinAsk:
+    """The domain value of a JoinRequest."""
     return JoinAsk(msg.worker_id, msg.preferred_slot, msg.token, msg.version)
 
 
 def join_reply(grant: JoinGrant, job: JobInfo) -> pb.JoinReply:
+    """The JoinReply for `grant` in `job`."""
     d = job.data
     return pb.JoinReply(
         slot=grant.slot, session_id=grant.session_id, n=job.n, k=job.k, code_spec=job.code_spec,
@@ -549,6 +569,8 @@ def master_message(event: Cancel | Pull | Shutdown) -> pb.MasterMessage:
 
 @dataclass(frozen=True, slots=True)
 class PartitionAsk:
+    """A worker's request for one partition of the master's data."""
+
     slot: int
     partition: int
     session_id: str
@@ -556,10 +578,12 @@ class PartitionAsk:
 
 
 def partition_request(ask: PartitionAsk) -> pb.PartitionRequest:
+    """The PartitionRequest of `ask`."""
     return pb.PartitionRequest(slot=ask.slot, partition=ask.partition, session_id=ask.session_id, token=ask.token)
 
 
 def partition_ask(msg: pb.PartitionRequest) -> PartitionAsk:
+    """The domain value of a PartitionRequest."""
     return PartitionAsk(msg.slot, msg.partition, msg.session_id, msg.token)
 
 
@@ -583,6 +607,7 @@ class PartitionReceiver:
         self._filled: dict[str, int] = {}
 
     def accept(self, chunk: pb.PartitionChunk) -> None:
+        """Write one chunk after what its array holds, or WireError (nothing written)."""
         j = self.partition
         if chunk.name not in ("X", "y") or chunk.dtype != "<f8":
             raise WireError(f"partition {j}: unexpected array {chunk.name!r} dtype {chunk.dtype!r}")

@@ -38,6 +38,7 @@ def _r(x: float | None, nd: int = 3) -> float | None:
 
 def iteration_record(code: Code, it: Iteration, outcome: Outcome, loss: float | None,
                      verify_rel_err: float | None = None) -> dict[str, Any]:
+    """The run-log record of one finished iteration (schema flexgc.run.v1, see above)."""
     dec = outcome.decoding
     used = set(dec.messages) if dec is not None else set()
     rows_used = ([[code.message_of(m)[1], code.message_of(m)[0], float(w)] for m, w in
@@ -123,9 +124,11 @@ class RunLog:
             self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND)
 
     def add(self, it: Iteration, outcome: Outcome, loss: float | None, verify: float | None) -> None:
+        """Queue a finished iteration; its record is written once it is settled (see flush)."""
         self._pending[it.number] = (it, outcome, loss, verify)
 
     def flush(self, code: Code, force: bool = False, newest: int | None = None) -> list[dict[str, Any]]:
+        """Write the queued records, in order, that are settled, at least 2 behind `newest`, or all (`force`)."""
         out = []
         for number in sorted(self._pending):
             it, outcome, loss, verify = self._pending[number]
@@ -142,11 +145,13 @@ class RunLog:
         return out
 
     def close(self) -> None:
+        """Close run.jsonl."""
         if self.path is not None:
             os.close(self._fd)
 
 
 def summarize(code: Code, records: list[dict[str, Any]], extra: dict[str, Any]) -> dict[str, Any]:
+    """summary.json's figures from the slim records of a run (plus `extra`)."""
     lat = np.array([r["latency_ms"] for r in records if r["outcome"] != "FAILED"], dtype=float)
     outcomes = [r["outcome"] for r in records]
     loads = [x for r in records for x in r["loads"]]

@@ -43,6 +43,8 @@ HISTORY = 4  # finished iterations kept for answers that arrive late (acks, task
 
 
 class IterationPhase(enum.Enum):
+    """Lifecycle of one iteration; the terminal phase is its outcome."""
+
     SCHEDULED = 1
     COLLECTING = 2
     EXACT = 3
@@ -51,6 +53,7 @@ class IterationPhase(enum.Enum):
 
     @property
     def terminal(self) -> bool:
+        """EXACT, APPROXIMATE or FAILED: the iteration is over."""
         return self in (IterationPhase.EXACT, IterationPhase.APPROXIMATE, IterationPhase.FAILED)
 
 
@@ -134,6 +137,7 @@ class Iteration:
         return not self.awaiting
 
     def now_ms(self) -> float:
+        """Milliseconds since the iteration started (the run log's clock)."""
         return (time.perf_counter() - self.started) * 1e3
 
 

@@ -39,6 +39,8 @@ JOIN_GRACE_S = 5.0  # a slot granted by Join stays its worker's this long before
 
 
 class SlotState(enum.Enum):
+    """Lifecycle of one live connection of a slot."""
+
     JOINED = 1
     IDLE = 2
     WORKING = 3
@@ -197,6 +199,7 @@ class Membership:
 
     @property
     def connected(self) -> int:
+        """Number of live connections."""
         return len(self.connections)
 
     async def wait_for_workers(self, count: int, timeout_s: float) -> bool:

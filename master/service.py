@@ -51,6 +51,7 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
         self._data = data or JobData(job.data)
 
     async def Join(self, request: pb.JoinRequest, context: grpc.aio.ServicerContext) -> pb.JoinReply:
+        """A slot for the worker and the job's description, or a status naming why not."""
         try:
             grant = self._coordinator.join(wire.join_ask(request))
         except _ERRORS as exc:
@@ -59,6 +60,7 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
 
     async def Work(self, request_iterator: AsyncIterator[pb.WorkerMessage],
                    context: grpc.aio.ServicerContext) -> AsyncIterator[pb.MasterMessage | wire.Preserialized]:
+        """One worker's session: hello, then tasks out and results in until the job or the stream ends."""
         c = self._coordinator
         try:
             first = await asyncio.wait_for(anext(aiter(request_iterator)), HELLO_TIMEOUT_S)
@@ -118,6 +120,7 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
 
     async def FetchPartition(self, request: pb.PartitionRequest,
                              context: grpc.aio.ServicerContext) -> AsyncIterator[pb.PartitionChunk]:
+        """The rows of one partition the asking slot holds, in chunks."""
         c = self._coordinator
         try:
             X, y = self._data.rows_for(wire.partition_ask(request), c.members, c.code)

@@ -54,12 +54,14 @@ class TrainState:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def save(self, path: Path) -> None:
+        """Write the state to `path` atomically (npz, no pickle)."""
         write_atomic(path, lambda fh: np.savez(fh, params=self.params, velocity=self.velocity,
                                                iteration=self.iteration, data_seed=self.data_seed,
                                                delay_seed=self.delay_seed, extra=json.dumps(self.extra)))
 
     @classmethod
     def load(cls, path: Path) -> TrainState:
+        """The state saved at `path`."""
         with np.load(path, allow_pickle=False) as f:
             return cls(params=f["params"].copy(), velocity=f["velocity"].copy(),
                        iteration=int(f["iteration"]), data_seed=int(f["data_seed"]),

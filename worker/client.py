@@ -43,6 +43,8 @@ _FATAL = {grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED,
 
 
 class WorkerState(enum.Enum):
+    """Lifecycle of the worker's current task on one stream."""
+
     IDLE = 1
     RECEIVING = 2   # task header seen, parameters arriving
     WORKING = 3
@@ -96,6 +98,7 @@ class Session:
         self._cancelled_through = -1      # results of iterations up to this one are not sent any more
 
     def advance(self, to: WorkerState) -> None:
+        """Move to `to`, or raise InvalidTransitionError if the table does not allow it."""
         if (self.state.name, to.name) not in _MOVES:
             raise InvalidTransitionError(f"worker slot={self.slot} {self.state.name}->{to.name}")
         self.state = to

@@ -8,6 +8,7 @@
   const COLORS = DATA.timeline_colors;
   const PALETTE = DATA.palette;
   const POLL_MS = 500;
+  const CHART_EVERY_MS = 1000; // live: redraw the charts at most this often (the timeline: every poll)
   const state = { runs: DATA.runs, charts: DATA.charts, iteration: null, shown: [], renders: 0, version: DATA.version };
   const $ = (id) => document.getElementById(id);
   const config = { responsive: true, displaylogo: false };
@@ -225,6 +226,7 @@
       yaxis: { type: "category", categoryorder: "array", categoryarray: lanes, autorange: "reversed",
         tickvals: lanes, ticktext: lanes.map((l, s) => (stragglers.has(s) ? `${l} (straggler)` : l)),
         fixedrange: true },
+      template: DATA.template,
     };
     return { data: traces, layout: layout };
   }
@@ -275,7 +277,21 @@
 
   // -------------------------------------------------------------------------------------------------- charts
 
+  let chartsDrawnAt = 0;
+  let chartsTimer = null;
+
+  // live: at most one chart redraw per CHART_EVERY_MS (Plotly redraws all eight), the last one always
+  function scheduleCharts() {
+    if (chartsTimer !== null) return;
+    const wait = Math.max(0, chartsDrawnAt + CHART_EVERY_MS - Date.now());
+    chartsTimer = setTimeout(() => {
+      chartsTimer = null;
+      renderCharts();
+    }, wait);
+  }
+
   function renderCharts() {
+    chartsDrawnAt = Date.now();
     const box = $("charts");
     for (const chart of state.charts) {
       let div = $(`chart-${chart.key}`);
@@ -286,7 +302,7 @@
         div.title = chart.note || "";
         box.appendChild(div);
       }
-      Plotly.react(div, chart.data, chart.layout, config);
+      Plotly.react(div, chart.data, Object.assign({ template: DATA.template }, chart.layout), config);
       if (chart.key === "latency" && !div.dataset.bound) {
         div.dataset.bound = "1";
         div.on("plotly_click", (ev) => {
@@ -309,7 +325,7 @@
     state.charts = update.charts;
     state.version = update.version;
     renderHeader();
-    renderCharts();
+    scheduleCharts();
   }
 
   async function poll() {

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from importlib import resources
 from typing import Any
 
-from flexgc.plots import PALETTE, plotly_figure, plotly_js
+from flexgc.plots import PALETTE, plotly_figure, plotly_js, plotly_template
 from flexgc.report.charts import TIMELINE_COLORS, TIMELINE_TRACES, summary_charts
 from flexgc.report.data import RunData, generator_identity, run_labels, select_iterations
 
@@ -49,7 +49,8 @@ def page_data(runs: Sequence[RunData], timeline_max: int | None = None, live: bo
         metas.append(meta)
     return {"live": live, "version": version, "palette": PALETTE, "generated": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
             "generator": generator_identity(), "timeline_note": note, "timeline_traces": TIMELINE_TRACES,
-            "timeline_colors": TIMELINE_COLORS, "runs": metas, "charts": charts_payload(runs, labels)}
+            "timeline_colors": TIMELINE_COLORS, "template": plotly_template(), "runs": metas,
+            "charts": charts_payload(runs, labels)}
 
 
 def _asset(name: str) -> str:

@@ -117,12 +117,15 @@ def _handler(viewer: Viewer) -> type[BaseHTTPRequestHandler]:
                                                                      allow_nan=False).encode())
 
         def _send(self, status: HTTPStatus, ctype: str, body: bytes) -> None:
-            self.send_response(status)
-            self.send_header("Content-Type", ctype)
-            self.send_header("Content-Length", str(len(body)))
-            self.send_header("Cache-Control", "no-store")
-            self.end_headers()
-            self.wfile.write(body)
+            try:
+                self.send_response(status)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(body)))
+                self.send_header("Cache-Control", "no-store")
+                self.end_headers()
+                self.wfile.write(body)
+            except (BrokenPipeError, ConnectionResetError):
+                _log.debug("client left path=%s", self.path)  # a closed tab or browser: nothing to answer
 
         def log_message(self, format: str, *args: Any) -> None:
             _log.debug("request " + format, *args)

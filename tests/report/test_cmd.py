@@ -110,3 +110,17 @@ def test_bench_and_demo_report_every_run_below_a_folder(real_run: Path, real_crc
     monkeypatch.setitem(sys.modules, "plotly", None)  # find_spec then reports it missing
     assert write_report_if_available(dirs, tmp_path / "none.html") is None
     assert "flexgc[report]" in caplog.text and not (tmp_path / "none.html").exists()
+
+
+def test_every_chart_of_a_report_passes_plotlys_validation(real_run: Path, real_crc_run: Path) -> None:
+    go = pytest.importorskip("plotly.graph_objects")
+    from flexgc.plots import plotly_figure, plotly_template
+    from flexgc.report.charts import summary_charts, timeline_chart
+    from flexgc.report.data import RunData, run_labels
+
+    runs = [RunData.open(real_run), RunData.open(real_crc_run)]
+    charts = [*summary_charts(runs, run_labels(runs)), timeline_chart(runs[0], 0, "x")]
+    for chart in charts:
+        fig = plotly_figure(chart)
+        fig["layout"]["template"] = plotly_template()
+        go.Figure(fig)  # raises on anything plotly.js would not understand

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import sys
 
+import plotly.graph_objects as go
 import pytest
 
 from flexgc.common.errors import ConfigError
-from flexgc.plots import Chart, Series, plotly_figure, save, save_static
+from flexgc.plots import Chart, Series, plotly_figure, plotly_js, plotly_template, save, save_static
 
 
 def _chart() -> Chart:
@@ -21,8 +22,9 @@ def _chart() -> Chart:
     ], categories=lanes, xrange=(0.0, 6.0))
 
 
-def test_plotly_figure_validates_and_keeps_every_series() -> None:
+def test_plotly_figure_is_valid_and_keeps_every_series() -> None:
     fig = plotly_figure(_chart())
+    go.Figure(fig)  # plotly's own validation: raises on a trace or layout key plotly.js does not know
     assert [t["name"] for t in fig["data"]] == ["line", "step", "bars", "marks", "decode"]
     bars = fig["data"][2]
     assert (bars["type"], bars["orientation"], bars["base"], bars["x"]) == ("bar", "h", [0.0, 1.0], [3.0, 4.0])
@@ -60,6 +62,12 @@ def test_unknown_suffix_names_the_allowed_ones(tmp_path) -> None:
 
 
 def test_missing_plotly_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(sys.modules, "plotly.graph_objects", None)  # import fails
+    for name in ("plotly.io", "plotly.offline"):
+        monkeypatch.setitem(sys.modules, name, None)  # import fails
+    plotly_template.cache_clear()
     with pytest.raises(ConfigError, match=r"flexgc\[report\]"):
-        plotly_figure(_chart())
+        plotly_js()
+    with pytest.raises(ConfigError, match=r"flexgc\[report\]"):
+        plotly_template()
+    monkeypatch.undo()
+    plotly_template.cache_clear()

@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Any, get_args, get_type_hints
 
 from flexgc.common.errors import ConfigError
-from flexgc.common.models import MODELS
+from flexgc.common.models import MODELS, parse_model
+from flexgc.common.optim import parse_optimizer
 
 DTYPES = ("float64", "float32")
 ON_DEADLINE = ("fail", "approximate")
@@ -89,15 +90,24 @@ class MasterConfig(_Tls):
     code: str = option("nested:levels=0,1,2,3", "code spec, e.g. crc:s=2, nested:levels=0,1,2,3")
     iterations: int = option(20, "stop after this many iterations", minimum=1)
     target_loss: float | None = option(None, "stop early once the mean loss is at or below this")
-    model: str = option("logistic", "model", choices=MODELS)
+    model: str = option("logistic", f"model: {', '.join(MODELS)} (jax-*: extra flexgc[jax], e.g. jax-mlp:hidden=128, "
+                        "jax-cnn:channels=32,hidden=64,dtype=float64) or a user model MODULE:FACTORY[,key=value...] "
+                        "(docs/models.md)")
     data: str = option("synthetic", "synthetic, PATH.npz (X, y), PATH.csv (last column y) or sklearn:NAME")
     samples: int = option(20_000, "rows of the synthetic dataset", minimum=1)
     features: int = option(100, "features of the synthetic dataset", minimum=1)
-    classes: int = option(2, "classes (softmax)", minimum=2)
+    classes: int = option(2, "classes of the synthetic dataset (softmax, jax-*)", minimum=2)
     data_seed: int = option(0, "seed of the synthetic dataset", minimum=0)
     dtype: str = option("float64", "dtype of vectors on the wire", choices=DTYPES)
     lr: float = option(0.5, "learning rate", minimum=0.0)
     momentum: float = option(0.0, "heavy-ball momentum in [0, 1)", minimum=0.0)
+    optimizer: str = option("gd", "optimizer spec: gd (heavy-ball with --lr, --momentum), sgd:lr=0.01,momentum=0.9, "
+                            "adam:lr=1e-3, adamw:lr=1e-3,weight_decay=1e-4, with schedule=cosine|warmup-cosine|"
+                            "exponential,steps=N (optax: extra flexgc[jax]; common/optim.py)")
+    init_seed: int = option(0, "seed of the model's initial parameters", minimum=0)
+    batch_size: int = option(0, "mini-batch rows per partition and iteration, drawn from a seeded schedule the "
+                             "workers share (0: full batch)", minimum=0)
+    batch_seed: int = option(0, "seed of the mini-batch schedule", minimum=0)
     deadline_s: float = option(30.0, "per-iteration deadline when more than s_max workers straggle (0: wait "
                                "forever)", minimum=0.0)
     on_deadline: str = option("fail", "what happens at the deadline", choices=ON_DEADLINE)
@@ -106,6 +116,8 @@ class MasterConfig(_Tls):
                              minimum=0)
     out: str | None = option(None, "run directory: run.jsonl, summary.json, params.npy, checkpoint.npz")
     checkpoint_every: int = option(10, "write a checkpoint every K iterations (0: only on SIGTERM)", minimum=0)
+    snapshot_every: int = option(0, "also keep the parameters after every K-th iteration in "
+                                 "OUT/snapshots/params-ITERATION.npy (0: off)", minimum=0)
     resume: bool = option(True, "resume from OUT/checkpoint.npz when it exists")
     metrics_port: int = option(0, "Prometheus metrics port (0: off)", minimum=0)
     join_timeout_s: float = option(120.0, "how long to wait for the first n workers", minimum=0.0)
@@ -132,6 +144,8 @@ class MasterConfig(_Tls):
             raise ConfigError(f"max_workers={self.max_workers}; must be 0 or >= workers={self.workers}")
         if self.model == "logistic" and self.classes != 2:
             raise ConfigError(f"classes={self.classes}; logistic regression has 2 classes (use model=softmax)")
+        parse_model(self.model)
+        parse_optimizer(self.optimizer, self.lr, self.momentum)
         try:
             parse_code(self.code, self.workers)
         except ConfigError as exc:  # name the code once (it may be the default); its errors name n
@@ -164,8 +178,12 @@ class WorkerConfig(_Tls):
     delay: str | None = option(None, "override the master's injected delay spec for this worker")
     server_name: str | None = option(None, "TLS server name to verify (default: the host in --master)")
     reconnect_max_s: float = option(5.0, "maximum reconnect backoff", minimum=0.01)
+    join_timeout_s: float = option(0.0, "give up (exit 1) after this long without a successful join (0: retry "
+                                   "forever)", minimum=0.0)
     linger: bool = option(False, "after the master's Shutdown, stay idle until SIGTERM instead of exiting")
     rows_per_chunk: int = option(4096, "rows per compute chunk (cancel is noticed between chunks)", minimum=1)
+    model_modules: str | None = option(None, "comma-separated modules (and their submodules) a master may name "
+                                       "in --model MODULE:FACTORY; the worker imports no other (default: none)")
     blas_threads: int = option(1, "BLAS threads in this process (several workers share the cores)", minimum=1)
 
     def __post_init__(self) -> None:

@@ -39,3 +39,16 @@ class AuthError(FlexgcError):
 
 class JobFinishedError(FlexgcError):
     """The job is over (a lingering master answers joins with this)."""
+
+
+class SlotsFullError(FlexgcError):
+    """No slot can be granted now: every one is held by a live worker, reserved for a disconnected one, or
+    granted moments ago to a worker about to connect."""
+
+
+class AlreadyConnectedError(FlexgcError):
+    """Another live process already holds this worker id's slot (two workers share one --worker-id)."""
+
+
+class RateLimitedError(FlexgcError):
+    """A peer sent more requests than the master accepts per second."""

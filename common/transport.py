@@ -118,3 +118,32 @@ def aio_channel(target: str, tls: TlsConfig, max_message_bytes: int = MAX_MESSAG
     if creds:
         return grpc.aio.secure_channel(target, creds, options=options)
     return grpc.aio.insecure_channel(target, options=options)
+
+
+def describe_failure(code: grpc.StatusCode, details: str, target: str, tls: TlsConfig) -> str:
+    """One line saying why a call to `target` failed, in words a user can act on (what gRPC says of a
+    refused port, an unknown host or a failed TLS handshake, read together with this side's TLS setup)."""
+    text = details or ""
+    if code is not grpc.StatusCode.UNAVAILABLE:
+        return f"{code.name}: {text}" if text else code.name
+    if "Connection refused" in text:
+        return f"connection refused by {target} (is the master running and listening on that port?)"
+    if "resolving" in text or "Domain name not found" in text or "DNS" in text:
+        return f"cannot resolve the host of {target}"
+    if "CERTIFICATE_VERIFY_FAILED" in text:
+        return (f"TLS handshake with {target} failed: the master's certificate is not signed by the CA in "
+                f"--tls-ca (unknown CA)")
+    if "WRONG_VERSION_NUMBER" in text or ("handshake" in text.lower() and not tls.enabled):
+        return f"TLS handshake with {target} failed: the master does not speak TLS (drop --tls-ca)"
+    if "Socket closed" in text or "handshake" in text.lower():
+        if not tls.enabled:
+            return (f"{target} closed the connection at once: the master probably requires TLS (set --tls-ca, "
+                    f"and --tls-cert/--tls-key if it requires client certificates)")
+        if not tls.cert:
+            return (f"{target} closed the TLS handshake: the master probably requires a client certificate "
+                    f"(mutual TLS: set --tls-cert and --tls-key)")
+        return (f"{target} closed the TLS handshake: is the client certificate signed by the CA the master "
+                f"trusts (its --tls-ca)?")
+    if "Deadline" in text or code is grpc.StatusCode.DEADLINE_EXCEEDED:
+        return f"no answer from {target}"
+    return f"{target} unavailable: {text}"

@@ -337,6 +337,7 @@ class JoinAsk:
     preferred_slot: int
     token: str = field(repr=False)
     version: str = ""
+    instance_id: str = ""      # random per worker process: a reconnect vs a second process of one id
 
 
 @dataclass(frozen=True, slots=True)
@@ -366,12 +367,12 @@ class JobInfo:
 def join_request(ask: JoinAsk) -> pb.JoinRequest:
     """The JoinRequest of `ask`."""
     return pb.JoinRequest(worker_id=ask.worker_id, preferred_slot=ask.preferred_slot, token=ask.token,
-                          version=ask.version)
+                          version=ask.version, instance_id=ask.instance_id)
 
 
 def join_ask(msg: pb.JoinRequest) -> JoinAsk:
     """The domain value of a JoinRequest."""
-    return JoinAsk(msg.worker_id, msg.preferred_slot, msg.token, msg.version)
+    return JoinAsk(msg.worker_id, msg.preferred_slot, msg.token, msg.version, msg.instance_id[:64])
 
 
 def join_reply(grant: JoinGrant, job: JobInfo) -> pb.JoinReply:
@@ -381,7 +382,8 @@ def join_reply(grant: JoinGrant, job: JobInfo) -> pb.JoinReply:
         slot=grant.slot, session_id=grant.session_id, n=job.n, k=job.k, code_spec=job.code_spec,
         slot_code=slot_code_to_proto(grant.slot_code),
         data=pb.DataSpec(model=d.model, source=d.source, samples=d.samples, features=d.features, classes=d.classes,
-                         seed=d.seed, partitions=d.partitions, dtype=job.dtype, noise=d.noise),
+                         seed=d.seed, partitions=d.partitions, dtype=job.dtype, noise=d.noise, batch=d.batch,
+                         batch_seed=d.batch_seed),
         chunk_bytes=job.chunk_bytes, heartbeat_interval_s=job.heartbeat_interval_s, delay_spec=job.delay_spec,
         delay_seed=job.delay_seed)
 
@@ -395,7 +397,8 @@ def joined(msg: pb.JoinReply) -> tuple[JoinGrant, JobInfo]:
         raise WireError(f"join reply: slot={msg.slot} of n={msg.n}, chunk_bytes={msg.chunk_bytes}")
     try:
         data = DataSpec(model=ds.model, source=ds.source, samples=ds.samples, features=ds.features,
-                        classes=ds.classes, seed=ds.seed, partitions=ds.partitions, noise=ds.noise)
+                        classes=ds.classes, seed=ds.seed, partitions=ds.partitions, noise=ds.noise, batch=ds.batch,
+                        batch_seed=ds.batch_seed)
     except ValueError as exc:
         raise WireError(f"join reply: data description: {exc}") from None
     grant = JoinGrant(msg.slot, msg.session_id, slot_code_from_proto(msg.slot_code, msg.k))
@@ -416,6 +419,7 @@ class Hello:
     session_id: str
     worker_id: str
     token: str = field(repr=False)
+    instance_id: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -492,7 +496,7 @@ def hello(msg: pb.WorkerMessage) -> Hello:
     if msg.WhichOneof("kind") != "hello":
         raise WireError("the first message on Work must be hello")
     h = msg.hello
-    return Hello(h.slot, h.session_id, h.worker_id, h.token)
+    return Hello(h.slot, h.session_id, h.worker_id, h.token, h.instance_id[:64])
 
 
 def worker_event(msg: pb.WorkerMessage, slot: int, max_partitions: int) -> WorkerEvent:
@@ -521,7 +525,8 @@ def worker_message(event: Hello | Ready | LevelDone | CancelAck | Heartbeat | Ta
     """The WorkerMessage of a control event (results are built by `result_chunks`)."""
     if isinstance(event, Hello):
         return pb.WorkerMessage(hello=pb.Hello(slot=event.slot, session_id=event.session_id,
-                                               worker_id=event.worker_id, token=event.token))
+                                               worker_id=event.worker_id, token=event.token,
+                                               instance_id=event.instance_id))
     if isinstance(event, Ready):
         return pb.WorkerMessage(ready=pb.Ready(after_iteration=event.after_iteration))
     if isinstance(event, LevelDone):

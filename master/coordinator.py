@@ -173,9 +173,9 @@ class Coordinator:
         self.answers_changed = asyncio.Event()
 
     # -- membership (members decides who holds a slot; this adds the code and the iterations) ----------
-    def join(self, ask: wire.JoinAsk) -> wire.JoinGrant:
-        """A slot for the asking worker, with its part of the code."""
-        slot = self.members.join(ask.worker_id, ask.preferred_slot, ask.token)
+    def join(self, ask: wire.JoinAsk, peer: str = "") -> wire.JoinGrant:
+        """A slot for the asking worker (from `peer`, for the per-peer join limit), with its part of the code."""
+        slot = self.members.join(ask, peer)
         if ask.version and ask.version != __version__:
             _log.warning("version mismatch slot=%d worker_id=%s worker_version=%s master_version=%s", slot,
                          ask.worker_id, ask.version, __version__)
@@ -260,6 +260,7 @@ class Coordinator:
 
     def on_message(self, conn: Connection, event: wire.WorkerEvent) -> None:
         """One message of a worker's Work stream after its hello."""
+        conn.last_seen = time.monotonic()
         if isinstance(event, pb.ResultChunk):
             self.on_result(conn, event)
         elif isinstance(event, wire.Ready):
@@ -269,7 +270,7 @@ class Coordinator:
         elif isinstance(event, wire.CancelAck):
             self.on_cancel_ack(conn, event)
         elif isinstance(event, wire.Heartbeat):
-            conn.last_seen = time.perf_counter()
+            pass  # last_seen, above, is all a heartbeat says
         else:
             _log.warning("task rejected slot=%d iteration=%d reason=%r", conn.slot, event.iteration, event.reason)
             self.metrics.reject("task_rejected_by_worker")

@@ -12,7 +12,7 @@ from flexgc.common import wire
 from flexgc.common.codes import Code
 from flexgc.common.config import MasterConfig
 from flexgc.common.errors import StaleIterationError, UnknownSlotError, WireError
-from flexgc.common.models import DataSpec, load_dataset, synthetic_partition
+from flexgc.common.models import DataSpec, label_kind, load_dataset, parse_model, synthetic_partition
 from flexgc.master.membership import Membership
 
 Partition = tuple[np.ndarray, np.ndarray]  # rows X (m, features) and labels y (m,)
@@ -28,14 +28,17 @@ class JobData:
     @classmethod
     def from_config(cls, cfg: MasterConfig, code: Code) -> JobData:
         """Synthetic data described by the config, or the dataset it names loaded and split into k partitions."""
+        model = parse_model(cfg.model).text
+        multiclass = label_kind(model) == "multiclass"
+        batch = {"batch": cfg.batch_size, "batch_seed": cfg.batch_seed}
         if cfg.data == "synthetic":
-            return cls(DataSpec(model=cfg.model, source="synthetic", samples=cfg.samples, features=cfg.features,
-                                classes=cfg.classes if cfg.model == "softmax" else 1, seed=cfg.data_seed,
-                                partitions=code.k))
-        X, y = load_dataset(cfg.data, cfg.model)
-        classes = int(y.max()) + 1 if cfg.model == "softmax" else 1
-        spec = DataSpec(model=cfg.model, source="master", samples=X.shape[0], features=X.shape[1],
-                        classes=classes, seed=cfg.data_seed, partitions=code.k)
+            return cls(DataSpec(model=model, source="synthetic", samples=cfg.samples, features=cfg.features,
+                                classes=cfg.classes if multiclass else 1, seed=cfg.data_seed,
+                                partitions=code.k, **batch))
+        X, y = load_dataset(cfg.data, model)
+        classes = int(y.max()) + 1 if multiclass else 1
+        spec = DataSpec(model=model, source="master", samples=X.shape[0], features=X.shape[1],
+                        classes=classes, seed=cfg.data_seed, partitions=code.k, **batch)
 
         def rows(j: int) -> Partition:
             a, b = spec.partition_bounds(j)

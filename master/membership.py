@@ -1,12 +1,26 @@
 """Who holds which worker slot: joins, the live Work streams, and waiting for workers.
 
 A slot is owned by a worker id (the worker's stable identity: a reconnecting worker gets its slot back)
-and has at most one live connection, whose lifecycle is `SlotState` (docs/design.md §4):
+and has at most one live connection, whose lifecycle is `SlotState` (docs/design.md §4.7):
 
     JOINED -> IDLE -> WORKING -> CANCELLING -> IDLE ...;  WORKING -> IDLE (task_done);  any -> GONE
 
+The join rules (docs/design.md §4.2):
+- A worker id gets its own slot back. If that slot still has a live connection of another process of
+  the same id (another `instance_id`) heard from within `liveness_s`, the newcomer is refused
+  (AlreadyConnectedError): two live workers sharing an id never knock each other off. A connection that
+  has gone silent, or the same process reconnecting, is replaced at once.
+- A slot whose owner had a live stream and lost it stays reserved for that owner for `reservation_s`
+  (default 30 s): a new id gets a free slot or a clear refusal (SlotsFullError), never the slot of a
+  worker that may come back. After that the slot is free for anyone (e.g. a replacement pod with a new
+  name).
+- A grant that no stream has followed holds its slot for JOIN_GRACE_S from the first Join; repeated
+  Joins of the same id do not renew it, and once it lapses the id must wait JOIN_GRACE_S before it may
+  join again (so a client that joins and never works cannot keep a slot).
+- Joins are limited per peer host (a token bucket: burst max(8, 2n), refill max(4, n) per second).
+
 Membership knows nothing of iterations; the coordinator moves a connection between IDLE, WORKING and
-CANCELLING as tasks, cancels and answers pass.
+CANCELLING as tasks, cancels and answers pass, and is told of every connection that ends (`on_lost`).
 """
 
 from __future__ import annotations
@@ -23,9 +37,12 @@ from typing import Any
 
 from flexgc.common import wire
 from flexgc.common.errors import (
+    AlreadyConnectedError,
     AuthError,
     InvalidTransitionError,
     JobFinishedError,
+    RateLimitedError,
+    SlotsFullError,
     StaleIterationError,
     UnknownSlotError,
     WireError,
@@ -34,8 +51,10 @@ from flexgc.common.errors import (
 _log = logging.getLogger(__name__)
 
 CLOSE = object()  # sentinel that ends a connection's outbox
-SHARED_ID_REPLACEMENTS, SHARED_ID_WINDOW_S = 3, 10.0  # a worker_id replacing itself this often: shared id
 JOIN_GRACE_S = 5.0  # a slot granted by Join stays its worker's this long before the stream is open
+RESERVATION_S = 30.0  # a disconnected owner's slot is kept for it this long
+LIVENESS_S = 6.0  # a connection heard from this recently is live (3 default heartbeat intervals)
+DUPLICATE_WARNING_S = 30.0  # how often the master warns about one worker id used by two processes
 
 
 class SlotState(enum.Enum):
@@ -69,8 +88,9 @@ class Connection:
     worker_id: str
     epoch: int
     outbox: asyncio.Queue[Any]
+    instance_id: str = ""                # the worker process behind it (empty: an older worker)
     state: SlotState = SlotState.JOINED
-    last_seen: float = field(default_factory=time.perf_counter)
+    last_seen: float = field(default_factory=time.monotonic)  # last message from the worker
     ready_after: int | None = None       # waiting for the first task newer than this
     task_iteration: int = -1             # newest task sent on this connection
 
@@ -86,23 +106,40 @@ def is_close(item: Any) -> bool:
     return item is CLOSE
 
 
+@dataclass
+class _Slot:
+    owner: str | None = None             # worker_id
+    granted_at: float = -math.inf        # first Join of the current grant (not renewed by more Joins)
+    streamed: bool = False               # the owner has had a live stream (then its slot is reserved)
+    lost_at: float = -math.inf           # when the owner's last live connection ended
+
+
+@dataclass
+class _Bucket:
+    tokens: float
+    at: float
+
+
 class Membership:
-    """The n slots of one job session: owners, live connections and the join rules."""
+    """The n slots of one job session: owners, live connections and the join rules (module docstring)."""
 
     def __init__(self, n: int, *, token: str | None = None, max_workers: int = 0,
-                 on_lost: Callable[[Connection], None] | None = None) -> None:
+                 on_lost: Callable[[Connection], None] | None = None, reservation_s: float = RESERVATION_S,
+                 liveness_s: float = LIVENESS_S) -> None:
         self.n = n
         self._on_lost = on_lost  # told of every live connection that ends (closed or replaced)
         self.session_id = uuid.uuid4().hex
         self._token = token
         self._max_workers = max_workers or n
-        self._owner: dict[int, str] = {}              # slot -> worker_id
+        self._reservation_s = reservation_s
+        self._liveness_s = liveness_s
+        self._slots = [_Slot() for _ in range(n)]
         self._slot_of: dict[str, int] = {}            # worker_id -> slot
         self.connections: dict[int, Connection] = {}  # slot -> live connection
         self._epoch = 0
-        self._granted_at: dict[int, float] = {}        # slot -> when Join last granted it
-        self._replaced: dict[int, list[float]] = {}    # slot -> recent times a connection was replaced
-        self._warned_shared: dict[str, float] = {}     # worker_id -> when we last warned it looks shared
+        self._buckets: dict[str, _Bucket] = {}        # peer host -> join token bucket
+        self._unstreamed: dict[str, float] = {}        # worker_id -> when it may join again (grant unused)
+        self._warned_duplicate: dict[str, float] = {}  # worker_id -> when the master last warned about it
         self.slots_changed = asyncio.Event()
         self.finished = False
 
@@ -111,78 +148,123 @@ class Membership:
         if self._token is not None and token != self._token:
             raise AuthError("join token missing or wrong")
 
-    def join(self, worker_id: str, preferred_slot: int, token: str) -> int:
-        """The slot for `worker_id`: its own if it had one, else the preferred or the first free slot."""
-        self.check_token(token)
+    def join(self, ask: wire.JoinAsk, peer: str = "") -> int:
+        """The slot for the asking worker: its own if it has one, else the preferred or the first free one."""
+        self.check_token(ask.token)
         if self.finished:
             raise JobFinishedError("the job has finished; nothing to join")
+        worker_id, n = ask.worker_id, self.n
         if not worker_id or len(worker_id) > 256:
             raise WireError("worker_id must be 1..256 characters")
-        n = self.n
-        if worker_id in self._slot_of:
-            slot = self._slot_of[worker_id]
-        elif 0 <= preferred_slot < n and self._slot_free(preferred_slot):
-            slot = preferred_slot
-        elif preferred_slot >= n or preferred_slot < -1:
-            raise UnknownSlotError(f"preferred_slot={preferred_slot}; allowed -1 or 0..{n - 1}")
+        if not -1 <= ask.preferred_slot < n:
+            raise UnknownSlotError(f"preferred_slot={ask.preferred_slot}; allowed -1 or 0..{n - 1}")
+        self._take_join_token(peer)
+        now = time.monotonic()
+        if now < self._unstreamed.get(worker_id, -math.inf):
+            raise RateLimitedError(f"worker_id={worker_id!r} was granted a slot and never opened its Work stream; "
+                                   f"it may join again {self._unstreamed[worker_id] - now:.1f} s from now")
+        slot = self._slot_of.get(worker_id)
+        if slot is not None and not self._slots[slot].streamed and now - self._slots[slot].granted_at > JOIN_GRACE_S:
+            # its grant lapsed unused: the slot is free again, and this id waits before it may join again
+            self._slots[slot] = _Slot()
+            del self._slot_of[worker_id]
+            self._unstreamed[worker_id] = now + JOIN_GRACE_S
+            if len(self._unstreamed) > 4096:
+                self._unstreamed = {k: v for k, v in self._unstreamed.items() if v > now}
+            raise RateLimitedError(f"worker_id={worker_id!r} was granted slot {slot} and never opened its Work "
+                                   f"stream; it may join again {JOIN_GRACE_S:g} s from now")
+        if slot is not None:
+            conn = self.connections.get(slot)
+            if conn is not None:
+                self._refuse_if_live_elsewhere(conn, ask.instance_id, now)
+            if self._slots[slot].streamed:
+                self._slots[slot].granted_at = now
+            # else: the grant stands from the first Join; repeated Joins renew nothing
         else:
-            free = [i for i in range(n) if self._slot_free(i)]
-            if not free:
-                raise UnknownSlotError(f"all {n} slots are held by connected workers (or granted in the last "
-                                       f"{JOIN_GRACE_S:g} s to workers about to connect)")
-            slot = free[0]
-        old = self._owner.get(slot)
-        if old is not None and old != worker_id:
-            self._slot_of.pop(old, None)
-        self._owner[slot] = worker_id
-        self._slot_of[worker_id] = slot
-        self._granted_at[slot] = time.monotonic()
+            slot = self._free_slot(ask.preferred_slot, now)
+            old = self._slots[slot].owner
+            if old is not None:
+                self._slot_of.pop(old, None)
+            self._slots[slot] = _Slot(owner=worker_id, granted_at=now)
+            self._slot_of[worker_id] = slot
         _log.info("joined slot=%d worker_id=%s", slot, worker_id)
         return slot
 
-    def _slot_free(self, slot: int) -> bool:
-        """Unowned, or owned by a worker that is not connected, unless Join granted it moments ago (its
-        worker is about to open its stream: two workers joining at once must not get the same slot)."""
-        if slot not in self._owner:
+    def _take_join_token(self, peer: str) -> None:
+        host = peer.rsplit(":", 1)[0] if peer else ""
+        burst, rate = max(8.0, 2.0 * self.n), max(4.0, float(self.n))
+        now = time.monotonic()
+        bucket = self._buckets.setdefault(host, _Bucket(burst, now))
+        bucket.tokens = min(burst, bucket.tokens + max(0.0, now - bucket.at) * rate)
+        bucket.at = now
+        if bucket.tokens < 1.0:
+            raise RateLimitedError(f"too many joins from {host or 'this peer'}: at most {rate:g} per second "
+                                   f"(bursts of {burst:g}); retry later")
+        bucket.tokens -= 1.0
+        if len(self._buckets) > 4096:  # forget idle peers: a bounded table even under many addresses
+            for key in [k for k, b in self._buckets.items() if now - b.at > 60.0]:
+                del self._buckets[key]
+
+    def _free_slot(self, preferred: int, now: float) -> int:
+        if preferred >= 0 and self._is_free(preferred, now):
+            return preferred
+        for slot in range(self.n):
+            if self._is_free(slot, now):
+                return slot
+        raise SlotsFullError(f"all {self.n} slots are taken: held by connected workers, reserved for "
+                             f"disconnected ones that may come back (for {self._reservation_s:g} s after they "
+                             f"left), or granted in the last {JOIN_GRACE_S:g} s to workers about to connect")
+
+    def _is_free(self, slot: int, now: float) -> bool:
+        s = self._slots[slot]
+        if s.owner is None:
             return True
         if slot in self.connections:
             return False
-        return time.monotonic() - self._granted_at.get(slot, -math.inf) > JOIN_GRACE_S
+        if s.streamed:
+            return now - s.lost_at > self._reservation_s
+        return now - s.granted_at > JOIN_GRACE_S
+
+    def _refuse_if_live_elsewhere(self, conn: Connection, instance_id: str, now: float) -> None:
+        """Two processes with one worker id: the one already connected keeps the slot while it is live."""
+        if instance_id and instance_id == conn.instance_id:
+            return  # the same process reconnecting: its old stream is dead, whatever the master believes
+        silent_s = now - conn.last_seen
+        if silent_s > self._liveness_s:
+            return  # silent: the new process replaces it
+        if now - self._warned_duplicate.get(conn.worker_id, -math.inf) > DUPLICATE_WARNING_S:
+            self._warned_duplicate[conn.worker_id] = now
+            _log.warning("slot=%d: worker_id=%r is already connected from another live process; refusing the "
+                         "second one (give each worker its own --worker-id / FLEXGC_WORKER_ID; the default is "
+                         "the hostname)", conn.slot, conn.worker_id)
+        raise AlreadyConnectedError(f"worker_id={conn.worker_id!r} is already connected to slot {conn.slot} from "
+                                    f"another live process (heard {silent_s:.1f} s ago); give each worker its own "
+                                    f"--worker-id")
 
     def open_stream(self, hello: wire.Hello) -> Connection:
-        """A new live connection for the slot the hello's worker holds (its old connection is closed)."""
+        """A new live connection for the slot the hello's worker holds (replacing a dead or silent one)."""
         slot, worker_id, session_id = hello.slot, hello.worker_id, hello.session_id
         self.check_token(hello.token)
         if self.finished:
             raise JobFinishedError("the job has finished; nothing to work on")
         if session_id != self.session_id:
             raise StaleIterationError(f"session_id={session_id!r} is not this job's session; join again")
-        if self._owner.get(slot) != worker_id:
+        if not 0 <= slot < self.n or self._slots[slot].owner != worker_id:
             raise UnknownSlotError(f"slot={slot} is not held by worker_id={worker_id!r}; join first")
         if len(self.connections) >= self._max_workers and slot not in self.connections:
-            raise UnknownSlotError(f"max_workers={self._max_workers} connections reached")
+            raise SlotsFullError(f"max_workers={self._max_workers} connections reached")
+        now = time.monotonic()
         old = self.connections.get(slot)
         if old is not None:
-            self.close_stream(old, "replaced by a new connection")
-            self._note_replacement(slot, worker_id)
+            self._refuse_if_live_elsewhere(old, hello.instance_id, now)
+            self.close_stream(old, "replaced by a new connection of the same worker")
         self._epoch += 1
-        conn = Connection(slot, worker_id, self._epoch, asyncio.Queue())
+        conn = Connection(slot, worker_id, self._epoch, asyncio.Queue(), hello.instance_id)
         self.connections[slot] = conn
+        self._slots[slot].streamed = True
         self.slots_changed.set()
         _log.info("connected slot=%d worker_id=%s epoch=%d", slot, worker_id, conn.epoch)
         return conn
-
-    def _note_replacement(self, slot: int, worker_id: str) -> None:
-        """A reconnect replaces a dead connection now and then; the same id replacing a live one again and
-        again means several processes share the id (each knocks the other off, and no task completes)."""
-        now = time.monotonic()
-        recent = [t for t in self._replaced.get(slot, []) if now - t < SHARED_ID_WINDOW_S] + [now]
-        self._replaced[slot] = recent
-        if len(recent) >= SHARED_ID_REPLACEMENTS and now - self._warned_shared.get(worker_id, -math.inf) > 30.0:
-            self._warned_shared[worker_id] = now
-            _log.warning("slot=%d: worker_id=%r replaced its own connection %d times in %g s: several worker "
-                         "processes seem to share this id (the default is the hostname); give each worker its "
-                         "own --worker-id / FLEXGC_WORKER_ID", slot, worker_id, len(recent), SHARED_ID_WINDOW_S)
 
     def close_stream(self, conn: Connection, reason: str) -> None:
         """End `conn` if it is still its slot's live connection: its outbox gets the close sentinel, and
@@ -190,6 +272,7 @@ class Membership:
         if self.connections.get(conn.slot) is not conn:
             return
         del self.connections[conn.slot]
+        self._slots[conn.slot].lost_at = time.monotonic()
         conn.advance(SlotState.GONE)
         conn.outbox.put_nowait(CLOSE)
         self.slots_changed.set()

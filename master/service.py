@@ -13,10 +13,13 @@ import grpc
 
 from flexgc.common import wire
 from flexgc.common.errors import (
+    AlreadyConnectedError,
     AuthError,
     DuplicateResultError,
     InvalidTransitionError,
     JobFinishedError,
+    RateLimitedError,
+    SlotsFullError,
     StaleIterationError,
     UnknownSlotError,
     WireError,
@@ -38,6 +41,9 @@ _STATUS: dict[type[BaseException], grpc.StatusCode] = {
     InvalidTransitionError: grpc.StatusCode.FAILED_PRECONDITION,
     AuthError: grpc.StatusCode.UNAUTHENTICATED,
     JobFinishedError: grpc.StatusCode.FAILED_PRECONDITION,
+    SlotsFullError: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    AlreadyConnectedError: grpc.StatusCode.ALREADY_EXISTS,
+    RateLimitedError: grpc.StatusCode.RESOURCE_EXHAUSTED,
 }
 _ERRORS = tuple(_STATUS)
 HELLO_TIMEOUT_S = 10.0
@@ -53,7 +59,7 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
     async def Join(self, request: pb.JoinRequest, context: grpc.aio.ServicerContext) -> pb.JoinReply:
         """A slot for the worker and the job's description, or a status naming why not."""
         try:
-            grant = self._coordinator.join(wire.join_ask(request))
+            grant = self._coordinator.join(wire.join_ask(request), context.peer())
         except _ERRORS as exc:
             await self._abort(context, exc)
         return wire.join_reply(grant, self._job)

@@ -1,9 +1,10 @@
 """The training loop: one iteration at a time, the optimizer step, checkpoints and atomic writes.
 
 The trainer starts an iteration on the coordinator, awaits its outcome (decoded, approximated or failed at
-the deadline), applies heavy-ball gradient descent to the decoded gradient, hands the iteration to the
-run log, and checkpoints every K iterations. It never reaches into the coordinator's state: it asks it
-to start, to wait, and whether an iteration is settled.
+the deadline), applies the job's optimizer (`flexgc.common.optim`: heavy-ball gradient descent, or an
+optax optimizer) to the decoded mean gradient, hands the iteration to the run log, and checkpoints every
+K iterations (parameters and optimizer state, so a resumed run continues exactly). It never reaches into
+the coordinator's state: it asks it to start, to wait, and whether an iteration is settled.
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ import numpy as np
 
 from flexgc.common.codes import Code
 from flexgc.common.config import MasterConfig
-from flexgc.common.models import full_gradient
+from flexgc.common.models import build_model, full_gradient
+from flexgc.common.optim import make_optimizer
 from flexgc.master.accounting import RunLog
 from flexgc.master.coordinator import Coordinator
 from flexgc.master.data import JobData
@@ -44,26 +46,36 @@ def write_atomic(path: Path, write: Callable[[BinaryIO], object]) -> None:
 
 @dataclass
 class TrainState:
-    """What a checkpoint holds: parameters, optimizer state, the next iteration and RNG seeds."""
+    """What a checkpoint holds: parameters, the optimizer (its canonical spec) and its state as arrays
+    (`Optimizer.init`: the velocity for gd, optax's flattened state otherwise), the next iteration and RNG
+    seeds."""
 
     params: np.ndarray
-    velocity: np.ndarray
+    opt_state: tuple[np.ndarray, ...]
+    optimizer: str = ""                  # canonical optimizer spec ("" in checkpoints older than optimizers)
     iteration: int = 0
     data_seed: int = 0
     delay_seed: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
 
     def save(self, path: Path) -> None:
-        """Write the state to `path` atomically (npz, no pickle)."""
-        write_atomic(path, lambda fh: np.savez(fh, params=self.params, velocity=self.velocity,
-                                               iteration=self.iteration, data_seed=self.data_seed,
-                                               delay_seed=self.delay_seed, extra=json.dumps(self.extra)))
+        """Write the state to `path` atomically (npz, no pickle; optimizer state as opt_0, opt_1, ...)."""
+        arrays = {f"opt_{i}": a for i, a in enumerate(self.opt_state)}
+        write_atomic(path, lambda fh: np.savez(fh, params=self.params, optimizer=self.optimizer,
+                                               opt_count=len(self.opt_state), iteration=self.iteration,
+                                               data_seed=self.data_seed, delay_seed=self.delay_seed,
+                                               extra=json.dumps(self.extra), **arrays))  # type: ignore[arg-type]
 
     @classmethod
     def load(cls, path: Path) -> TrainState:
-        """The state saved at `path`."""
+        """The state saved at `path` (a checkpoint from before optimizers holds gd's velocity)."""
         with np.load(path, allow_pickle=False) as f:
-            return cls(params=f["params"].copy(), velocity=f["velocity"].copy(),
+            if "opt_count" in f:
+                opt_state = tuple(f[f"opt_{i}"].copy() for i in range(int(f["opt_count"])))
+                optimizer = str(f["optimizer"])
+            else:
+                opt_state, optimizer = (f["velocity"].copy(),), ""
+            return cls(params=f["params"].copy(), opt_state=opt_state, optimizer=optimizer,
                        iteration=int(f["iteration"]), data_seed=int(f["data_seed"]),
                        delay_seed=int(f["delay_seed"]), extra=json.loads(str(f["extra"])))
 
@@ -80,7 +92,10 @@ class Trainer:
         self.on_record = on_record
         self._verify_data: list[tuple[np.ndarray, np.ndarray]] | None = None
         self.out = Path(cfg.out) if cfg.out else None
-        self.state = TrainState(np.zeros(self.data.d), np.zeros(self.data.d), 0, cfg.data_seed, cfg.delay_seed)
+        self.optimizer = make_optimizer(cfg.optimizer, cfg.lr, cfg.momentum)
+        params = build_model(self.data).init_params(cfg.init_seed)
+        self.state = TrainState(params, self.optimizer.init(params), self.optimizer.spec, 0, cfg.data_seed,
+                                cfg.delay_seed)
         self.stopped_early = False
         self.last_loss: float | None = None
         self._log_error: BaseException | None = None   # from a run-log flush run as a loop callback
@@ -96,6 +111,13 @@ class Trainer:
                 _log.warning("checkpoint ignored path=%s reason=shape %s != %s", path, state.params.shape,
                              (self.data.d,))
                 return
+            fresh = self.optimizer.init(state.params)
+            if state.optimizer not in ("", self.optimizer.spec) or len(fresh) != len(state.opt_state) or any(
+                    a.shape != b.shape or a.dtype != b.dtype for a, b in zip(fresh, state.opt_state)):
+                _log.warning("checkpoint ignored path=%s reason=optimizer %s != %s", path,
+                             state.optimizer or "gd (no spec)", self.optimizer.spec)
+                return
+            state.optimizer = self.optimizer.spec
             self.state = state
             _log.info("resumed path=%s iteration=%d", path, state.iteration)
 
@@ -108,7 +130,7 @@ class Trainer:
     def _verify(self, gradient: np.ndarray) -> float:
         if self._verify_data is None:
             self._verify_data = [self.job_data.partition(j) for j in range(self.data.partitions)]
-        direct = full_gradient(self.data, self.state.params, self._verify_data)
+        direct = full_gradient(self.data, self.state.params, self._verify_data, self.state.iteration)
         return float(np.linalg.norm(gradient - direct)) / max(float(np.linalg.norm(direct)), 1e-300)
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -124,7 +146,6 @@ class Trainer:
             return
         if not joined:
             _log.warning("join timeout connected=%d of n=%d; starting anyway", c.members.connected, self.code.n)
-        N = self.data.samples
         d = self.data.d
         for t in range(self.state.iteration, cfg.iterations):
             if stop.is_set():
@@ -144,16 +165,21 @@ class Trainer:
             if outcome.gradient is not None:
                 if cfg.verify:
                     verify = self._verify(outcome.gradient)
+                N = self.data.batch_samples(t)  # rows behind the decoded sums: every sample, or the k batches
                 grad = np.divide(outcome.gradient[:d], N, dtype=np.float64)  # widened here, not in the decode
                 loss = float(outcome.gradient[d]) / N
-                self.state.velocity = cfg.momentum * self.state.velocity + grad
-                self.state.params = self.state.params - cfg.lr * self.state.velocity
+                self.state.params, self.state.opt_state = self.optimizer.step(self.state.params, grad,
+                                                                              self.state.opt_state)
                 self.last_loss = loss
                 self.metrics.loss.set(loss)
                 if outcome.decoding is not None:
                     self.metrics.level_used.labels(level=str(outcome.decoding.level)).inc()
                 self.metrics.decode_seconds.observe(outcome.decode_ms / 1e3)
             self.state.iteration = t + 1
+            if cfg.snapshot_every and self.out is not None and (t + 1) % cfg.snapshot_every == 0:
+                snapshots = self.out / "snapshots"
+                snapshots.mkdir(parents=True, exist_ok=True)
+                np.save(snapshots / f"params-{t + 1:06d}.npy", self.state.params)  # after t + 1 iterations
             self.metrics.iterations.labels(outcome=outcome.phase.name).inc()
             self.metrics.iteration_latency.observe(outcome.latency_ms / 1e3)
             self.metrics.connected.set(c.members.connected)

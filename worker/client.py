@@ -16,8 +16,11 @@ import concurrent.futures
 import contextlib
 import enum
 import logging
+import math
 import random
 import signal
+import time
+import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,8 +32,8 @@ from flexgc import __version__
 from flexgc.common import transport, wire
 from flexgc.common.config import WorkerConfig
 from flexgc.common.delays import parse_delay, realize
-from flexgc.common.errors import InvalidTransitionError, WireError
-from flexgc.common.models import synthetic_partition
+from flexgc.common.errors import ConfigError, InvalidTransitionError, WireError
+from flexgc.common.models import build_model, check_model_allowed, synthetic_partition
 from flexgc.v1 import coordinator_pb2 as pb
 from flexgc.v1 import coordinator_pb2_grpc as pb_grpc
 from flexgc.worker.compute import PartitionCompute, TaskRun
@@ -76,8 +79,9 @@ class Session:
     """One joined connection's Work stream."""
 
     def __init__(self, cfg: WorkerConfig, grant: wire.JoinGrant, job: wire.JobInfo, stub: pb_grpc.CoordinatorStub,
-                 compute: PartitionCompute, executor: concurrent.futures.Executor) -> None:
+                 compute: PartitionCompute, executor: concurrent.futures.Executor, instance_id: str = "") -> None:
         self.cfg = cfg
+        self.instance_id = instance_id
         self.grant = grant
         self.job = job
         self.slot = grant.slot
@@ -110,7 +114,7 @@ class Session:
         beat = asyncio.create_task(self._heartbeat())
         try:
             await call.write(wire.worker_message(wire.Hello(self.slot, self.grant.session_id, self.cfg.identity,
-                                                            self.cfg.token or "")))
+                                                            self.cfg.token or "", self.instance_id)))
             self._send(wire.Ready(self.last_iteration))
             while True:
                 msg = await call.read()
@@ -297,8 +301,12 @@ async def _load_data(stub: pb_grpc.CoordinatorStub, grant: wire.JoinGrant, job: 
     return data
 
 
+EXIT_OK, EXIT_RUNTIME, EXIT_REFUSED = 0, 1, 2  # see `flexgc worker --help`
+
+
 async def run_worker(cfg: WorkerConfig, stop: asyncio.Event | None = None) -> int:
-    """Join and work until the master's Shutdown (exit 0), a fatal rejection (exit 2) or `stop`."""
+    """Join and work until the master's Shutdown (exit 0), a refusal that retrying cannot fix (exit 2), no
+    successful join within --join-timeout-s (exit 1), or `stop` (SIGTERM/SIGINT: exit 0)."""
     stop = stop or asyncio.Event()
     threadpool_limits(cfg.blas_threads)  # workers share the cores: one BLAS thread each by default
     loop = asyncio.get_running_loop()
@@ -308,44 +316,67 @@ async def run_worker(cfg: WorkerConfig, stop: asyncio.Event | None = None) -> in
     tls = transport.TlsConfig(cfg.tls_cert, cfg.tls_key, cfg.tls_ca)
     # one thread: tasks share the partial buffers and run in order (a finished task may still be returning)
     executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="compute")
+    instance_id = uuid.uuid4().hex  # this process: a reconnect of it is told apart from a second process
     slot = cfg.slot
     backoff = 0.05
     compute: PartitionCompute | None = None
     last_iteration = -1
     session_id = ""
+    unjoined_since = time.monotonic()
+    last_reason, warned_at = "", -math.inf
     try:
         while not stop.is_set():
             channel = transport.aio_channel(cfg.master, tls, server_name=cfg.server_name)
             try:
                 stub = pb_grpc.CoordinatorStub(channel)
-                ask = wire.JoinAsk(cfg.identity, slot, cfg.token or "", __version__)
+                ask = wire.JoinAsk(cfg.identity, slot, cfg.token or "", __version__, instance_id)
                 try:
                     grant, job = wire.joined(await stub.Join(wire.join_request(ask), timeout=10))
+                except WireError as exc:
+                    _log.error("cannot use the join reply of master=%s: %s (another flexgc version?)", cfg.master,
+                               exc)
+                    return EXIT_REFUSED
                 except grpc.aio.AioRpcError as exc:
-                    if exc.code() in _FATAL:
-                        _log.error("join refused code=%s details=%s", exc.code().name, exc.details())
-                        return 2
                     if wire.error_kind(exc) == "JobFinishedError":
-                        _log.info("job already finished")
+                        _log.info("job already finished master=%s", cfg.master)
                         return await _linger(cfg, stop)
-                except WireError as exc:  # a reply this worker cannot use: another protocol version?
-                    _log.error("join reply refused master=%s error=%s", cfg.master, exc)
-                    return 2
-                    _log.info("join failed code=%s; retrying in %.2fs", exc.code().name, backoff)
+                    reason = transport.describe_failure(exc.code(), exc.details() or "", cfg.master, tls)
+                    if exc.code() in _FATAL:
+                        _log.error("join refused by master=%s: %s", cfg.master, reason)
+                        return EXIT_REFUSED
+                    waited = time.monotonic() - unjoined_since
+                    if cfg.join_timeout_s and waited + backoff > cfg.join_timeout_s:
+                        _log.error("giving up: no join with master=%s for %.1f s (--join-timeout-s=%g); last "
+                                   "error: %s", cfg.master, waited, cfg.join_timeout_s, reason)
+                        return EXIT_RUNTIME
+                    # WARNING when the reason is new (or every 30 s), INFO for the retries in between
+                    now = time.monotonic()
+                    loud = reason != last_reason or now - warned_at > 30.0
+                    _log.log(logging.WARNING if loud else logging.INFO, "cannot join master=%s: %s; retrying in "
+                             "%.1f s", cfg.master, reason, backoff)
+                    last_reason, warned_at = reason, now if loud else warned_at
                     await _sleep_or_stop(backoff, stop)
                     backoff = min(cfg.reconnect_max_s, backoff * 2) * (0.8 + 0.4 * random.random())
                     continue
                 slot = grant.slot
-                if compute is None or not _same_code(compute.slot_code, grant.slot_code):
+                if compute is None or not _same_code(compute.slot_code, grant.slot_code) or compute.spec != job.data:
+                    try:
+                        check_model_allowed(job.data.model, cfg.model_modules)
+                        model = await loop.run_in_executor(executor, build_model, job.data)
+                    except ConfigError as exc:  # a model this worker may not or cannot run: retrying cannot help
+                        _log.error("job refused master=%s error=%s", cfg.master, exc)
+                        return 2
                     data = await _load_data(stub, grant, job, cfg)
-                    compute = PartitionCompute(grant.slot_code, job.data.model, job.data.classes, data,
-                                               job.data.d + 1, wire.numpy_dtype(wire.wire_dtype(job.dtype)),
-                                               cfg.rows_per_chunk)
-                _log.info("joined slot=%d n=%d code=%s", slot, job.n, job.code_spec)
+                    compute = PartitionCompute(grant.slot_code, job.data, data,
+                                               wire.numpy_dtype(wire.wire_dtype(job.dtype)), cfg.rows_per_chunk, model)
+                    warm_s = await loop.run_in_executor(executor, compute.warm_up)  # compile before the first task
+                    if warm_s:
+                        _log.info("model compiled model=%s seconds=%.2f", job.data.model, warm_s)
+                _log.info("joined slot=%d n=%d code=%s master=%s", slot, job.n, job.code_spec, cfg.master)
                 if grant.session_id != session_id:
                     # a new master session (e.g. restarted from a checkpoint) may repeat iterations
                     session_id, last_iteration = grant.session_id, -1
-                session = Session(cfg, grant, job, stub, compute, executor)
+                session = Session(cfg, grant, job, stub, compute, executor, instance_id)
                 session.last_iteration = last_iteration
                 backoff = 0.05
                 run = asyncio.ensure_future(session.run())
@@ -356,20 +387,21 @@ async def run_worker(cfg: WorkerConfig, stop: asyncio.Event | None = None) -> in
                     run.cancel()
                     with contextlib.suppress(asyncio.CancelledError):
                         await run
-                    return 0
+                    return EXIT_OK
                 last_iteration = session.last_iteration
+                unjoined_since = time.monotonic()
                 outcome = run.result()
                 if outcome is SessionEnd.SHUTDOWN:
                     return await _linger(cfg, stop)
                 if outcome is SessionEnd.FATAL:
-                    return 2
+                    return EXIT_REFUSED
                 _log.info("reconnecting slot=%d in %.2fs", slot, backoff)
                 await _sleep_or_stop(backoff, stop)
             finally:
                 await channel.close()
     finally:
         executor.shutdown(wait=False, cancel_futures=True)
-    return 0
+    return EXIT_OK
 
 
 def _same_code(a: wire.SlotCode, b: wire.SlotCode) -> bool:

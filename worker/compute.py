@@ -5,6 +5,12 @@ partition it serves the injected delay as an interruptible wait on the cancel ev
 itself is computed in row chunks with the cancel event checked between chunks, so a Cancel is obeyed
 within one compute chunk and stale work is never finished. After the m-th partition it emits the
 coded message of every level whose prefix is m.
+
+The model is whatever the job's DataSpec names (`flexgc.common.models.build_model`); this loop only
+calls its ``loss_and_grad`` on a partition's rows, or on the rows of the iteration's mini-batch
+(`batch_rows`). A model whose gradient cannot be split into row chunks (a jitted JAX gradient) is one
+chunk per partition, so a Cancel then waits for at most one partition's gradient. `warm_up` compiles
+such a model for every input shape of the slot before the first task.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from flexgc.common import wire
+from flexgc.common.models import DataSpec, Model, batch_rows, build_model, partial_gradient, row_chunks
 
 _log = logging.getLogger(__name__)
 
@@ -41,22 +48,36 @@ class TaskRun:
 class PartitionCompute:
     """Holds a slot's data and its code rows; computes coded messages for tasks."""
 
-    def __init__(self, slot_code: wire.SlotCode, model: str, classes: int,
-                 data: dict[int, tuple[np.ndarray, np.ndarray]], vector_len: int, wire_dtype: np.dtype,
-                 rows_per_chunk: int = 4096) -> None:
+    def __init__(self, slot_code: wire.SlotCode, spec: DataSpec, data: dict[int, tuple[np.ndarray, np.ndarray]],
+                 wire_dtype: np.dtype, rows_per_chunk: int = 4096, model: Model | None = None) -> None:
         self.slot_code = slot_code
-        self.model = model
-        self.classes = classes
+        self.spec = spec
+        self.model = model if model is not None else build_model(spec)
         self.data = data
-        self.vector_len = vector_len                # a coded vector: gradient length d + 1 (trailing loss)
+        self.vector_len = self.model.d + 1          # a coded vector: gradient length d + 1 (trailing loss)
         self.wire_dtype = wire_dtype
         self.rows_per_chunk = rows_per_chunk
-        self.partials = np.zeros((len(slot_code.partitions), vector_len))
+        self.partials = np.zeros((len(slot_code.partitions), self.vector_len))
+
+    def rows(self, j: int, iteration: int) -> tuple[np.ndarray, np.ndarray]:
+        """Partition j's rows X (m, features), y (m,) in iteration t: all of them, or its mini-batch."""
+        X, y = self.data[j]
+        picked = batch_rows(self.spec, j, iteration)
+        return (X, y) if picked is None else (X[picked], y[picked])
+
+    def warm_up(self) -> float:
+        """Compile a one-chunk (jitted) model for every input shape of this slot; seconds it took."""
+        if row_chunks(self.model):
+            return 0.0
+        t0 = time.perf_counter()
+        w = np.zeros(self.model.d)
+        shapes = {self.rows(j, 0)[0].shape: j for j in self.slot_code.partitions}
+        for j in shapes.values():
+            self.model.loss_and_grad(w, *self.rows(j, 0))
+        return time.perf_counter() - t0
 
     def run(self, task: TaskRun, emit: Callable[[int, np.ndarray], None]) -> None:
         """Compute until done or cancelled; `emit(level, vector)` is called from this thread."""
-        from flexgc.common.models import partial_gradient
-
         sc = self.slot_code
         last_prefix = sc.level_prefix[task.max_levels - 1]
         for m, j in enumerate(sc.partitions[:last_prefix], start=1):
@@ -65,10 +86,10 @@ class PartitionCompute:
             if task.cancel.wait(None if math.isinf(delay) else delay):
                 return
             waited_ms = (time.perf_counter() - t0) * 1e3
-            X, y = self.data[j]
+            X, y = self.rows(j, task.iteration)
             t1 = time.perf_counter()
-            ok = partial_gradient(self.model, task.params, X, y, self.classes, self.partials[m - 1],
-                                  self.rows_per_chunk, task.cancel.is_set)
+            ok = partial_gradient(self.model, task.params, X, y, self.partials[m - 1], self.rows_per_chunk,
+                                  task.cancel.is_set)
             if not ok:
                 return
             task.times.compute_ms.append((time.perf_counter() - t1) * 1e3)

@@ -84,11 +84,17 @@ class Job:
             self.c.on_ready(conn, ready_after)
         return conn
 
-    def join(self, worker_id: str, preferred_slot: int, token: str) -> wire.JoinGrant:
-        return self.c.join(wire.JoinAsk(worker_id, preferred_slot, token))
+    # A worker id's process is "proc-<id>" unless a test says otherwise: joining again with the same id is
+    # then a reconnect of that process, which replaces its old connection at once.
+    def join(self, worker_id: str, preferred_slot: int, token: str, instance_id: str | None = None,
+             peer: str = "") -> wire.JoinGrant:
+        instance = f"proc-{worker_id}" if instance_id is None else instance_id
+        return self.c.join(wire.JoinAsk(worker_id, preferred_slot, token, "", instance), peer)
 
-    def open_stream(self, slot: int, worker_id: str, session_id: str, token: str) -> Connection:
-        return self.c.members.open_stream(wire.Hello(slot, session_id, worker_id, token))
+    def open_stream(self, slot: int, worker_id: str, session_id: str, token: str,
+                    instance_id: str | None = None) -> Connection:
+        instance = f"proc-{worker_id}" if instance_id is None else instance_id
+        return self.c.members.open_stream(wire.Hello(slot, session_id, worker_id, token, instance))
 
     def ack(self, conn: Connection, ack: pb.CancelAck) -> None:
         """A CancelAck as the servicer passes it on: decoded (and its times checked) by wire."""

@@ -8,11 +8,15 @@ import itertools
 import numpy as np
 import pytest
 
+import flexgc.master.membership as membership
 from flexgc.common import wire
 from flexgc.common.errors import (
+    AlreadyConnectedError,
     AuthError,
     InvalidTransitionError,
     JobFinishedError,
+    RateLimitedError,
+    SlotsFullError,
     StaleIterationError,
     UnknownSlotError,
     WireError,
@@ -96,7 +100,7 @@ def test_join_does_not_hand_out_a_connected_slot() -> None:
         job.open_stream(other.slot, "intruder", other.session_id, TOKEN)
 
         assert other.slot == 2
-        with pytest.raises(UnknownSlotError, match="all 3 slots are held by connected workers"):
+        with pytest.raises(SlotsFullError, match="all 3 slots are taken: held by connected workers"):
             job.join("late", -1, TOKEN)
         with pytest.raises(UnknownSlotError, match="slot=0 is not held by worker_id='intruder'; join first"):
             job.open_stream(0, "intruder", other.session_id, TOKEN)
@@ -196,15 +200,105 @@ def test_open_stream_replaces_the_old_connection_of_the_slot() -> None:
     run(scenario)
 
 
-@pytest.mark.parametrize(("connections", "warned"), [(3, False), (4, True)])
-def test_a_worker_id_that_keeps_replacing_its_own_connection_is_reported_as_shared(
-        connections: int, warned: bool, caplog: pytest.LogCaptureFixture) -> None:
-    async def scenario() -> None:
+def test_a_second_live_process_with_the_same_id_is_refused_and_the_first_keeps_its_slot(
+        caplog: pytest.LogCaptureFixture) -> None:
+    async def scenario() -> tuple[Connection, list[str]]:
         job = Job()
-        for _ in range(connections):                  # the first connects, each later one replaces it
-            job.connect(0, worker_id="vm")
+        first = job.connect(0, worker_id="vm")             # process proc-vm
+        refusals = []
+        for _ in range(3):                                 # a second process, e.g. both on the default hostname
+            for call in (lambda: job.join("vm", -1, TOKEN, instance_id="other"),
+                         lambda: job.open_stream(0, "vm", job.c.members.session_id, TOKEN, instance_id="other")):
+                with pytest.raises(AlreadyConnectedError) as info:
+                    call()
+                refusals.append(str(info.value))
+        return first, refusals
 
     with caplog.at_level("WARNING", logger="flexgc.master.membership"):
-        run(scenario)
+        first, refusals = run(scenario)
 
-    assert ("several worker processes seem to share this id" in caplog.text) is warned
+    assert first.state is not SlotState.GONE
+    assert all(r.startswith("worker_id='vm' is already connected to slot 0 from another live process") and
+               r.endswith("give each worker its own --worker-id") for r in refusals)
+    assert caplog.text.count("already connected from another live process") == 1  # warned once, not per join
+
+
+def test_a_silent_connection_is_replaced_by_a_new_process_of_its_id(monkeypatch: pytest.MonkeyPatch) -> None:
+    async def scenario() -> tuple[Connection, Connection]:
+        job = Job()
+        old = job.connect(0, worker_id="vm")
+        old.last_seen -= membership.LIVENESS_S + 1.0       # nothing heard from it for longer than the liveness
+        grant = job.join("vm", -1, TOKEN, instance_id="restarted")
+        new = job.open_stream(grant.slot, "vm", grant.session_id, TOKEN, instance_id="restarted")
+        return old, new
+
+    old, new = run(scenario)
+
+    assert old.state is SlotState.GONE and new.slot == 0 and new.instance_id == "restarted"
+
+
+def test_a_disconnected_owner_s_slot_is_reserved_then_released(monkeypatch: pytest.MonkeyPatch) -> None:
+    async def scenario() -> list[int | str]:
+        job = Job()
+        conns = [job.connect(slot) for slot in range(N)]
+        job.c.members.close_stream(conns[1], "SIGKILL")      # w1 may come back
+        seen: list[int | str] = []
+        for _ in range(5):                                   # a squatter that keeps joining under a new id
+            try:
+                seen.append(job.join("squatter", 1, TOKEN, peer="ipv4:10.0.0.66:1234").slot)
+            except SlotsFullError as exc:
+                seen.append(str(exc).split(":")[0])
+        seen.append(job.join("w1", -1, TOKEN, instance_id="restarted").slot)  # the owner is back: its slot
+        job.c.members.close_stream(job.c.members.connections[0], "gone for good")
+        monkeypatch.setattr(membership, "RESERVATION_S", 0.0)
+        job.c.members._reservation_s = 0.0                 # the reservation has run out
+        seen.append(job.join("replacement-pod", -1, TOKEN).slot)
+        return seen
+
+    seen = run(scenario)
+
+    assert seen == ["all 3 slots are taken"] * 5 + [1, 0]
+
+
+def test_a_grant_without_a_stream_is_not_renewed_by_more_joins(monkeypatch: pytest.MonkeyPatch) -> None:
+    async def scenario() -> tuple[list[int | str], int]:
+        job = Job()
+        clock = [0.0]
+        monkeypatch.setattr(membership.time, "monotonic", lambda: 1000.0 + clock[0])
+        seen: list[int | str] = []
+        for step in range(9):                                # joins every second; never opens a stream
+            clock[0] = float(step)
+            try:
+                seen.append(job.join("squatter", 0, TOKEN).slot)
+            except RateLimitedError as exc:
+                seen.append(str(exc).split(";")[0])
+            if step == 6:
+                taken = job.join("worker", 0, TOKEN).slot    # 6 s > JOIN_GRACE_S after the first grant: free
+        return seen, taken
+
+    seen, taken = run(scenario)
+
+    assert seen[:6] == [0] * 6                               # the one grant, not renewed
+    assert seen[6:] == ["worker_id='squatter' was granted slot 0 and never opened its Work stream",
+                        "worker_id='squatter' was granted a slot and never opened its Work stream",
+                        "worker_id='squatter' was granted a slot and never opened its Work stream"]
+    assert taken == 0
+
+
+def test_joins_per_peer_are_bounded() -> None:
+    async def scenario() -> tuple[int, str]:
+        job = Job()
+        granted = 0
+        for i in range(100):
+            try:
+                job.join(f"flood-{i}", -1, TOKEN, peer="ipv4:10.9.8.7:4242")
+                granted += 1
+            except (RateLimitedError, SlotsFullError) as exc:
+                if isinstance(exc, RateLimitedError):
+                    return granted, str(exc)
+        return granted, ""
+
+    granted, error = run(scenario)
+
+    assert error.startswith("too many joins from ipv4:10.9.8.7: at most 4 per second (bursts of 8)")
+    assert granted <= N

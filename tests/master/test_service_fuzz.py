@@ -125,7 +125,9 @@ class Stream:
 
 
 def hello(slot: int, reply: pb.JoinReply, worker_id: str, token: str = TOKEN) -> pb.WorkerMessage:
-    return pb.WorkerMessage(hello=pb.Hello(slot=slot, session_id=reply.session_id, worker_id=worker_id, token=token))
+    """One process per worker id (as a real worker reconnecting): a new stream replaces the old one at once."""
+    return pb.WorkerMessage(hello=pb.Hello(slot=slot, session_id=reply.session_id, worker_id=worker_id, token=token,
+                                           instance_id=f"process-of-{worker_id}"))
 
 
 def ready(after: int) -> pb.WorkerMessage:
@@ -165,8 +167,9 @@ class Master:
         return self.cluster.port
 
     def join(self, slot: int, worker_id: str | None = None) -> pb.JoinReply:
-        reply = self.stub.Join(pb.JoinRequest(worker_id=worker_id or f"fuzz-{slot}", preferred_slot=slot,
-                                              token=TOKEN), timeout=RPC_TIMEOUT_S)
+        worker_id = worker_id or f"fuzz-{slot}"
+        reply = self.stub.Join(pb.JoinRequest(worker_id=worker_id, preferred_slot=slot, token=TOKEN,
+                                              instance_id=f"process-of-{worker_id}"), timeout=RPC_TIMEOUT_S)
         assert reply.slot == slot
         self.replies[slot] = reply
         return reply
@@ -469,7 +472,7 @@ def test_half_closed_result_never_completes_and_stale_results_are_dropped(target
 
 def test_all_slots_held_refuses_a_newcomer(target: Master) -> None:
     holders = [target.open_worker(slot)[0] for slot in range(3)]          # each got its task: connected
-    before = rejected(target.metrics_port, "UnknownSlotError")
+    before = rejected(target.metrics_port, "SlotsFullError")
     try:
         got, details = status_of(lambda: target.stub.Join(
             pb.JoinRequest(worker_id="newcomer", preferred_slot=-1, token=TOKEN), timeout=RPC_TIMEOUT_S))
@@ -477,9 +480,11 @@ def test_all_slots_held_refuses_a_newcomer(target: Master) -> None:
         for holder in holders:
             holder.close()
 
-    assert (got, details) == (S.NOT_FOUND, "all 3 slots are held by connected workers (or granted in the last "
-                                           "5 s to workers about to connect)")
-    assert rejected(target.metrics_port, "UnknownSlotError") == before + 1
+    assert got == S.RESOURCE_EXHAUSTED
+    assert details == ("all 3 slots are taken: held by connected workers, reserved for disconnected ones that may "
+                       "come back (for 30 s after they left), or granted in the last 5 s to workers about to "
+                       "connect")
+    assert rejected(target.metrics_port, "SlotsFullError") == before + 1
     target.assert_up()
 
 

@@ -6,6 +6,7 @@ framing, so both ends set the send and receive limits explicitly, and vectors ar
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -94,9 +95,10 @@ def channel_credentials(tls: TlsConfig) -> grpc.ChannelCredentials | None:
                                         certificate_chain=_read(tls.cert, "tls_cert"))
 
 
-def aio_server(max_message_bytes: int = MAX_MESSAGE_BYTES) -> grpc.aio.Server:
-    """A grpc.aio server with flexgc's limits and keepalive."""
-    return grpc.aio.server(options=server_options(max_message_bytes))
+def aio_server(max_message_bytes: int = MAX_MESSAGE_BYTES,
+               interceptors: Sequence[grpc.aio.ServerInterceptor] = ()) -> grpc.aio.Server:
+    """A grpc.aio server with flexgc's limits and keepalive (and `interceptors`, e.g. the token check)."""
+    return grpc.aio.server(options=server_options(max_message_bytes), interceptors=list(interceptors))
 
 
 def bind(server: grpc.aio.Server, address: str, tls: TlsConfig) -> int:

@@ -331,11 +331,10 @@ def slot_code_from_proto(msg: pb.SlotCode, k: int) -> SlotCode:
 
 @dataclass(frozen=True, slots=True)
 class JoinAsk:
-    """A worker's Join: its identity, the slot it would like (-1: any) and its token."""
+    """A worker's Join: its identity and the slot it would like (-1: any)."""
 
     worker_id: str
     preferred_slot: int
-    token: str = field(repr=False)
     version: str = ""
     instance_id: str = ""      # random per worker process: a reconnect vs a second process of one id
 
@@ -366,13 +365,13 @@ class JobInfo:
 
 def join_request(ask: JoinAsk) -> pb.JoinRequest:
     """The JoinRequest of `ask`."""
-    return pb.JoinRequest(worker_id=ask.worker_id, preferred_slot=ask.preferred_slot, token=ask.token,
-                          version=ask.version, instance_id=ask.instance_id)
+    return pb.JoinRequest(worker_id=ask.worker_id, preferred_slot=ask.preferred_slot, version=ask.version,
+                          instance_id=ask.instance_id)
 
 
 def join_ask(msg: pb.JoinRequest) -> JoinAsk:
     """The domain value of a JoinRequest."""
-    return JoinAsk(msg.worker_id, msg.preferred_slot, msg.token, msg.version, msg.instance_id[:64])
+    return JoinAsk(msg.worker_id, msg.preferred_slot, msg.version, msg.instance_id[:64])
 
 
 def join_reply(grant: JoinGrant, job: JobInfo) -> pb.JoinReply:
@@ -418,7 +417,6 @@ class Hello:
     slot: int
     session_id: str
     worker_id: str
-    token: str = field(repr=False)
     instance_id: str = ""
 
 
@@ -496,7 +494,7 @@ def hello(msg: pb.WorkerMessage) -> Hello:
     if msg.WhichOneof("kind") != "hello":
         raise WireError("the first message on Work must be hello")
     h = msg.hello
-    return Hello(h.slot, h.session_id, h.worker_id, h.token, h.instance_id[:64])
+    return Hello(h.slot, h.session_id, h.worker_id, h.instance_id[:64])
 
 
 def worker_event(msg: pb.WorkerMessage, slot: int, max_partitions: int) -> WorkerEvent:
@@ -525,8 +523,7 @@ def worker_message(event: Hello | Ready | LevelDone | CancelAck | Heartbeat | Ta
     """The WorkerMessage of a control event (results are built by `result_chunks`)."""
     if isinstance(event, Hello):
         return pb.WorkerMessage(hello=pb.Hello(slot=event.slot, session_id=event.session_id,
-                                               worker_id=event.worker_id, token=event.token,
-                                               instance_id=event.instance_id))
+                                               worker_id=event.worker_id, instance_id=event.instance_id))
     if isinstance(event, Ready):
         return pb.WorkerMessage(ready=pb.Ready(after_iteration=event.after_iteration))
     if isinstance(event, LevelDone):
@@ -579,17 +576,16 @@ class PartitionAsk:
     slot: int
     partition: int
     session_id: str
-    token: str = field(repr=False)
 
 
 def partition_request(ask: PartitionAsk) -> pb.PartitionRequest:
     """The PartitionRequest of `ask`."""
-    return pb.PartitionRequest(slot=ask.slot, partition=ask.partition, session_id=ask.session_id, token=ask.token)
+    return pb.PartitionRequest(slot=ask.slot, partition=ask.partition, session_id=ask.session_id)
 
 
 def partition_ask(msg: pb.PartitionRequest) -> PartitionAsk:
     """The domain value of a PartitionRequest."""
-    return PartitionAsk(msg.slot, msg.partition, msg.session_id, msg.token)
+    return PartitionAsk(msg.slot, msg.partition, msg.session_id)
 
 
 def partition_chunks(X: np.ndarray, y: np.ndarray, chunk_bytes: int) -> Iterator[pb.PartitionChunk]:
@@ -656,3 +652,23 @@ def error_kind(exc: grpc.RpcError) -> str | None:
         if key == ERROR_KIND_KEY:
             return str(value)
     return None
+
+
+# ---------------------------------------------------------------------------------------------
+# the join token, in call metadata
+
+
+TOKEN_KEY = "flexgc-token"
+
+
+def token_metadata(token: str | None) -> tuple[tuple[str, str], ...]:
+    """Call metadata that carries the job's token (none when the job has none)."""
+    return ((TOKEN_KEY, token),) if token else ()
+
+
+def token_of(metadata: Any) -> str:
+    """The token a call carries in its metadata ("" if none)."""
+    for key, value in metadata or ():
+        if key == TOKEN_KEY:
+            return value if isinstance(value, str) else value.decode("utf-8", "replace")
+    return ""

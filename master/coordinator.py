@@ -152,7 +152,7 @@ class Coordinator:
     """
 
     def __init__(self, code: Code, data: DataSpec, *, dtype: str, chunk_bytes: int, deadline_s: float,
-                 on_deadline: str, token: str | None = None, max_workers: int = 0,
+                 on_deadline: str, max_workers: int = 0,
                  metrics: Metrics | None = None, decode_inline_elements: int = 1 << 20) -> None:
         self.code = code
         self.data = data
@@ -162,7 +162,7 @@ class Coordinator:
         self.chunk_bytes = chunk_bytes
         self.deadline_s = deadline_s
         self.on_deadline = on_deadline
-        self.members = Membership(code.n, token=token, max_workers=max_workers, on_lost=self._lost)
+        self.members = Membership(code.n, max_workers=max_workers, on_lost=self._lost)
         self.metrics = metrics or Metrics()
         self.decoder = Decoder(code)
         self.buffer = ReceiveBuffer(code.n_messages, self.vector_len, self.dtype)

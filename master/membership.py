@@ -19,7 +19,8 @@ The join rules (docs/design.md §4.2):
   join again (so a client that joins and never works cannot keep a slot).
 - Joins are limited per peer host (a token bucket: burst max(8, 2n), refill max(4, n) per second).
 
-Membership knows nothing of iterations; the coordinator moves a connection between IDLE, WORKING and
+The join token is checked before any of this, by the servicer's interceptor (service.py). Membership
+knows nothing of iterations; the coordinator moves a connection between IDLE, WORKING and
 CANCELLING as tasks, cancels and answers pass, and is told of every connection that ends (`on_lost`).
 """
 
@@ -38,7 +39,6 @@ from typing import Any
 from flexgc.common import wire
 from flexgc.common.errors import (
     AlreadyConnectedError,
-    AuthError,
     InvalidTransitionError,
     JobFinishedError,
     RateLimitedError,
@@ -123,13 +123,12 @@ class _Bucket:
 class Membership:
     """The n slots of one job session: owners, live connections and the join rules (module docstring)."""
 
-    def __init__(self, n: int, *, token: str | None = None, max_workers: int = 0,
+    def __init__(self, n: int, *, max_workers: int = 0,
                  on_lost: Callable[[Connection], None] | None = None, reservation_s: float = RESERVATION_S,
                  liveness_s: float = LIVENESS_S) -> None:
         self.n = n
         self._on_lost = on_lost  # told of every live connection that ends (closed or replaced)
         self.session_id = uuid.uuid4().hex
-        self._token = token
         self._max_workers = max_workers or n
         self._reservation_s = reservation_s
         self._liveness_s = liveness_s
@@ -143,14 +142,8 @@ class Membership:
         self.slots_changed = asyncio.Event()
         self.finished = False
 
-    def check_token(self, token: str) -> None:
-        """Raise AuthError unless `token` is the job's token (or the job has none)."""
-        if self._token is not None and token != self._token:
-            raise AuthError("join token missing or wrong")
-
     def join(self, ask: wire.JoinAsk, peer: str = "") -> int:
         """The slot for the asking worker: its own if it has one, else the preferred or the first free one."""
-        self.check_token(ask.token)
         if self.finished:
             raise JobFinishedError("the job has finished; nothing to join")
         worker_id, n = ask.worker_id, self.n
@@ -244,7 +237,6 @@ class Membership:
     def open_stream(self, hello: wire.Hello) -> Connection:
         """A new live connection for the slot the hello's worker holds (replacing a dead or silent one)."""
         slot, worker_id, session_id = hello.slot, hello.worker_id, hello.session_id
-        self.check_token(hello.token)
         if self.finished:
             raise JobFinishedError("the job has finished; nothing to work on")
         if session_id != self.session_id:

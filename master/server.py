@@ -27,7 +27,7 @@ from flexgc.master.accounting import RunLog, summarize
 from flexgc.master.coordinator import Coordinator
 from flexgc.master.data import JobData
 from flexgc.master.metrics import Metrics
-from flexgc.master.service import SERVICE_NAME, CoordinatorService, add_coordinator_service
+from flexgc.master.service import SERVICE_NAME, CoordinatorService, TokenCheck, add_coordinator_service
 from flexgc.master.trainer import Trainer, write_atomic
 
 _log = logging.getLogger(__name__)
@@ -50,13 +50,13 @@ async def serve(cfg: MasterConfig, on_port: Callable[[int], None] | None = None,
     threadpool_limits(cfg.blas_threads)
     metrics = Metrics()
     coordinator = Coordinator(code, data, dtype=cfg.dtype, chunk_bytes=cfg.chunk_bytes,
-                              deadline_s=cfg.deadline_s, on_deadline=cfg.on_deadline, token=cfg.token,
+                              deadline_s=cfg.deadline_s, on_deadline=cfg.on_deadline,
                               max_workers=cfg.max_workers, metrics=metrics)
     job = wire.JobInfo(n=code.n, k=code.k, code_spec=code.spec, data=data, dtype=cfg.dtype,
                        chunk_bytes=cfg.chunk_bytes, heartbeat_interval_s=cfg.heartbeat_s, delay_spec=cfg.delay,
                        delay_seed=cfg.delay_seed)
     service = CoordinatorService(coordinator, job, job_data)
-    server = transport.aio_server()
+    server = transport.aio_server(interceptors=[TokenCheck(cfg.token, metrics)])
     add_coordinator_service(service, server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

@@ -5,8 +5,9 @@ client tells e.g. a finished job apart without reading the message text."""
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, NoReturn
 
 import grpc
@@ -27,6 +28,7 @@ from flexgc.common.errors import (
 from flexgc.master.coordinator import Coordinator
 from flexgc.master.data import JobData
 from flexgc.master.membership import Connection, SlotState, is_close
+from flexgc.master.metrics import Metrics
 from flexgc.v1 import coordinator_pb2 as pb
 from flexgc.v1 import coordinator_pb2_grpc as pb_grpc
 
@@ -84,8 +86,9 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
             conn = c.members.open_stream(hello)
         except _ERRORS as exc:
             await self._abort(context, exc)
+        del first  # nothing of the request stays referenced by this frame
         reader = asyncio.create_task(self._read(request_iterator, conn))
-        failure: list[BaseException] = []
+        failure: list[tuple[grpc.StatusCode, str, str]] = []  # code, details, kind: never the exception
         reader.add_done_callback(lambda t: self._reader_done(t, conn, failure))
         try:
             while True:
@@ -97,17 +100,22 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
             reader.cancel()
             c.members.close_stream(conn, "stream ended")
         if failure:
-            await self._abort(context, failure[0])
+            code, details, kind = failure.pop()
+            await context.abort(code, details, trailing_metadata=wire.error_metadata(kind))
 
-    def _reader_done(self, task: asyncio.Task[None], conn: Connection, failure: list[BaseException]) -> None:
+    def _reader_done(self, task: asyncio.Task[None], conn: Connection,
+                     failure: list[tuple[grpc.StatusCode, str, str]]) -> None:
         if task.cancelled():
             return
         exc = task.exception()
+        reason = "request stream ended"
         if exc is not None:
-            failure.append(exc)
+            # keep the status, not the exception: its traceback holds the frames that held the message
+            reason = type(exc).__name__
+            failure.append((self._count(exc), str(exc), reason))
+            del exc
         # end of the request stream (client gone or half-closed): never treated as completion
-        self._coordinator.members.close_stream(conn, "request stream ended" if exc is None else
-                                               type(exc).__name__)
+        self._coordinator.members.close_stream(conn, reason)
 
     async def _read(self, request_iterator: AsyncIterator[pb.WorkerMessage], conn: Connection) -> None:
         c = self._coordinator
@@ -135,14 +143,51 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
         for chunk in wire.partition_chunks(X, y, c.chunk_bytes):
             yield chunk
 
-    async def _abort(self, context: grpc.aio.ServicerContext, exc: BaseException) -> NoReturn:
+    def _count(self, exc: BaseException) -> grpc.StatusCode:
         code = _STATUS.get(type(exc), grpc.StatusCode.INTERNAL)
-        kind = type(exc).__name__
         if code is not grpc.StatusCode.INTERNAL:
-            self._coordinator.metrics.reject(kind)
-        _log.info("rejected code=%s kind=%s", code.name, kind)
-        await context.abort(code, str(exc), trailing_metadata=wire.error_metadata(kind))
+            self._coordinator.metrics.reject(type(exc).__name__)
+        _log.info("rejected code=%s kind=%s", code.name, type(exc).__name__)
+        return code
+
+    async def _abort(self, context: grpc.aio.ServicerContext, exc: BaseException) -> NoReturn:
+        code, details, kind = self._count(exc), str(exc), type(exc).__name__
+        del exc
+        await context.abort(code, details, trailing_metadata=wire.error_metadata(kind))
         raise AssertionError("unreachable: abort raises")
+
+
+class TokenCheck(grpc.aio.ServerInterceptor):
+    """Refuses a Coordinator call whose metadata lacks the job's token before any of its messages is read:
+    an unauthenticated caller gets UNAUTHENTICATED (counted) and never has a message parsed or a handler
+    run. The health service is left open (probes carry no token)."""
+
+    def __init__(self, token: str | None, metrics: Metrics) -> None:
+        self._token = token.encode() if token else None
+        self._metrics = metrics
+
+    async def intercept_service(self, continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Any]],
+                                details: grpc.HandlerCallDetails) -> Any:
+        handler = await continuation(details)
+        if self._token is None or handler is None or not details.method.startswith(f"/{SERVICE_NAME}/"):
+            return handler
+        given = wire.token_of(details.invocation_metadata).encode()
+        if hmac.compare_digest(given, self._token):
+            return handler
+        self._metrics.reject("AuthError")
+        return _refusal(handler)
+
+
+def _refusal(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+    """A handler that answers UNAUTHENTICATED without reading a single request message. It is streaming on
+    both sides whatever the method: a unary handler would make gRPC receive the whole request first (up
+    to the 16 MiB receive limit) to hand it over; a streaming one is never asked for it."""
+
+    async def refuse(_requests: Any, context: grpc.aio.ServicerContext) -> None:
+        await context.abort(grpc.StatusCode.UNAUTHENTICATED, "join token missing or wrong",
+                            trailing_metadata=wire.error_metadata("AuthError"))
+
+    return grpc.stream_stream_rpc_method_handler(refuse, response_serializer=handler.response_serializer)
 
 
 def add_coordinator_service(service: pb_grpc.CoordinatorServicer, server: grpc.aio.Server) -> None:

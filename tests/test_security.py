@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import trustme
 
+from flexgc.common import wire
 from flexgc.common.config import worker_config
 from flexgc.master.server import serve
 from flexgc.v1 import coordinator_pb2 as pb
@@ -112,8 +113,8 @@ def _join(port: int, creds: grpc.ChannelCredentials | None, token: str) -> grpc.
     target = f"localhost:{port}"
     channel = grpc.secure_channel(target, creds) if creds else grpc.insecure_channel(target)
     try:
-        pb_grpc.CoordinatorStub(channel).Join(pb.JoinRequest(worker_id="intruder", preferred_slot=-1,
-                                                             token=token), timeout=5)
+        pb_grpc.CoordinatorStub(channel).Join(pb.JoinRequest(worker_id="intruder", preferred_slot=-1), timeout=5,
+                                              metadata=wire.token_metadata(token))
         return grpc.StatusCode.OK
     except grpc.RpcError as exc:
         return exc.code()  # type: ignore[attr-defined, no-any-return]

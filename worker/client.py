@@ -109,12 +109,12 @@ class Session:
 
     async def run(self) -> SessionEnd:
         """Work on this stream until the master's Shutdown, a broken stream or a fatal status."""
-        call = self.stub.Work()
+        call = self.stub.Work(metadata=wire.token_metadata(self.cfg.token))
         writer = asyncio.create_task(self._write(call))
         beat = asyncio.create_task(self._heartbeat())
         try:
             await call.write(wire.worker_message(wire.Hello(self.slot, self.grant.session_id, self.cfg.identity,
-                                                            self.cfg.token or "", self.instance_id)))
+                                                            self.instance_id)))
             self._send(wire.Ready(self.last_iteration))
             while True:
                 msg = await call.read()
@@ -294,8 +294,9 @@ async def _load_data(stub: pb_grpc.CoordinatorStub, grant: wire.JoinGrant, job: 
     data = {}
     for j in partitions:
         receiver = wire.PartitionReceiver(j)
-        ask = wire.PartitionAsk(grant.slot, j, grant.session_id, cfg.token or "")
-        async for chunk in stub.FetchPartition(wire.partition_request(ask)):
+        ask = wire.PartitionAsk(grant.slot, j, grant.session_id)
+        metadata = wire.token_metadata(cfg.token)
+        async for chunk in stub.FetchPartition(wire.partition_request(ask), metadata=metadata):
             receiver.accept(chunk)
         data[j] = receiver.result()
     return data
@@ -329,9 +330,10 @@ async def run_worker(cfg: WorkerConfig, stop: asyncio.Event | None = None) -> in
             channel = transport.aio_channel(cfg.master, tls, server_name=cfg.server_name)
             try:
                 stub = pb_grpc.CoordinatorStub(channel)
-                ask = wire.JoinAsk(cfg.identity, slot, cfg.token or "", __version__, instance_id)
+                ask = wire.JoinAsk(cfg.identity, slot, __version__, instance_id)
                 try:
-                    grant, job = wire.joined(await stub.Join(wire.join_request(ask), timeout=10))
+                    grant, job = wire.joined(await stub.Join(wire.join_request(ask), timeout=10,
+                                                             metadata=wire.token_metadata(cfg.token)))
                 except WireError as exc:
                     _log.error("cannot use the join reply of master=%s: %s (another flexgc version?)", cfg.master,
                                exc)

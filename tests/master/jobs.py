@@ -48,15 +48,14 @@ def run(make: Callable[[], Awaitable[T]], timeout_s: float = 10.0) -> T:
 class Job:
     """A coordinator plus known partial gradients G[t] (k, D) per iteration; coded messages are B[l, i] @ G[t]."""
 
-    def __init__(self, *, token: str | None = TOKEN, decode_inline_elements: int = 1 << 20,
+    def __init__(self, *, decode_inline_elements: int = 1 << 20,
                  deadline_s: float = 0.0, on_deadline: str = "fail", dtype: str = "float64",
                  code: str = "nested:levels=0,1") -> None:
         self.code = parse_code(code, N)
         self.metrics = Metrics()
         self.c = Coordinator(self.code, DataSpec(samples=30, features=FEATURES, partitions=self.code.k),
                              dtype=dtype, chunk_bytes=CHUNK_BYTES, deadline_s=deadline_s, on_deadline=on_deadline,
-                             token=token, metrics=self.metrics, decode_inline_elements=decode_inline_elements)
-        self.token = token or ""
+                             metrics=self.metrics, decode_inline_elements=decode_inline_elements)
         self.G: dict[int, np.ndarray] = {}
 
     def partials(self, iteration: int) -> np.ndarray:
@@ -78,23 +77,22 @@ class Job:
 
     def connect(self, slot: int, worker_id: str | None = None, ready_after: int | None = -1) -> Connection:
         wid = worker_id or f"w{slot}"
-        grant = self.join(wid, slot, self.token)
-        conn = self.open_stream(grant.slot, wid, grant.session_id, self.token)
+        grant = self.join(wid, slot)
+        conn = self.open_stream(grant.slot, wid, grant.session_id)
         if ready_after is not None:
             self.c.on_ready(conn, ready_after)
         return conn
 
     # A worker id's process is "proc-<id>" unless a test says otherwise: joining again with the same id is
     # then a reconnect of that process, which replaces its old connection at once.
-    def join(self, worker_id: str, preferred_slot: int, token: str, instance_id: str | None = None,
+    def join(self, worker_id: str, preferred_slot: int, instance_id: str | None = None,
              peer: str = "") -> wire.JoinGrant:
         instance = f"proc-{worker_id}" if instance_id is None else instance_id
-        return self.c.join(wire.JoinAsk(worker_id, preferred_slot, token, "", instance), peer)
+        return self.c.join(wire.JoinAsk(worker_id, preferred_slot, "", instance), peer)
 
-    def open_stream(self, slot: int, worker_id: str, session_id: str, token: str,
-                    instance_id: str | None = None) -> Connection:
+    def open_stream(self, slot: int, worker_id: str, session_id: str, instance_id: str | None = None) -> Connection:
         instance = f"proc-{worker_id}" if instance_id is None else instance_id
-        return self.c.members.open_stream(wire.Hello(slot, session_id, worker_id, token, instance))
+        return self.c.members.open_stream(wire.Hello(slot, session_id, worker_id, instance))
 
     def ack(self, conn: Connection, ack: pb.CancelAck) -> None:
         """A CancelAck as the servicer passes it on: decoded (and its times checked) by wire."""

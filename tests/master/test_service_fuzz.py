@@ -89,9 +89,12 @@ def discarded(port: int, kind: str) -> float:
 class Stream:
     """One Work stream driven message by message (sync gRPC; every read is bounded by the call deadline)."""
 
-    def __init__(self, stub: pb_grpc.CoordinatorStub, timeout_s: float = RPC_TIMEOUT_S) -> None:
+    def __init__(self, stub: pb_grpc.CoordinatorStub, timeout_s: float = RPC_TIMEOUT_S,
+                 token: str | None = None) -> None:
+        """`token`: what the call's metadata carries (default: the job's; "" for none)."""
         self._requests: queue.Queue[pb.WorkerMessage | None] = queue.Queue()
-        self.call = stub.Work(self._generate(), timeout=timeout_s)
+        metadata = wire.token_metadata(TOKEN if token is None else token)
+        self.call = stub.Work(self._generate(), timeout=timeout_s, metadata=metadata)
 
     def _generate(self) -> Iterator[pb.WorkerMessage]:
         while (msg := self._requests.get()) is not None:
@@ -124,9 +127,9 @@ class Stream:
         self.call.cancel()
 
 
-def hello(slot: int, reply: pb.JoinReply, worker_id: str, token: str = TOKEN) -> pb.WorkerMessage:
+def hello(slot: int, reply: pb.JoinReply, worker_id: str) -> pb.WorkerMessage:
     """One process per worker id (as a real worker reconnecting): a new stream replaces the old one at once."""
-    return pb.WorkerMessage(hello=pb.Hello(slot=slot, session_id=reply.session_id, worker_id=worker_id, token=token,
+    return pb.WorkerMessage(hello=pb.Hello(slot=slot, session_id=reply.session_id, worker_id=worker_id,
                                            instance_id=f"process-of-{worker_id}"))
 
 
@@ -168,8 +171,9 @@ class Master:
 
     def join(self, slot: int, worker_id: str | None = None) -> pb.JoinReply:
         worker_id = worker_id or f"fuzz-{slot}"
-        reply = self.stub.Join(pb.JoinRequest(worker_id=worker_id, preferred_slot=slot, token=TOKEN,
-                                              instance_id=f"process-of-{worker_id}"), timeout=RPC_TIMEOUT_S)
+        reply = self.stub.Join(pb.JoinRequest(worker_id=worker_id, preferred_slot=slot,
+                                              instance_id=f"process-of-{worker_id}"), timeout=RPC_TIMEOUT_S,
+                               metadata=wire.token_metadata(TOKEN))
         assert reply.slot == slot
         self.replies[slot] = reply
         return reply
@@ -294,7 +298,10 @@ def target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Master]:
 def test_bad_join(target: Master, request_fields: dict[str, Any], code: grpc.StatusCode, kind: str) -> None:
     before = rejected(target.metrics_port, kind)
 
-    got, details = status_of(lambda: target.stub.Join(pb.JoinRequest(**request_fields), timeout=RPC_TIMEOUT_S))
+    fields = dict(request_fields)
+    token = fields.pop("token")
+    got, details = status_of(lambda: target.stub.Join(pb.JoinRequest(**fields), timeout=RPC_TIMEOUT_S,
+                                                      metadata=wire.token_metadata(token)))
 
     assert got == code, details
     assert TOKEN not in details
@@ -313,10 +320,12 @@ def test_bad_join(target: Master, request_fields: dict[str, Any], code: grpc.Sta
 def test_bad_fetch_partition(target: Master, request_fields: dict[str, Any], code: grpc.StatusCode,
                              kind: str) -> None:
     fields = {"session_id": target.replies[0].session_id, **request_fields}
+    token = fields.pop("token")
     before = rejected(target.metrics_port, kind)
 
     got, details = status_of(lambda: list(target.stub.FetchPartition(pb.PartitionRequest(**fields),
-                                                                     timeout=RPC_TIMEOUT_S)))
+                                                                     timeout=RPC_TIMEOUT_S,
+                                                                     metadata=wire.token_metadata(token))))
 
     assert got == code, details
     assert rejected(target.metrics_port, kind) == before + 1
@@ -330,10 +339,9 @@ def _first_messages(target: Master) -> dict[str, tuple[list[pb.WorkerMessage], g
         "result-before-hello": ([result(pb.ResultChunk(iteration=0, slot=1, dtype="<f8", total_elements=D))],
                                 S.INVALID_ARGUMENT, "no_hello"),
         "empty-message": ([pb.WorkerMessage()], S.INVALID_ARGUMENT, "no_hello"),
-        "hello-bad-token": ([hello(1, reply, "fuzz-1", token="guess")], S.UNAUTHENTICATED, "AuthError"),
-        "hello-no-token": ([hello(1, reply, "fuzz-1", token="")], S.UNAUTHENTICATED, "AuthError"),
-        "hello-old-session": ([pb.WorkerMessage(hello=pb.Hello(slot=1, session_id="0" * 32, worker_id="fuzz-1",
-                                                               token=TOKEN))],
+        "hello-bad-token": ([hello(1, reply, "fuzz-1")], S.UNAUTHENTICATED, "AuthError"),      # with token "guess"
+        "hello-no-token": ([hello(1, reply, "fuzz-1")], S.UNAUTHENTICATED, "AuthError"),       # with no token
+        "hello-old-session": ([pb.WorkerMessage(hello=pb.Hello(slot=1, session_id="0" * 32, worker_id="fuzz-1"))],
                               S.FAILED_PRECONDITION, "StaleIterationError"),
         "hello-unknown-slot": ([hello(99, reply, "fuzz-1")], S.NOT_FOUND, "UnknownSlotError"),
         "hello-negative-slot": ([hello(-1, reply, "fuzz-1")], S.NOT_FOUND, "UnknownSlotError"),
@@ -348,7 +356,7 @@ def _first_messages(target: Master) -> dict[str, tuple[list[pb.WorkerMessage], g
 def test_bad_work_handshake(target: Master, case: str) -> None:
     messages, code, kind = _first_messages(target)[case]
     before = rejected(target.metrics_port, kind)
-    stream = Stream(target.stub)
+    stream = Stream(target.stub, token={"hello-bad-token": "guess", "hello-no-token": ""}.get(case))
     try:
         stream.send(*messages)
 
@@ -475,7 +483,8 @@ def test_all_slots_held_refuses_a_newcomer(target: Master) -> None:
     before = rejected(target.metrics_port, "SlotsFullError")
     try:
         got, details = status_of(lambda: target.stub.Join(
-            pb.JoinRequest(worker_id="newcomer", preferred_slot=-1, token=TOKEN), timeout=RPC_TIMEOUT_S))
+            pb.JoinRequest(worker_id="newcomer", preferred_slot=-1), timeout=RPC_TIMEOUT_S,
+            metadata=wire.token_metadata(TOKEN)))
     finally:
         for holder in holders:
             holder.close()
@@ -533,8 +542,8 @@ def test_half_open_connections_do_not_stop_the_service(target: Master) -> None:
             sock.sendall(H2_PREFACE[:10])
 
         target.assert_up()
-        got, _ = status_of(lambda: target.stub.Join(pb.JoinRequest(worker_id="x", token="bad"),
-                                                    timeout=RPC_TIMEOUT_S))
+        got, _ = status_of(lambda: target.stub.Join(pb.JoinRequest(worker_id="x"), timeout=RPC_TIMEOUT_S,
+                                                    metadata=wire.token_metadata("bad")))
         stream, _ = target.open_worker(1)
         stream.send(pb.WorkerMessage())
         live, _ = stream.status()
@@ -642,16 +651,17 @@ class Attacker:
 
     def unauthenticated(self) -> None:
         stub = self.m.stub
-        self.tally(*status_of(lambda: stub.Join(pb.JoinRequest(worker_id="eve", preferred_slot=-1, token="x"),
-                                                timeout=RPC_TIMEOUT_S)))
-        self.tally(*status_of(lambda: stub.Join(pb.JoinRequest(worker_id="eve", preferred_slot=9, token=TOKEN),
-                                                timeout=RPC_TIMEOUT_S)))
-        self.tally(*status_of(lambda: list(stub.FetchPartition(pb.PartitionRequest(slot=0, partition=0, token="x"),
-                                                               timeout=RPC_TIMEOUT_S))))
-        for first in ([ready(-1)], [pb.WorkerMessage(hello=pb.Hello(slot=0, worker_id="eve", token="x"))],
-                      [pb.WorkerMessage(hello=pb.Hello(slot=0, worker_id="eve", token=TOKEN,
-                                                       session_id=self.reply.session_id if self.reply else ""))]):
-            stream = Stream(self.m.stub)
+        bad, good = wire.token_metadata("x"), wire.token_metadata(TOKEN)
+        self.tally(*status_of(lambda: stub.Join(pb.JoinRequest(worker_id="eve", preferred_slot=-1),
+                                                timeout=RPC_TIMEOUT_S, metadata=bad)))
+        self.tally(*status_of(lambda: stub.Join(pb.JoinRequest(worker_id="eve", preferred_slot=9),
+                                                timeout=RPC_TIMEOUT_S, metadata=good)))
+        self.tally(*status_of(lambda: list(stub.FetchPartition(pb.PartitionRequest(slot=0, partition=0),
+                                                               timeout=RPC_TIMEOUT_S, metadata=bad))))
+        for first, token in (([ready(-1)], TOKEN), ([pb.WorkerMessage(hello=pb.Hello(slot=0, worker_id="eve"))], "x"),
+                             ([pb.WorkerMessage(hello=pb.Hello(slot=0, worker_id="eve", session_id=self.reply.session_id
+                                                               if self.reply else ""))], TOKEN)):
+            stream = Stream(self.m.stub, token=token)
             stream.send(*first)
             self.tally(*stream.status())
             stream.close()
@@ -667,8 +677,8 @@ class Attacker:
     def faulty_worker(self) -> None:
         """Slot 3 with the token: takes the task, sends a malformed result (or a stale / future one)."""
         if self.reply is None:
-            self.reply = self.m.stub.Join(pb.JoinRequest(worker_id="faulty", preferred_slot=3, token=TOKEN),
-                                          timeout=RPC_TIMEOUT_S)
+            self.reply = self.m.stub.Join(pb.JoinRequest(worker_id="faulty", preferred_slot=3),
+                                          timeout=RPC_TIMEOUT_S, metadata=wire.token_metadata(TOKEN))
         if self.job_over():
             return                              # a stream opened after the job's Shutdown never gets a task
         stream = Stream(self.m.stub)

@@ -187,7 +187,7 @@ async def _stub_worker(target: str, d: int, dtype: str) -> None:
     executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="compute")
     try:
         stub = pb_grpc.CoordinatorStub(channel)
-        ask = wire.JoinAsk(cfg.identity, 0, "", __version__)
+        ask = wire.JoinAsk(cfg.identity, 0, __version__)
         grant, job = wire.joined(await stub.Join(wire.join_request(ask), timeout=_TIMEOUT_S))
         compute = ReadyVector(grant.slot_code)
         await asyncio.wait_for(Session(cfg, grant, job, stub, compute, executor).run(), 20 * _TIMEOUT_S)

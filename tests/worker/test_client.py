@@ -57,7 +57,7 @@ def join_reply(spec: DataSpec = SPEC) -> pb.JoinReply:
 def make_compute(spec: DataSpec = SPEC) -> PartitionCompute:
     sc = slot_code()
     data = {j: synthetic_partition(spec, j) for j in sc.partitions}
-    return PartitionCompute(sc, spec.model, spec.classes, data, spec.d + 1, np.dtype("<f8"), rows_per_chunk=7)
+    return PartitionCompute(sc, spec, data, np.dtype("<f8"), rows_per_chunk=7)
 
 
 def expected_coded(params: np.ndarray) -> dict[int, np.ndarray]:

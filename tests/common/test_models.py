@@ -161,27 +161,28 @@ def test_a_worker_imports_only_the_modules_it_allows() -> None:
 # -- mini-batches ---------------------------------------------------------------------------------
 
 
+def _rows(spec: DataSpec, j: int, t: int) -> np.ndarray:
+    rows = batch_rows(spec, j, t)
+    assert rows is not None
+    return rows
+
+
 def test_batches_are_seeded_distinct_rows_that_cycle_through_each_partition() -> None:
     spec = _spec("logistic", batch=7, batch_seed=3)       # partitions of 26 or 25 rows: 3 batches an epoch
     for j in range(spec.partitions):
         start, stop = spec.partition_bounds(j)
         m = stop - start
-        epoch = [batch_rows(spec, j, t) for t in range(m // 7)]
+        epoch = [_rows(spec, j, t) for t in range(m // 7)]
         for rows in epoch:
-            assert rows is not None and rows.size == 7 and np.all(np.diff(rows) > 0) and rows.max() < m
-        seen = np.concatenate(epoch)                       # type: ignore[arg-type]
+            assert rows.size == 7 and np.all(np.diff(rows) > 0) and rows.max() < m
+        seen = np.concatenate(epoch)
         assert np.unique(seen).size == seen.size           # no row twice within an epoch
-        again = batch_rows(spec, j, 0)
-        assert again is not None and np.array_equal(again, epoch[0])
-    assert not np.array_equal(batch_rows(spec, 0, 0), batch_rows(DataSpec(**{**_kw(spec), "batch_seed": 4}), 0, 0))
-    assert not np.array_equal(batch_rows(spec, 0, 0), batch_rows(spec, 0, 3))   # the next epoch reshuffles
+        assert np.array_equal(_rows(spec, j, 0), epoch[0])
+    other_seed = _spec("logistic", batch=7, batch_seed=4)
+    assert not np.array_equal(_rows(spec, 0, 0), _rows(other_seed, 0, 0))
+    assert not np.array_equal(_rows(spec, 0, 0), _rows(spec, 0, 3))   # the next epoch reshuffles
     assert spec.batch_samples(5) == 7 * 4
     assert batch_rows(_spec("logistic"), 0, 0) is None and _spec("logistic").batch_samples(0) == 103
-
-
-def _kw(spec: DataSpec) -> dict[str, object]:
-    return {f: getattr(spec, f) for f in ("model", "samples", "features", "classes", "seed", "partitions",
-                                          "batch", "batch_seed")}
 
 
 def test_the_batch_gradient_is_the_gradient_of_the_union_of_the_partition_batches() -> None:

@@ -58,12 +58,13 @@ def delay_spec(base: str, scenario: Scenario) -> str:
 
 
 def run_one(code_spec: str, n: int, delay: str, seed: int, iterations: int, deadline_s: float,
-            workdir: Path, samples: int, features: int) -> dict[str, Any]:
+            workdir: Path, samples: int, features: int, **job: Any) -> dict[str, Any]:
+    """One live run; `job` holds further master options (model, data, optimizer, snapshot_every, ...)."""
     code = parse_code(code_spec, n)
     out = workdir / f"{code_spec.replace(':', '_').replace(',', '_').replace('=', '')}-{abs(hash(delay)) % 10**8}"
     cfg = master_config(host="127.0.0.1", port=0, workers=n, code=code_spec, iterations=iterations, delay=delay,
                         delay_seed=seed, out=str(out), samples=samples, features=features, checkpoint_every=0,
-                        deadline_s=deadline_s, on_deadline="fail", join_timeout_s=60.0)
+                        deadline_s=deadline_s, on_deadline="fail", join_timeout_s=60.0, **job)
     with LocalCluster(cfg) as cluster:
         cluster.start_master()
         cluster.start_workers()
@@ -80,6 +81,10 @@ def run_one(code_spec: str, n: int, delay: str, seed: int, iterations: int, dead
              and w["partitions_done"] is not None]
     uploads = [sum(x is not None for x in w["result_arrival_ms"]) for r in records for w in r["workers"]]
     cancel = [r["cancel_latency_ms"] for r in records if r["cancel_latency_ms"] is not None]
+    # compute time per partition, and the share of each iteration a worker spent computing
+    compute = [ms for r in records for w in r["workers"] for ms in w["compute_ms"] if ms is not None]
+    shares = [sum(x for x in w["compute_ms"] if x is not None) / r["latency_ms"] for r in records
+              if r["outcome"] != "FAILED" and r["latency_ms"] for w in r["workers"] if w["task_sent_ms"] is not None]
     finite = measured[np.isfinite(measured)]
     mean_ideal = float(ideal_ms[ok].mean()) if ok.any() else math.nan
     mean_meas = float(measured[ok].mean()) if ok.any() else math.nan
@@ -96,7 +101,10 @@ def run_one(code_spec: str, n: int, delay: str, seed: int, iterations: int, dead
         "uploads_per_worker_iteration": float(np.mean(uploads)) if uploads else math.nan,
         # None: no worker was ever cancelled (every one sent its whole task, flagged task_done)
         "cancel_latency_ms_median": float(np.median(cancel)) if cancel else None,
+        "compute_ms_per_partition_median": float(np.median(compute)) if compute else math.nan,
+        "compute_share": float(np.mean(shares)) if shares else math.nan,
         "latencies_ms": [float(x) for x in finite],
+        "out": str(out),
     }
 
 
@@ -129,8 +137,9 @@ def run_bench(args: argparse.Namespace) -> int:
                     row: dict[str, Any] = {"code": code.spec, "decoder": code.decoder, "delay": delay,
                                            "skipped": f"tolerates {code.s_max} < r={len(sc.dead)}"}
                 else:
+                    job = {k: getattr(args, k, None) for k in ("model", "data", "optimizer")}
                     row = run_one(spec, n, delay, args.seed, iterations, args.deadline_s, Path(tmp),
-                                  args.samples, args.features)
+                                  args.samples, args.features, **{k: v for k, v in job.items() if v})
                 row.update(r=len(sc.dead), p=sc.p, n=n)
                 rows.append(row)
                 bar.update(1)
@@ -146,7 +155,7 @@ def run_bench(args: argparse.Namespace) -> int:
 
 _COLUMNS = ("r", "p", "code", "decoder", "iterations", "failed", "mean_ms", "median_ms", "p90_ms", "ideal_mean_ms",
             "measured_over_ideal", "mean_load", "uploads_per_worker_iteration", "cancel_latency_ms_median",
-            "skipped")
+            "compute_ms_per_partition_median", "compute_share", "skipped")
 
 
 def _write(out: Path, rows: list[dict[str, Any]], wall: float, args: argparse.Namespace) -> None:
@@ -228,6 +237,9 @@ def register(sub: Any) -> None:
     p.add_argument("--deadline-s", type=float, default=5.0, help="per-iteration deadline (then FAILED)")
     p.add_argument("--samples", type=int, default=10_000)
     p.add_argument("--features", type=int, default=50)
+    p.add_argument("--model", default=None, help="model spec (default logistic; e.g. jax-cnn, needs flexgc[jax])")
+    p.add_argument("--data", default=None, help="data source (default synthetic; e.g. sklearn:digits)")
+    p.add_argument("--optimizer", default=None, help="optimizer spec (default gd)")
     p.add_argument("--out", default="runs/bench")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(handler=run_bench)

@@ -250,11 +250,16 @@ def test_kustomization_runs_the_job_it_configures(name: str) -> None:
     job = next(doc["data"] for (kind, n), doc in docs.items() if kind == "ConfigMap" and n.startswith("flexgc-job"))
     master = docs[("Deployment", "flexgc-master")]
     workers = docs[("StatefulSet", "flexgc-worker")]
+    worker_sets = [doc for (kind, _), doc in docs.items() if kind == "StatefulSet"]
     (master_container,) = master["spec"]["template"]["spec"]["containers"]
     (worker_container,) = workers["spec"]["template"]["spec"]["containers"]
 
-    # Assert: as many worker pods as slots, and both roles linger so their controllers do not rerun them
-    assert workers["spec"]["replicas"] == int(job["FLEXGC_WORKERS"])
+    # Assert: as many worker pods as slots (the shaped overlay's slow worker is a StatefulSet of its own),
+    # and both roles linger so their controllers do not rerun them
+    assert sum(w["spec"]["replicas"] for w in worker_sets) == int(job["FLEXGC_WORKERS"])
+    for other in worker_sets:
+        (container,) = other["spec"]["template"]["spec"]["containers"]
+        assert container["args"] == ["worker", "--linger"], other["metadata"]["name"]
     assert master["spec"]["replicas"] == 1 and master["spec"]["strategy"]["type"] == "Recreate"
     assert master_container["args"] == ["master", "--linger"]
     assert worker_container["args"] == ["worker", "--linger"]
@@ -271,6 +276,32 @@ def test_kustomization_runs_the_job_it_configures(name: str) -> None:
         names = [e["name"] for e in container.get("env", [])]
         names += [key for (kind, n), doc in docs.items() if kind == "ConfigMap" and n in maps for key in doc["data"]]
         assert _unknown_env(role, names) == [], f"{role}: not {role} options"
+
+
+def test_token_overlay_generates_the_secret_the_pods_read(tmp_path: Path) -> None:
+    # Prepare: a copy of deploy/k8s, with and without the token file the overlay's secretGenerator reads
+    k8s = tmp_path / "k8s"
+    shutil.copytree(DEPLOY / "k8s", k8s)
+    overlay = k8s / "overlays" / "token"
+    missing = _kustomize(overlay)
+    (overlay / "token.env").write_text("token=0123456789abcdef\n")
+
+    # Execute
+    rendered = _render(overlay)
+    result = _kubernetes_validate(rendered, tmp_path)
+
+    # Assert: one Secret, applied with the pods (kubectl orders it before them), and both roles read it
+    assert not _ok(missing) and "token.env" in missing.stderr, _explain(missing)
+    assert _ok(result), _explain(result)
+    docs = _yaml_documents(rendered)
+    (secret,) = [d for d in docs if d["kind"] == "Secret"]
+    name = secret["metadata"]["name"]
+    assert name.startswith("flexgc-token-") and secret["metadata"]["namespace"] == "flexgc-example"
+    workloads = [d for d in docs if d["kind"] in ("Deployment", "StatefulSet")]
+    containers = [c for d in workloads for c in d["spec"]["template"]["spec"]["containers"]]
+    refs = [e["valueFrom"]["secretKeyRef"]["name"] for c in containers for e in c.get("env", [])
+            if e["name"] == "FLEXGC_TOKEN"]
+    assert refs == [name] * 2, refs
 
 
 def test_kustomize_rejects_a_missing_resource(tmp_path: Path) -> None:

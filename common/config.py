@@ -118,7 +118,9 @@ class MasterConfig(_Tls):
     checkpoint_every: int = option(10, "write a checkpoint every K iterations (0: only on SIGTERM)", minimum=0)
     snapshot_every: int = option(0, "also keep the parameters after every K-th iteration in "
                                  "OUT/snapshots/params-ITERATION.npy (0: off)", minimum=0)
-    resume: bool = option(True, "resume from OUT/checkpoint.npz when it exists")
+    new_run: bool = option(False, "when --out already holds a run, move its files aside (into "
+                           "OUT/previous-<time>/) and start a new one; without it the master resumes a run of "
+                           "the same job and refuses one of another job")
     metrics_port: int = option(0, "Prometheus metrics port (0: off)", minimum=0)
     join_timeout_s: float = option(120.0, "how long to wait for the first n workers", minimum=0.0)
     chunk_bytes: int = option(1 << 20, "bytes per chunk on the wire", minimum=1024)

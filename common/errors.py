@@ -52,3 +52,16 @@ class AlreadyConnectedError(FlexgcError):
 
 class RateLimitedError(FlexgcError):
     """A peer sent more requests than the master accepts per second."""
+
+
+class StorageError(FlexgcError):
+    """A file of the run directory could not be written (the message names the path and the errno)."""
+
+    def __init__(self, path: object, exc: OSError) -> None:
+        import errno
+
+        name = errno.errorcode.get(exc.errno or 0, "EIO")
+        hint = "; the disk is full" if exc.errno == errno.ENOSPC else ""
+        super().__init__(f"cannot write {path}: [{name}] {exc.strerror or exc}{hint}")
+        self.path = path
+        self.errno = exc.errno

@@ -104,9 +104,13 @@ def aio_server(max_message_bytes: int = MAX_MESSAGE_BYTES,
 def bind(server: grpc.aio.Server, address: str, tls: TlsConfig) -> int:
     """Add a port (insecure or TLS); returns the bound port (address may end in :0)."""
     creds = server_credentials(tls)
-    port = server.add_secure_port(address, creds) if creds else server.add_insecure_port(address)
+    try:
+        port = server.add_secure_port(address, creds) if creds else server.add_insecure_port(address)
+    except RuntimeError:  # grpc: "Failed to bind to address ..."
+        port = 0
     if port == 0:
-        raise ConfigError(f"listen address {address!r} could not be bound")
+        raise ConfigError(f"port: cannot listen on {address} (another process has the port? pick another --port, "
+                          f"or 0 for a free one)")
     return port
 
 

@@ -29,6 +29,7 @@ from flexgc.common.config import master_config
 from flexgc.common.delays import dead_slots, parse_delay
 from flexgc.harness.local import LocalCluster
 from flexgc.master.accounting import read_run_log
+from flexgc.master.rundir import check_out_dir
 from flexgc.report import run_dirs_below, write_report_if_available
 
 _log = logging.getLogger(__name__)
@@ -123,7 +124,7 @@ def run_bench(args: argparse.Namespace) -> int:
     parse_delay(base).check_slots(n)
     scenarios = [Scenario(dead_slots(n, r, "random", args.seed), p) for p in ps for r in rs]
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    check_out_dir(out)
     rows: list[dict[str, Any]] = []
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="flexgc-bench-") as tmp, \

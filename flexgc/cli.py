@@ -1,14 +1,24 @@
-"""The `flexgc` command line. Each subcommand lives in a `cmd_*` module with `register(subparsers)`;
-this entry point only parses, configures logging and maps errors to exit codes."""
+"""The `flexgc` command line. Each subcommand lives in a module with `register(subparsers)`; this entry
+point only parses, configures logging and maps errors to exit codes:
+
+    0    done (a finished job; a worker told to stop)
+    1    a runtime failure (failed iterations under --on-deadline fail, a worker's --join-timeout-s, ...)
+    2    a configuration error or a refusal retrying cannot fix (bad option, wrong token, port in use)
+    74   the run directory could not be written (e.g. a full disk: the job ended, its files intact)
+    130  interrupted by SIGINT (Ctrl-C); 143 by SIGTERM (a master checkpoints before it exits)
+
+Errors are one line on stderr; logs go to stderr too, and machine-readable JSON lines to stdout.
+"""
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 from flexgc import __version__
-from flexgc.common.errors import ConfigError, FlexgcError
+from flexgc.common.errors import ConfigError, FlexgcError, StorageError
 
 _COMMAND_MODULES = ("flexgc.cmd_analyze", "flexgc.cmd_services", "flexgc.bench", "flexgc.soak",
                     "flexgc.report.cmd",
@@ -21,8 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="flexgc", description=__doc__ and "Straggler-tolerant distributed "
                                      "gradient descent with nested gradient codes.")
     parser.add_argument("--version", action="version", version=f"flexgc {__version__}")
-    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
-    parser.add_argument("--log-format", default="text", choices=["text", "json"])
+    add_logging_options(parser, None)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in _COMMAND_MODULES:
         try:
@@ -32,7 +41,16 @@ def build_parser() -> argparse.ArgumentParser:
                 raise
             continue
         module.register(sub)
+    for command in sub.choices.values():  # also accepted after the subcommand: flexgc master --log-level DEBUG
+        add_logging_options(command, argparse.SUPPRESS)
     return parser
+
+
+def add_logging_options(parser: argparse.ArgumentParser, default: object) -> None:
+    parser.add_argument("--log-level", default=default or "INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+                        help="log level (default INFO)")
+    parser.add_argument("--log-format", default=default or "text", choices=["text", "json"],
+                        help="log lines as text or JSON (default text)")
 
 
 def configure_logging(level: str, fmt: str) -> None:
@@ -52,6 +70,9 @@ def configure_logging(level: str, fmt: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # gRPC core's own log lines (failed binds, TLS handshakes) repeat what flexgc reports in one line;
+    # GRPC_VERBOSITY=ERROR (or DEBUG) in the environment brings them back
+    os.environ.setdefault("GRPC_VERBOSITY", "NONE")
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "handler", None):
@@ -63,6 +84,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"flexgc: configuration error: {exc}", file=sys.stderr)
         return 2
+    except StorageError as exc:
+        print(f"flexgc: {exc}", file=sys.stderr)
+        return 74
     except FlexgcError as exc:
         print(f"flexgc: {exc}", file=sys.stderr)
         return 1

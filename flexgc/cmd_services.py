@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import json
 import os
+import signal
 import sys
 import time
 from typing import Any
@@ -48,6 +49,11 @@ def register(sub: Any) -> None:
     p.add_argument("--delay-seed", type=int, default=1)
     p.add_argument("--out", default="runs/demo", help="run directory")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--model", default="logistic",
+                   help="model spec (default logistic on synthetic data; jax-cnn / jax-mlp need flexgc[jax] and "
+                        "train on sklearn:digits with adam:lr=3e-3 unless --data / --optimizer say otherwise)")
+    p.add_argument("--data", default=None, help="data source (default: synthetic, or sklearn:digits for jax-*)")
+    p.add_argument("--optimizer", default=None, help="optimizer spec (default: gd, or adam:lr=3e-3 for jax-*)")
     p.set_defaults(handler=cmd_demo)
 
 
@@ -67,6 +73,8 @@ def cmd_master(args: argparse.Namespace) -> int:
     summary = asyncio.run(serve(cfg, on_port=report))
     summary.pop("params", None)
     print(json.dumps({"event": "summary", **summary}), flush=True)
+    if summary.get("interrupted_by"):
+        return 128 + int(signal.Signals[summary["interrupted_by"]])
     return 0 if summary.get("failed_iterations", 0) == 0 or cfg.on_deadline != "fail" else 1
 
 

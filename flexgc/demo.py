@@ -9,6 +9,7 @@ import argparse
 import asyncio
 import logging
 import math
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -19,8 +20,10 @@ from flexgc.common.analysis import ideal_latencies_ms
 from flexgc.common.codes import parse_code
 from flexgc.common.config import master_config
 from flexgc.common.delays import parse_delay
+from flexgc.common.models import parse_model
 from flexgc.harness.local import worker_process_main, worker_values
 from flexgc.harness.processes import SpawnedChild, stop_all
+from flexgc.master.rundir import RunDir, job_identity
 
 
 def _fmt(values: np.ndarray) -> tuple[str, str, str]:
@@ -43,16 +46,20 @@ def run_demo(args: argparse.Namespace) -> int:
     delay = parse_delay(args.delay)
     delay.check_slots(n)
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    for stale in ("checkpoint.npz", "run.jsonl"):
-        (out / stale).unlink(missing_ok=True)  # a demo always starts fresh
+    model = getattr(args, "model", None) or "logistic"
+    jax = parse_model(model).needs_jax  # a JAX network trains on digits with Adam unless told otherwise
+    data = getattr(args, "data", None) or ("sklearn:digits" if jax else "synthetic")
+    optimizer = getattr(args, "optimizer", None) or ("adam:lr=3e-3" if jax else "gd")
     cfg = master_config(host="127.0.0.1", port=0, workers=n, code=code.spec, iterations=args.iterations,
                         delay=delay.spec, delay_seed=args.delay_seed, out=str(out), samples=20_000,
-                        features=100, deadline_s=10.0, on_deadline="approximate", checkpoint_every=0)
+                        features=100, deadline_s=10.0 if not jax else 60.0, on_deadline="approximate",
+                        checkpoint_every=0, model=model, data=data, optimizer=optimizer)
+    what = "logistic regression 20000x100" if (model, data) == ("logistic", "synthetic") else f"{model} on {data}"
     print(f"flexgc demo: n={n} workers, code {code.spec} (tolerates {code.s_max} stragglers), "
-          f"delay {delay.spec}, {args.iterations} iterations, logistic regression 20000x100")
+          f"delay {delay.spec}, {args.iterations} iterations, {what}")
     workers: list[SpawnedChild] = []
-    bar = tqdm(total=args.iterations, unit="it", disable=args.no_progress, file=sys.stdout,
+    RunDir(out).clear_own_run(job_identity(cfg))  # a demo starts fresh, but never over another job's run
+    bar = tqdm(total=args.iterations, unit="it", disable=args.no_progress, file=sys.stderr,
                bar_format="{l_bar}{bar:20}| {n_fmt}/{total_fmt} [{elapsed}] {postfix}")
     records: list[dict[str, Any]] = []
 
@@ -73,6 +80,11 @@ def run_demo(args: argparse.Namespace) -> int:
     finally:
         bar.close()
         stop_all(workers, exit_wait_s=10)  # the master has told them to stop; SIGTERM what is left
+    if summary.get("interrupted"):
+        by = summary.get("interrupted_by") or "SIGINT"
+        print(f"demo interrupted ({by}) after {len(records)} of {args.iterations} iterations; what ran is in {out}",
+              file=sys.stderr)
+        return 128 + int(signal.Signals[by])
     iters = [r["iteration"] for r in records]
     measured = np.array([r["latency_ms"] if r["outcome"] != "FAILED" else math.inf for r in records])
     smax = code.s_max

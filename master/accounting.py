@@ -19,12 +19,14 @@ import json
 import logging
 import math
 import os
+import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from flexgc.common.codes import Code
+from flexgc.common.errors import StorageError
 from flexgc.master.coordinator import Iteration, Outcome
 
 _log = logging.getLogger(__name__)
@@ -92,8 +94,20 @@ def slim(rec: dict[str, Any]) -> dict[str, Any]:
             "loads": [w["load"] for w in rec["workers"] if w["task_sent_ms"] is not None]}
 
 
+def apply_record(records: list[dict[str, Any]], rec: dict[str, Any]) -> None:
+    """Add one line of run.jsonl to the effective records: an iteration record is appended; a resume marker
+    (``"event": "resume"``) drops the records of its iteration and later, which the resumed master runs
+    again (a crash after the last checkpoint leaves them in the file: the log is only ever appended to)."""
+    if rec.get("event") == "resume":
+        start = rec["from_iteration"]
+        records[:] = [r for r in records if r["iteration"] < start]
+    else:
+        records.append(rec)
+
+
 def read_run_log(path: Path) -> list[dict[str, Any]]:
-    """The complete records of a run.jsonl, also while the master is still appending to it.
+    """The effective iteration records of a run.jsonl (resume markers applied), also while the master is
+    still appending to it.
 
     A record is complete once its newline is written; a torn last line (a read racing the write, or a
     crash mid-write) is left out rather than failing the reader.
@@ -102,26 +116,49 @@ def read_run_log(path: Path) -> list[dict[str, Any]]:
         return []
     text = path.read_text()
     complete = text[: text.rfind("\n") + 1]
-    return [json.loads(line) for line in complete.splitlines() if line.strip()]
+    records: list[dict[str, Any]] = []
+    for line in complete.splitlines():
+        if line.strip():
+            apply_record(records, json.loads(line))
+    return records
 
 
 class RunLog:
-    """Appends one record per iteration to OUT/run.jsonl once its cancel acks are in (or later ones are)."""
+    """Appends one record per iteration to OUT/run.jsonl once it is settled (or later ones are).
+
+    The file is only ever appended to, one whole record per write: a resumed master first cuts a torn
+    last line (a crash mid-write), then appends a resume marker and runs on from its checkpoint.
+    """
 
     def __init__(self, out: Path | None, resume_from: int = 0) -> None:
         self.path = out / "run.jsonl" if out else None
         self.records: list[dict[str, Any]] = []
         self._pending: dict[int, tuple[Iteration, Outcome, float | None, float | None]] = {}
-        if self.path is not None:
-            out.mkdir(parents=True, exist_ok=True)  # type: ignore[union-attr]
-            kept = []
-            if resume_from > 0:
-                kept = [r for r in read_run_log(self.path) if r.get("iteration", math.inf) < resume_from]
-            self.records = [slim(r) for r in kept]
-            tmp = self.path.with_suffix(".tmp")
-            tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
-            os.replace(tmp, self.path)
-            self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND)
+        if self.path is None:
+            return
+        try:
+            existed = self.path.exists() and self.path.stat().st_size > 0
+            self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            if existed:
+                self.records = [slim(r) for r in read_run_log(self.path) if r["iteration"] < resume_from]
+                text = self.path.read_bytes()
+                os.ftruncate(self._fd, text.rfind(b"\n") + 1)  # a torn last record goes; whole ones stay
+                self._append({"schema": SCHEMA, "event": "resume", "from_iteration": resume_from,
+                              "time_unix": round(time.time(), 3)})
+        except OSError as exc:
+            raise StorageError(self.path, exc) from None
+
+    def _append(self, rec: dict[str, Any]) -> None:
+        assert self.path is not None
+        data = (json.dumps(rec) + "\n").encode()
+        size = os.fstat(self._fd).st_size
+        try:
+            view = memoryview(data)
+            while view:  # one append per record; a regular file takes it whole unless the disk is full
+                view = view[os.write(self._fd, view):]
+        except OSError as exc:
+            os.ftruncate(self._fd, size)  # never leave half a record behind
+            raise StorageError(self.path, exc) from None
 
     def add(self, it: Iteration, outcome: Outcome, loss: float | None, verify: float | None) -> None:
         """Queue a finished iteration; its record is written once it is settled (see flush)."""
@@ -139,9 +176,7 @@ class RunLog:
             self.records.append(slim(rec))
             out.append(rec)
             if self.path is not None:
-                data = memoryview((json.dumps(rec) + "\n").encode())
-                while data:  # one append per record; a regular file takes it whole unless the disk is full
-                    data = data[os.write(self._fd, data):]
+                self._append(rec)
         return out
 
     def close(self) -> None:

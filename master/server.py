@@ -10,6 +10,7 @@ import asyncio
 import json
 import logging
 import signal
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -23,12 +24,14 @@ from flexgc import __version__
 from flexgc.common import transport, wire
 from flexgc.common.codes import parse_code
 from flexgc.common.config import MasterConfig
+from flexgc.common.errors import ConfigError, StorageError
 from flexgc.master.accounting import RunLog, summarize
 from flexgc.master.coordinator import Coordinator
 from flexgc.master.data import JobData
 from flexgc.master.metrics import Metrics
+from flexgc.master.rundir import RunDir, job_identity, write_atomic
 from flexgc.master.service import SERVICE_NAME, CoordinatorService, TokenCheck, add_coordinator_service
-from flexgc.master.trainer import Trainer, write_atomic
+from flexgc.master.trainer import Trainer
 
 _log = logging.getLogger(__name__)
 
@@ -36,7 +39,12 @@ _log = logging.getLogger(__name__)
 async def serve(cfg: MasterConfig, on_port: Callable[[int], None] | None = None,
                 stop: asyncio.Event | None = None,
                 on_record: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
-    """Run one job to completion; returns the summary (also written to OUT/summary.json)."""
+    """Run one job to completion; returns the summary (also written to OUT/summary.json).
+
+    Raises ConfigError for what the user can fix before the job starts (a run directory of another job,
+    a port in use) and StorageError when the run directory cannot be written any more: then the job
+    ends at once, workers are told to stop, and every file written before stays intact.
+    """
     code = parse_code(cfg.code, cfg.workers)
     job_data = JobData.from_config(cfg, code)
     data = job_data.spec
@@ -52,6 +60,7 @@ async def serve(cfg: MasterConfig, on_port: Callable[[int], None] | None = None,
     coordinator = Coordinator(code, data, dtype=cfg.dtype, chunk_bytes=cfg.chunk_bytes,
                               deadline_s=cfg.deadline_s, on_deadline=cfg.on_deadline,
                               max_workers=cfg.max_workers, metrics=metrics)
+    trainer = Trainer(cfg, code, job_data, coordinator, metrics, RunLog(None), on_record)
     job = wire.JobInfo(n=code.n, k=code.k, code_spec=code.spec, data=data, dtype=cfg.dtype,
                        chunk_bytes=cfg.chunk_bytes, heartbeat_interval_s=cfg.heartbeat_s, delay_spec=cfg.delay,
                        delay_seed=cfg.delay_seed)
@@ -62,10 +71,23 @@ async def serve(cfg: MasterConfig, on_port: Callable[[int], None] | None = None,
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     port = transport.bind(server, f"{cfg.host}:{cfg.port}", transport.TlsConfig(cfg.tls_cert, cfg.tls_key,
                                                                                   cfg.tls_ca))
-    metrics_server = None
-    if cfg.metrics_port:
-        from prometheus_client import start_http_server
-        metrics_server, _ = start_http_server(cfg.metrics_port, registry=metrics.registry)
+    metrics_server = _start_metrics(cfg, metrics)  # both ports are bound before the run directory is touched
+    out = Path(cfg.out) if cfg.out else None
+    complete = False
+    try:
+        if out is None:
+            _log.warning("no --out: nothing of this job will be saved (no run log, checkpoint, parameters or "
+                         "summary)")
+        elif _claim(RunDir(out), cfg, job_data):
+            trainer.restore()
+            complete = trainer.state.iteration >= cfg.iterations and not cfg.linger
+    finally:
+        if complete or sys.exc_info()[0] is not None:
+            await server.stop(None)
+            if metrics_server is not None:
+                metrics_server.shutdown()
+    if complete:
+        return _finished_summary(out, trainer)  # nothing to run, and nothing of the run is rewritten
     await server.start()
     for name in ("", SERVICE_NAME):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -73,35 +95,47 @@ async def serve(cfg: MasterConfig, on_port: Callable[[int], None] | None = None,
     if on_port is not None:
         on_port(port)
     loop = asyncio.get_running_loop()
+    signals: list[signal.Signals] = []
+
+    def on_signal(sig: signal.Signals) -> None:
+        signals.append(sig)
+        stop.set()
+
     for sig in (signal.SIGTERM, signal.SIGINT):
         try:
-            loop.add_signal_handler(sig, stop.set)
+            loop.add_signal_handler(sig, on_signal, sig)
         except (NotImplementedError, RuntimeError, ValueError):
             pass  # not the main thread (tests)
-    out = Path(cfg.out) if cfg.out else None
-    trainer = Trainer(cfg, code, job_data, coordinator, metrics, RunLog(None), on_record)
-    trainer.restore()
     trainer.runlog = RunLog(out, resume_from=trainer.state.iteration)
     started = time.perf_counter()
     summary: dict[str, Any] = {}
+    failure: StorageError | None = None
     try:
         await trainer.run(stop)
+    except StorageError as exc:
+        failure = exc
     finally:
         interrupted = stop.is_set()
-        if interrupted or trainer.cfg.checkpoint_every:
-            trainer.checkpoint()
-        coordinator.shutdown("job interrupted" if interrupted else "job finished")
+        coordinator.shutdown("job interrupted" if interrupted else "job failed: " + str(failure) if failure else
+                             "job finished")
         trainer.runlog.close()
         summary = summarize(code, trainer.runlog.records, {
             "wall_s": round(time.perf_counter() - started, 3), "interrupted": interrupted,
+            "interrupted_by": signals[0].name if signals else None,
             "stopped_at_target_loss": trainer.stopped_early, "rejected": dict(metrics.rejected_by_kind),
             "decoder_cache": coordinator.decoder.cache_info(), "dtype": cfg.dtype, "d": data.d,
             "model": data.model, "samples": data.samples, "delay": cfg.delay, "delay_seed": cfg.delay_seed,
             "next_iteration": trainer.state.iteration})
-        if out is not None:
-            write_atomic(out / "params.npy", lambda fh: np.save(fh, trainer.state.params))
-            write_atomic(out / "summary.json", lambda fh: fh.write((json.dumps(summary, indent=2) + "\n").encode()))
-        if cfg.linger and not interrupted:
+        if out is not None and failure is None:
+            try:
+                if interrupted or cfg.checkpoint_every:
+                    trainer.checkpoint()
+                write_atomic(out / "params.npy", lambda fh: np.save(fh, trainer.state.params))
+                write_atomic(out / "summary.json",
+                             lambda fh: fh.write((json.dumps(summary, indent=2) + "\n").encode()))
+            except StorageError as exc:
+                failure = exc
+        if cfg.linger and not interrupted and failure is None:
             _log.info("job finished; lingering until SIGTERM")
             await stop.wait()
         for name in ("", SERVICE_NAME):
@@ -109,5 +143,53 @@ async def serve(cfg: MasterConfig, on_port: Callable[[int], None] | None = None,
         await server.stop(2.0)
         if metrics_server is not None:
             metrics_server.shutdown()
+    if failure is not None:
+        raise failure
+    _log.info("%s %s", f"interrupted by {signals[0].name}:" if signals else "interrupted:" if interrupted else
+              "finished:", _readable(summary))
     summary["params"] = trainer.state.params
     return summary
+
+
+def _claim(rundir: RunDir, cfg: MasterConfig, job_data: JobData) -> bool:
+    """Make OUT this job's run directory; True if it holds this job's earlier run to resume."""
+    resuming = rundir.claim(job_identity(cfg, job_data), cfg.new_run)
+    rundir.check_space(6 * 8 * job_data.spec.d + (1 << 20))  # params + optimizer state, twice (atomic), + log
+    return resuming
+
+
+def _start_metrics(cfg: MasterConfig, metrics: Metrics) -> Any:
+    if not cfg.metrics_port:
+        return None
+    from prometheus_client import start_http_server
+
+    try:
+        server, _ = start_http_server(cfg.metrics_port, registry=metrics.registry)
+    except OSError as exc:
+        raise ConfigError(f"metrics_port={cfg.metrics_port} cannot be bound ({exc.strerror}): another process "
+                          f"has it? pick another --metrics-port, or 0 for no metrics") from None
+    return server
+
+
+def _finished_summary(out: Path | None, trainer: Trainer) -> dict[str, Any]:
+    """A master started again on a finished job: say so and hand back the run's summary, untouched."""
+    assert out is not None
+    _log.warning("the run in %s is complete (iteration %d of %d): nothing to run, its files stay as they are (raise "
+                 "--iterations to continue it, or --new-run to start over)", out, trainer.state.iteration,
+                 trainer.cfg.iterations)
+    try:
+        summary: dict[str, Any] = json.loads((out / "summary.json").read_text())
+    except (OSError, ValueError):
+        summary = {"next_iteration": trainer.state.iteration}
+    summary["params"] = trainer.state.params
+    return summary
+
+
+def _readable(summary: dict[str, Any]) -> str:
+    lat = summary.get("latency_ms") or {}
+    loss = summary.get("final_loss")
+    return (f"iterations={summary.get('iterations')} exact={summary.get('exact_iterations')} "
+            f"approximate={summary.get('approximate_iterations')} failed={summary.get('failed_iterations')} "
+            f"final_loss={'-' if loss is None else f'{loss:.6g}'} "
+            f"latency_ms_mean={lat.get('mean')} latency_ms_p90={lat.get('p90')} "
+            f"mean_load={summary.get('mean_load')} level_use={summary.get('level_use')}")

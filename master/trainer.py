@@ -12,11 +12,13 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
+import math
+import time
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO, TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -25,23 +27,15 @@ from flexgc.common.config import MasterConfig
 from flexgc.common.models import build_model, full_gradient
 from flexgc.common.optim import make_optimizer
 from flexgc.master.accounting import RunLog
-from flexgc.master.coordinator import Coordinator
+from flexgc.master.coordinator import Coordinator, Outcome
 from flexgc.master.data import JobData
 from flexgc.master.metrics import Metrics
+from flexgc.master.rundir import write_atomic
 
 _log = logging.getLogger(__name__)
 _T = TypeVar("_T")
 ACK_WAIT_S = 1.0  # after the last iteration, how long its cancel acks may take (for the accounting)
-
-
-def write_atomic(path: Path, write: Callable[[BinaryIO], object]) -> None:
-    """Write a temporary file beside `path`, fsync, rename: a reader sees the old file or the whole new one."""
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("wb") as fh:
-        write(fh)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+PROGRESS_S = 5.0  # at most one progress line this often (and one per iteration when they are slower)
 
 
 @dataclass
@@ -97,12 +91,14 @@ class Trainer:
         self.state = TrainState(params, self.optimizer.init(params), self.optimizer.spec, 0, cfg.data_seed,
                                 cfg.delay_seed)
         self.stopped_early = False
+        self.outcomes: Counter[str] = Counter()
+        self._progress_at = -math.inf
         self.last_loss: float | None = None
         self._log_error: BaseException | None = None   # from a run-log flush run as a loop callback
 
     def restore(self) -> None:
-        """Continue from OUT/checkpoint.npz when resuming is on and a checkpoint of this shape exists."""
-        if self.out is None or not self.cfg.resume:
+        """Continue from OUT/checkpoint.npz when it exists (the run directory is this job's: rundir.py)."""
+        if self.out is None:
             return
         path = self.out / "checkpoint.npz"
         if path.exists():
@@ -184,6 +180,7 @@ class Trainer:
             self.metrics.iteration_latency.observe(outcome.latency_ms / 1e3)
             self.metrics.connected.set(c.members.connected)
             self.runlog.add(it, outcome, loss, verify)
+            self._progress(t, outcome, loss)
             if cfg.checkpoint_every and (t + 1) % cfg.checkpoint_every == 0:
                 # the run log must hold every iteration before the checkpoint, or a resume leaves a gap
                 self._emit(self.runlog.flush(self.code, force=True))
@@ -195,6 +192,20 @@ class Trainer:
         # give the last iteration's cancel acks a moment to arrive, for the accounting
         await _until(c.wait_settled(self.state.iteration - 1, ACK_WAIT_S), stop)
         self._emit(self.runlog.flush(self.code, force=True))
+
+    def _progress(self, t: int, outcome: Outcome, loss: float | None) -> None:
+        """One INFO line per iteration, or per PROGRESS_S when iterations are faster (whichever is rarer)."""
+        self.outcomes[outcome.phase.name] += 1
+        now = time.monotonic()
+        if now - self._progress_at < PROGRESS_S and t + 1 < self.cfg.iterations:
+            return
+        self._progress_at = now
+        dec = outcome.decoding
+        stragglers = self.code.n - len({self.code.message_of(m)[1] for m in dec.messages}) if dec else self.code.n
+        _log.info("progress iteration=%d/%d loss=%s latency_ms=%.1f level=%s stragglers=%d exact=%d approximate=%d "
+                  "failed=%d", t + 1, self.cfg.iterations, "-" if loss is None else f"{loss:.6g}",
+                  outcome.latency_ms, "-" if dec is None else dec.level, stragglers, self.outcomes["EXACT"],
+                  self.outcomes["APPROXIMATE"], self.outcomes["FAILED"])
 
     def _flush_log(self, newest: int) -> None:
         try:

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -82,3 +85,26 @@ def edited_chunk(chunk: pb.ResultChunk, **changes: Any) -> pb.ResultChunk:
         else:
             setattr(out, key, value)
     return out
+
+
+def master_args(cfg: MasterConfig) -> list[str]:
+    """`flexgc master` arguments for `cfg` (the options that differ from their defaults)."""
+    from flexgc.common.config import MASTER_OPTIONS
+
+    args = []
+    for opt in MASTER_OPTIONS:
+        value = getattr(cfg, opt.name)
+        if value == opt.default:
+            continue
+        if opt.kind is bool:
+            args.append(opt.flag if value else "--no-" + opt.flag[2:])
+        else:
+            args += [opt.flag, str(value)]
+    return args
+
+
+def run_cli(*args: str, timeout_s: float = 60.0, env: dict[str, str] | None = None,
+            cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """`flexgc ARGS` in a fresh interpreter, as a user runs it; stdout and stderr captured."""
+    return subprocess.run([sys.executable, "-m", "flexgc", *args], capture_output=True, text=True,
+                          timeout=timeout_s, env={**os.environ, **(env or {})}, cwd=cwd)

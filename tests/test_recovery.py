@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from flexgc.harness.local import LocalCluster
-from tests.helpers import centralized_params, job_config, read_records, wait_for
+from tests.helpers import centralized_params, job_config, master_args, read_records, run_cli, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -61,10 +61,18 @@ def test_master_crash_resumes_from_checkpoint_with_identical_parameters(tmp_path
         with np.load(out / "checkpoint.npz") as ckpt:
             resumed_from = int(ckpt["iteration"])
         assert resumed_from >= 6 and resumed_from % 3 == 0
+        before = (out / "run.jsonl").read_bytes()
         cluster.start_master()                      # same port and run directory; workers reconnect alone
         assert cluster.wait_master(120) == 0
     records = read_records(out)
     assert [r["iteration"] for r in records] == list(range(cfg.iterations))
+    # the run log was only appended to: everything before the crash is still there, then a resume marker
+    after = (out / "run.jsonl").read_bytes()
+    whole = before[:before.rfind(b"\n") + 1]
+    assert after.startswith(whole)
+    lines = [json.loads(line) for line in after[len(whole):].splitlines()]
+    assert lines[0]["event"] == "resume" and lines[0]["from_iteration"] == resumed_from
+    assert not any(line.get("event") for line in lines[1:])
     params = np.load(out / "params.npy")
     reference = centralized_params(cfg)
     assert np.linalg.norm(params - reference) <= 1e-9 * np.linalg.norm(reference)
@@ -97,15 +105,16 @@ def test_restarting_a_completed_job_ends_at_once_and_keeps_its_results(tmp_path:
         cluster.start_workers()
         assert cluster.wait_master(60) == 0
     params = np.load(tmp_path / "params.npy")
+    files = {name: (tmp_path / name).read_bytes() for name in ("summary.json", "run.jsonl", "params.npy")}
 
     # Execute: the same master again, no workers (it must not wait out the 120 s join timeout)
-    with LocalCluster(cfg) as cluster:
-        cluster.start_master()
-        rc = cluster.wait_master(30)
+    run = run_cli("master", *master_args(cfg), timeout_s=30)
 
     # Assert
-    assert rc == 0
+    assert run.returncode == 0, run.stderr
+    assert "is complete (iteration 4 of 4): nothing to run, its files stay as they are" in run.stderr
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["next_iteration"] == 4 and summary["exact_iterations"] == 4
     assert [r["iteration"] for r in read_records(tmp_path)] == [0, 1, 2, 3]
     np.testing.assert_array_equal(np.load(tmp_path / "params.npy"), params)
+    assert {name: (tmp_path / name).read_bytes() for name in files} == files  # not one byte rewritten

@@ -1,6 +1,6 @@
 """What a report shows, read from run directories: the run log (`run.jsonl`, schema flexgc.run.v1, see
-`flexgc.master.accounting`), `summary.json` beside it (the job's identity, once the job has ended), and the
-model's view of the same delays.
+`flexgc.master.accounting`), the job's identity beside it (`job.json`, written when the job starts, and
+`summary.json`, when it ends), and the model's view of the same delays.
 
 Every injected delay is a pure function of (delay_seed, iteration, slot), so knowing the code, the delay
 spec and the seed is enough to recompute each iteration's planned delays and the model's ideal decode
@@ -31,6 +31,7 @@ _log = logging.getLogger(__name__)
 
 RUN_LOG = "run.jsonl"
 SUMMARY = "summary.json"
+JOB = "job.json"
 SCHEMA = "flexgc.run.v1"
 # the timeline of a slot-iteration costs ~100 B of JSON: keep at most this many slot-iterations per page
 TIMELINE_SLOT_BUDGET = 25_600
@@ -46,18 +47,19 @@ class RunData:
 
     path: Path
     records: list[dict[str, Any]] = field(default_factory=list)
-    summary: dict[str, Any] = field(default_factory=dict)
+    job: dict[str, Any] = field(default_factory=dict)       # job.json
+    summary: dict[str, Any] = field(default_factory=dict)   # summary.json
     code: Code | None = None
     delay: DelayModel | None = None
     seed: int | None = None
     # per record: the realized delays (n, P) in seconds (inf: never) and the model's ideal decode instant
     durations_s: list[np.ndarray | None] = field(default_factory=list)
     ideal_ms: list[float | None] = field(default_factory=list)
-    model_note: str = "the job's identity (summary.json) is not there yet"
+    model_note: str = "the job's identity (job.json or summary.json) is not there yet"
     generation: int = 0  # +1 whenever run.jsonl was rewritten rather than appended to
     _offset: int = 0
     _inode: int | None = None
-    _summary_mtime: float | None = None
+    _mtimes: dict[str, float] = field(default_factory=dict)
 
     @classmethod
     def open(cls, path: Path | str, wait: bool = False) -> RunData:
@@ -70,8 +72,8 @@ class RunData:
         if not p.is_dir():
             raise ConfigError(f"run directory {str(p)!r} does not exist; give a folder that holds {RUN_LOG} "
                               "(a master's --out)")
-        if not (p / RUN_LOG).exists() and not (p / SUMMARY).exists():
-            raise ConfigError(f"run directory {str(p)!r} holds neither {RUN_LOG} nor {SUMMARY}: not a "
+        if not any((p / name).exists() for name in (RUN_LOG, SUMMARY, JOB)):
+            raise ConfigError(f"run directory {str(p)!r} holds neither {RUN_LOG} nor {SUMMARY} nor {JOB}: not a "
                               "flexgc run (a master's --out)")
         run = cls(p)
         run.refresh()
@@ -81,13 +83,13 @@ class RunData:
     def n(self) -> int:
         if self.records:
             return len(self.records[0]["workers"])
-        return int(self.summary.get("n") or 0)
+        return int(self.info.get("n") or 0)
 
     # -- reading ------------------------------------------------------------------------------------------
 
     def refresh(self) -> bool:
-        """Read what was appended to run.jsonl (and a new summary.json). True when anything changed."""
-        changed = self._read_summary()
+        """Read what was appended to run.jsonl (and a new job.json or summary.json). True when anything changed."""
+        changed = self._read_meta()
         log = self.path / RUN_LOG
         try:
             st = log.stat()
@@ -113,26 +115,44 @@ class RunData:
         self._add_model(len(self.records) - len(new))
         return changed or bool(new)
 
-    def _read_summary(self) -> bool:
-        path = self.path / SUMMARY
-        try:
-            mtime = path.stat().st_mtime
-        except FileNotFoundError:
-            return False
-        if mtime == self._summary_mtime:
-            return False
-        try:
-            summary = json.loads(path.read_text())
-        except (OSError, ValueError):
-            return False  # replaced atomically by the master, so only a foreign file gets here
-        self._summary_mtime, self.summary = mtime, summary
-        self._identify()
-        self.durations_s, self.ideal_ms = [], []
-        self._add_model(0)
-        return True
+    def _read_meta(self) -> bool:
+        """Re-read job.json (written when the job starts) and summary.json (when it ends) if they changed;
+        recompute the model when the identity they give changed. True when anything changed."""
+        changed = False
+        for name in (JOB, SUMMARY):
+            path = self.path / name
+            try:
+                mtime = path.stat().st_mtime
+            except FileNotFoundError:
+                continue
+            if mtime == self._mtimes.get(name):
+                continue
+            try:
+                value = json.loads(path.read_text())
+            except (OSError, ValueError):
+                continue  # both are replaced atomically by the master, so only a foreign file gets here
+            self._mtimes[name] = mtime
+            if name == JOB:
+                self.job = value
+            else:
+                self.summary = value
+            changed = True
+        if changed:
+            before = (self.code.spec if self.code else None, self.delay, self.seed)
+            self._identify()
+            if (self.code.spec if self.code else None, self.delay, self.seed) != before:
+                self.durations_s, self.ideal_ms = [], []
+                self._add_model(0)
+        return changed
+
+    @property
+    def info(self) -> dict[str, Any]:
+        """The job's identity and outcome: job.json's fields (n for its `workers`) under summary.json's."""
+        job = {**self.job, "n": self.job["workers"]} if "workers" in self.job else dict(self.job)
+        return {**job, **self.summary}
 
     def _identify(self) -> None:
-        s = self.summary
+        s = self.info
         try:
             self.code = parse_code(str(s["code"]), int(s["n"]))
             self.delay = parse_delay(str(s["delay"]))
@@ -140,7 +160,7 @@ class RunData:
             self.model_note = ""
         except (KeyError, TypeError, ValueError, FlexgcError) as exc:
             self.code = self.delay = self.seed = None
-            self.model_note = f"no model ideal: summary.json does not name a code, delay and seed this version " \
+            self.model_note = f"no model ideal: {JOB} / {SUMMARY} do not name a code, delay and seed this version " \
                               f"reads ({exc})"
 
     def _add_model(self, start: int) -> None:
@@ -163,12 +183,12 @@ class RunData:
 
     def identity(self) -> list[tuple[str, str]]:
         """(field, value) pairs for the page header: what ran, where and with which versions."""
-        s = self.summary
+        s = self.info
         pairs = [("run directory", str(self.path))]
-        if not s:
-            pairs.append(("job", f"running or interrupted (no {SUMMARY} yet); n={self.n} from the run log"))
+        if "code" not in s:
+            pairs.append(("job", f"no {JOB} or {SUMMARY} (yet); n={self.n} from the run log"))
             return pairs
-        data = ", ".join(f"{k}={s[k]}" for k in ("model", "d", "samples", "dtype") if k in s)
+        data = ", ".join(f"{k}={s[k]}" for k in ("model", "d", "samples", "dtype") if s.get(k) is not None)
         pairs += [("code", str(s.get("code"))), ("n", str(s.get("n"))), ("data", data),
                   ("delay", f"{s.get('delay')} (seed {s.get('delay_seed')})")]
         for key, label in (("versions", "versions"), ("machine", "machine")):
@@ -176,8 +196,12 @@ class RunData:
                 value = s[key]
                 pairs.append((label, ", ".join(f"{k} {v}" for k, v in value.items()) if isinstance(value, dict)
                               else str(value)))
+        if not self.summary:
+            pairs.append(("outcome", f"running (or stopped before writing {SUMMARY})"))
+            return pairs
+        wall = f" in {s['wall_s']} s" if s.get("wall_s") is not None else ""
         outcome = (f"{s.get('exact_iterations')} exact, {s.get('approximate_iterations')} approximate, "
-                   f"{s.get('failed_iterations')} failed in {s.get('wall_s')} s")
+                   f"{s.get('failed_iterations')} failed{wall}")
         if s.get("interrupted"):
             outcome += " (interrupted)"
         pairs.append(("outcome", outcome))
@@ -304,14 +328,13 @@ def select_iterations(runs: Sequence[RunData], budget_slots: int = TIMELINE_SLOT
 def run_labels(runs: Sequence[RunData]) -> list[str]:
     """Short labels: the identity fields that differ between the runs (the directory name if none do)."""
     if len(runs) == 1:
-        s = runs[0].summary
-        return [str(s.get("code") or runs[0].path.name)]
+        return [str(runs[0].info.get("code") or runs[0].path.name)]
     fields = ("code", "delay", "delay_seed", "n")
-    differ = [f for f in fields if len({json.dumps(r.summary.get(f)) for r in runs}) > 1]
+    infos = [run.info for run in runs]
+    differ = [f for f in fields if len({json.dumps(info.get(f)) for info in infos}) > 1]
     labels = []
-    for run in runs:
-        parts = [f"{run.summary[f]}" if f == "code" else f"{f}={run.summary[f]}" for f in differ
-                 if run.summary.get(f) is not None]
+    for run, info in zip(runs, infos):
+        parts = [f"{info[f]}" if f == "code" else f"{f}={info[f]}" for f in differ if info.get(f) is not None]
         labels.append(" · ".join(parts) or run.path.name)
     if len(set(labels)) < len(labels):
         labels = [f"{label} ({run.path.name})" for label, run in zip(labels, runs)]

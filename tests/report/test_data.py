@@ -74,6 +74,21 @@ def test_refresh_follows_appends_and_leaves_a_torn_line_out(real_run: Path, tmp_
     assert run.refresh() is True and all(x is not None for x in run.ideal_ms)
 
 
+def test_job_json_gives_the_identity_while_the_job_runs(real_run: Path, tmp_path: Path) -> None:
+    summary = json.loads((real_run / "summary.json").read_text())
+    job = {"code": summary["code"], "workers": summary["n"], "delay": summary["delay"],
+           "delay_seed": summary["delay_seed"], "model": summary["model"], "d": summary["d"]}
+    (tmp_path / "job.json").write_text(json.dumps(job))  # what the master writes when the job starts
+    (tmp_path / "run.jsonl").write_text((real_run / "run.jsonl").read_text())
+    run = RunData.open(tmp_path)
+    identity = dict(run.identity())
+    assert identity["code"] == summary["code"] and identity["outcome"].startswith("running")
+    assert all(x is not None for x in run.ideal_ms) and run.model_note == ""
+    ideal = list(run.ideal_ms)
+    shutil.copy(real_run / "summary.json", tmp_path / "summary.json")  # the job ends
+    assert run.refresh() is True and "exact" in dict(run.identity())["outcome"] and run.ideal_ms == ideal
+
+
 def test_a_rewritten_log_starts_over(real_run: Path, tmp_path: Path) -> None:
     lines = (real_run / "run.jsonl").read_text().splitlines(keepends=True)
     (tmp_path / "run.jsonl").write_text("".join(lines[:3]))

@@ -175,7 +175,8 @@ class Trainer:
             if cfg.snapshot_every and self.out is not None and (t + 1) % cfg.snapshot_every == 0:
                 snapshots = self.out / "snapshots"
                 snapshots.mkdir(parents=True, exist_ok=True)
-                np.save(snapshots / f"params-{t + 1:06d}.npy", self.state.params)  # after t + 1 iterations
+                params = self.state.params  # after t + 1 iterations
+                write_atomic(snapshots / f"params-{t + 1:06d}.npy", lambda fh: np.save(fh, params))
             self.metrics.iterations.labels(outcome=outcome.phase.name).inc()
             self.metrics.iteration_latency.observe(outcome.latency_ms / 1e3)
             self.metrics.connected.set(c.members.connected)

@@ -71,8 +71,10 @@ class JaxModel:
         self.dtype = jnp.dtype(dtype)
         self._make = make
         self._integer_labels = loss is cross_entropy
-        params, self._static = eqx.partition(make(jax.random.PRNGKey(0)), eqx.is_inexact_array)
-        flat, self._unravel = ravel_pytree(params)
+        # the structure from an abstract evaluation (no initializer runs: a worker never needs the values)
+        shapes = eqx.filter_eval_shape(make, jax.random.PRNGKey(0))
+        params, self._static = eqx.partition(shapes, _is_float_leaf)
+        flat, self._unravel = ravel_pytree(jax.tree_util.tree_map(lambda s: np.zeros(s.shape, s.dtype), params))
         if flat.dtype != self.dtype:
             raise ConfigError(f"the module's parameters are {flat.dtype}, the model's dtype is {self.dtype}: "
                               f"build its layers with dtype={dtype}")
@@ -91,7 +93,7 @@ class JaxModel:
 
     def init_params(self, seed: int) -> np.ndarray:
         """The module's initial parameters from PRNGKey(seed), raveled, as float64 (d,)."""
-        params = eqx.filter(self._make(jax.random.PRNGKey(seed)), eqx.is_inexact_array)
+        params = eqx.filter(self._make(jax.random.PRNGKey(seed)), eqx.is_inexact_array)  # eager: jit compiles slower
         return np.asarray(ravel_pytree(params)[0], dtype=np.float64)
 
     def _inputs(self, params: np.ndarray, X: np.ndarray) -> tuple[jax.Array, jax.Array]:
@@ -107,6 +109,10 @@ class JaxModel:
     def predict(self, params: np.ndarray, X: np.ndarray) -> np.ndarray:
         """Scores (m, C)."""
         return np.asarray(self._scores(*self._inputs(params, X)))
+
+
+def _is_float_leaf(x: Any) -> bool:
+    return isinstance(x, jax.ShapeDtypeStruct) and jnp.issubdtype(x.dtype, jnp.inexact)
 
 
 class CNN(eqx.Module):

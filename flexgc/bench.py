@@ -65,7 +65,7 @@ def run_one(code_spec: str, n: int, delay: str, seed: int, iterations: int, dead
     out = workdir / f"{code_spec.replace(':', '_').replace(',', '_').replace('=', '')}-{abs(hash(delay)) % 10**8}"
     cfg = master_config(host="127.0.0.1", port=0, workers=n, code=code_spec, iterations=iterations, delay=delay,
                         delay_seed=seed, out=str(out), samples=samples, features=features, checkpoint_every=0,
-                        deadline_s=deadline_s, on_deadline="fail", join_timeout_s=60.0, **job)
+                        deadline_s=deadline_s, on_deadline="fail", **{"join_timeout_s": 60.0, **job})
     with LocalCluster(cfg) as cluster:
         cluster.start_master()
         cluster.start_workers()

@@ -111,7 +111,8 @@ def main() -> int:
                     continue
                 started = time.perf_counter()
                 row = run_one(spec_text, n, delay, args.seed, args.iterations, 30.0, Path(tmp), 20_000, 100,
-                              model=MODEL, data=str(train), optimizer=OPTIMIZER, snapshot_every=1, init_seed=0)
+                              model=MODEL, data=str(train), optimizer=OPTIMIZER, snapshot_every=1, init_seed=0,
+                              join_timeout_s=600.0)  # n processes import JAX and compile on 2 cores first
                 run_out = Path(row.pop("out"))
                 records = [json.loads(line) for line in (run_out / "run.jsonl").read_text().splitlines()
                            if '"iteration"' in line]

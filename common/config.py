@@ -184,6 +184,10 @@ class WorkerConfig(_Tls):
                                    "forever)", minimum=0.0)
     linger: bool = option(False, "after the master's Shutdown, stay idle until SIGTERM instead of exiting")
     rows_per_chunk: int = option(4096, "rows per compute chunk (cancel is noticed between chunks)", minimum=1)
+    slots: int = option(1, "worker slots in this process, each its own worker (id WORKER_ID-i when more than "
+                        "one), sharing one event loop and the compute threads", minimum=1)
+    compute_threads: int = option(0, "threads computing partial gradients for the slots of this process (0: "
+                                  "min(slots, CPUs))", minimum=0)
     model_modules: str | None = option(None, "comma-separated modules (and their submodules) a master may name "
                                        "in --model MODULE:FACTORY; the worker imports no other (default: none)")
     blas_threads: int = option(1, "BLAS threads in this process (several workers share the cores)", minimum=1)

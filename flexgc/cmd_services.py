@@ -79,10 +79,10 @@ def cmd_master(args: argparse.Namespace) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    from flexgc.worker.client import run_worker
+    from flexgc.worker.client import run_workers
 
     values = resolve(WORKER_OPTIONS, vars(args), os.environ, args.config)
-    return asyncio.run(run_worker(WorkerConfig.from_values(values)))
+    return asyncio.run(run_workers(WorkerConfig.from_values(values)))
 
 
 def cmd_health(args: argparse.Namespace) -> int:

@@ -14,13 +14,16 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import dataclasses
 import enum
 import logging
 import math
+import os
 import random
 import signal
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -93,6 +96,7 @@ class Session:
         self.state = WorkerState.IDLE
         self.task: TaskRun | None = None
         self.task_future: asyncio.Future[None] | None = None
+        self._compute_tail: asyncio.Future[None] | None = None  # the newest compute submitted (maybe returning)
         self.last_iteration = -1
         self._params: np.ndarray | None = None
         self._params_filled = 0
@@ -209,7 +213,18 @@ class Session:
             last = level == task.max_levels - 1  # push: nothing is left to send after this vector
             loop.call_soon_threadsafe(self.queue_result, task.iteration, level, vector, task.times, last)
 
-        self.task_future = loop.run_in_executor(self.executor, self.compute.run, task, emit)
+        previous = self._compute_tail
+        if previous is None or previous.done():
+            future = loop.run_in_executor(self.executor, self.compute.run, task, emit)
+        else:  # the last task's compute is still returning: this slot's tasks run in order (one partial buffer)
+            future = asyncio.ensure_future(self._after(previous, task, emit))
+        self.task_future = self._compute_tail = future
+
+    async def _after(self, previous: asyncio.Future[None], task: TaskRun,
+                     emit: Callable[[int, np.ndarray], None]) -> None:
+        with contextlib.suppress(Exception):
+            await asyncio.shield(previous)
+        await asyncio.get_running_loop().run_in_executor(self.executor, self.compute.run, task, emit)
 
     def _pull(self, iteration: int, level: int) -> None:
         task = self.task
@@ -305,18 +320,45 @@ async def _load_data(stub: pb_grpc.CoordinatorStub, grant: wire.JoinGrant, job: 
 EXIT_OK, EXIT_RUNTIME, EXIT_REFUSED = 0, 1, 2  # see `flexgc worker --help`
 
 
-async def run_worker(cfg: WorkerConfig, stop: asyncio.Event | None = None) -> int:
-    """Join and work until the master's Shutdown (exit 0), a refusal that retrying cannot fix (exit 2), no
-    successful join within --join-timeout-s (exit 1), or `stop` (SIGTERM/SIGINT: exit 0)."""
-    stop = stop or asyncio.Event()
-    threadpool_limits(cfg.blas_threads)  # workers share the cores: one BLAS thread each by default
+async def run_workers(cfg: WorkerConfig) -> int:
+    """`flexgc worker`: --slots worker slots in this process, each with its own identity (worker_id-i when
+    there are several), stream, task state and cancels, sharing one event loop and a pool of
+    --compute-threads threads. Returns the worst exit code of the slots (see run_worker)."""
+    stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
             loop.add_signal_handler(sig, stop.set)
+    if cfg.slots == 1:
+        return await run_worker(cfg, stop)
+    threads = cfg.compute_threads or min(cfg.slots, os.cpu_count() or 1)
+    executor = concurrent.futures.ThreadPoolExecutor(max_workers=threads, thread_name_prefix="compute")
+    slots = [dataclasses.replace(cfg, worker_id=f"{cfg.identity}-{i}", slots=1,
+                                 slot=cfg.slot + i if cfg.slot >= 0 else -1) for i in range(cfg.slots)]
+    try:
+        codes = await asyncio.gather(*(run_worker(one, stop, executor) for one in slots))
+    finally:
+        executor.shutdown(wait=False, cancel_futures=True)
+    return max(codes)
+
+
+async def run_worker(cfg: WorkerConfig, stop: asyncio.Event | None = None,
+                     executor: concurrent.futures.Executor | None = None) -> int:
+    """One worker slot: join and work until the master's Shutdown (exit 0), a refusal that retrying cannot
+    fix (exit 2), no successful join within --join-timeout-s (exit 1), or `stop` (exit 0). Without `stop`
+    it stops on SIGTERM/SIGINT itself; `executor` is a compute pool shared with other slots (else its own
+    thread)."""
+    if stop is None:
+        stop = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+                asyncio.get_running_loop().add_signal_handler(sig, stop.set)
+    threadpool_limits(cfg.blas_threads)  # workers share the cores: one BLAS thread each by default
+    loop = asyncio.get_running_loop()
     tls = transport.TlsConfig(cfg.tls_cert, cfg.tls_key, cfg.tls_ca)
-    # one thread: tasks share the partial buffers and run in order (a finished task may still be returning)
-    executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="compute")
+    # one thread of its own unless shared: a slot's tasks run in order either way (Session._start)
+    own_executor = executor is None
+    executor = executor or concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="compute")
     instance_id = uuid.uuid4().hex  # this process: a reconnect of it is told apart from a second process
     slot = cfg.slot
     backoff = 0.05
@@ -402,7 +444,8 @@ async def run_worker(cfg: WorkerConfig, stop: asyncio.Event | None = None) -> in
             finally:
                 await channel.close()
     finally:
-        executor.shutdown(wait=False, cancel_futures=True)
+        if own_executor:
+            executor.shutdown(wait=False, cancel_futures=True)
     return EXIT_OK
 
 

@@ -43,6 +43,8 @@ from flexgc.worker.compute import PartitionCompute, TaskRun
 
 _log = logging.getLogger(__name__)
 
+INLINE_COMPUTE_MS = 0.5  # a task expected to compute in less runs on the event loop (no thread hop)
+
 # status codes after which reconnecting cannot help
 _FATAL = {grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED,
           grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.UNIMPLEMENTED}
@@ -97,6 +99,7 @@ class Session:
         self.task: TaskRun | None = None
         self.task_future: asyncio.Future[None] | None = None
         self._compute_tail: asyncio.Future[None] | None = None  # the newest compute submitted (maybe returning)
+        self._compute_ms = math.inf  # moving average of a whole task's compute time (first task: off the loop)
         self.last_iteration = -1
         self._params: np.ndarray | None = None
         self._params_filled = 0
@@ -195,7 +198,9 @@ class Session:
         header = self._header
         real = realize(self.delay, self.job.delay_seed, header.iteration, self.slot,
                        self.compute.slot_code.partitions, self.job.k)
-        task = TaskRun(header.iteration, self._params.astype(np.float64), header.max_levels, real.durations_s)
+        # a fresh buffer per task: no copy when it already is float64
+        task = TaskRun(header.iteration, np.asarray(self._params, dtype=np.float64), header.max_levels,
+                       real.durations_s)
         self.task = task
         self._header, self._params = None, None
         self.advance(WorkerState.WORKING)
@@ -214,11 +219,26 @@ class Session:
             loop.call_soon_threadsafe(self.queue_result, task.iteration, level, vector, task.times, last)
 
         previous = self._compute_tail
-        if previous is None or previous.done():
+        idle = previous is None or previous.done()
+        if idle and self._compute_ms < INLINE_COMPUTE_MS and not np.any(real.durations_s):
+            # a task that computes in well under a millisecond and waits for no injected delay runs here, on
+            # the event loop: the hop to a thread and back would cost more than the work (docs/style.md §7)
+            self.compute.run(task, emit)
+            future: asyncio.Future[None] = loop.create_future()
+            future.set_result(None)
+        elif idle:
             future = loop.run_in_executor(self.executor, self.compute.run, task, emit)
         else:  # the last task's compute is still returning: this slot's tasks run in order (one partial buffer)
+            assert previous is not None
             future = asyncio.ensure_future(self._after(previous, task, emit))
+        future.add_done_callback(lambda _: self._timed(task))
         self.task_future = self._compute_tail = future
+
+    def _timed(self, task: TaskRun) -> None:
+        """Track how long a whole task computes (a moving average): small ones run on the loop."""
+        if task.finished:
+            ms = sum(task.times.compute_ms)
+            self._compute_ms = ms if math.isinf(self._compute_ms) else 0.8 * self._compute_ms + 0.2 * ms
 
     async def _after(self, previous: asyncio.Future[None], task: TaskRun,
                      emit: Callable[[int, np.ndarray], None]) -> None:

@@ -10,6 +10,7 @@ the coordinator's state: it asks it to start, to wait, and whether an iteration 
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import math
@@ -175,8 +176,8 @@ class Trainer:
             if cfg.snapshot_every and self.out is not None and (t + 1) % cfg.snapshot_every == 0:
                 snapshots = self.out / "snapshots"
                 snapshots.mkdir(parents=True, exist_ok=True)
-                params = self.state.params  # after t + 1 iterations
-                write_atomic(snapshots / f"params-{t + 1:06d}.npy", lambda fh: np.save(fh, params))
+                write_atomic(snapshots / f"params-{t + 1:06d}.npy",  # after t + 1 iterations
+                             functools.partial(np.save, arr=self.state.params))
             self.metrics.iterations.labels(outcome=outcome.phase.name).inc()
             self.metrics.iteration_latency.observe(outcome.latency_ms / 1e3)
             self.metrics.connected.set(c.members.connected)

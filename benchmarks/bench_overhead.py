@@ -115,8 +115,12 @@ class Job:
 
 
 def run_job(n: int, d: int, iterations: int, warmup: int, code: str = "uncoded", poll_s: float = 0.02,
-            sample_s: float = 0.5, timeout_s: float = 1800.0) -> Job:
-    """Run one LocalCluster job and watch its processes; returns the run log and the process figures."""
+            sample_s: float = 0.5, timeout_s: float = 1800.0, slots_per_process: int = 1) -> Job:
+    """Run one LocalCluster job and watch its processes; returns the run log and the process figures.
+    With `slots_per_process` > 1 the n slots run in ceil(n / K) `flexgc worker --slots K` processes."""
+    import subprocess
+    import sys
+
     from flexgc.common.config import master_config
     from flexgc.harness.local import LocalCluster
     from flexgc.master.accounting import read_run_log
@@ -128,12 +132,20 @@ def run_job(n: int, d: int, iterations: int, warmup: int, code: str = "uncoded",
                             checkpoint_every=0, delay="none", deadline_s=120.0, on_deadline="fail",
                             join_timeout_s=timeout_s)
         started = time.monotonic()
+        procs: list[subprocess.Popen[bytes]] = []
         with LocalCluster(cfg) as cluster:
             cluster.start_master(timeout_s=120.0)
-            cluster.start_workers()
+            if slots_per_process > 1:
+                counts = [min(slots_per_process, n - j) for j in range(0, n, slots_per_process)]
+                procs = [subprocess.Popen([sys.executable, "-m", "flexgc", "worker", "--master", cluster.target,
+                                           "--worker-id", f"p{j}", "--slots", str(k), "--log-level", "WARNING"])
+                         for j, k in enumerate(counts)]
+            else:
+                cluster.start_workers()
             assert cluster.master is not None and cluster.master.pid is not None
             pids = {"master": cluster.master.pid, **{f"worker-{s}": p.pid for s, p in cluster.workers.items()
-                                                      if p.pid is not None}}
+                                                      if p.pid is not None},
+                    **{f"workers-{j}": p.pid for j, p in enumerate(procs)}}
             watch = ProcessWatch(pids)
             first_record_s = None
             steady: dict[str, dict[str, int]] = {}
@@ -158,6 +170,12 @@ def run_job(n: int, d: int, iterations: int, warmup: int, code: str = "uncoded",
                     next_sample = now + sample_s
                 cluster.master.join(poll_s)
             rc = cluster.wait_master(10.0)
+            for p in procs:
+                try:
+                    p.wait(30)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+                    p.wait(10)
             if rc != 0:
                 raise RuntimeError(f"n={n} d={d}: master exit code {rc}")
         records = read_run_log(runlog)
@@ -290,6 +308,8 @@ def main() -> None:
     parser.add_argument("--tcp-repeats", type=int, default=5)
     parser.add_argument("--pingpong", type=int, default=2000, help="grpc.aio echo round trips (0: skip)")
     parser.add_argument("--malloc", choices=("on", "off"), default="on")
+    parser.add_argument("--slots-per-process", type=int, default=1,
+                        help="worker slots per worker process (flexgc worker --slots K; 1: a process each)")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     ns = [int(x) for x in args.n.split(",")]
@@ -317,7 +337,8 @@ def main() -> None:
         print(" n  latency_ms (p10..p90)  compute_ms  overhead_ms  goal          task_sent  first_byte  last_arr"
               "  decode  MB/it  cpu_ms/it master+workers (wall)  startup_s")
         for n in ns:
-            rows = [figures(run_job(n, d, iterations, args.warmup, args.code), args.warmup)
+            rows = [figures(run_job(n, d, iterations, args.warmup, args.code,
+                                    slots_per_process=args.slots_per_process), args.warmup)
                     for _ in range(args.repeats)]
             row = min(rows, key=lambda r: abs(r["overhead_ms"] - statistics.median(x["overhead_ms"] for x in rows)))
             row["repeats_overhead_ms"] = [x["overhead_ms"] for x in rows]  # the row shown is the median job
@@ -338,7 +359,9 @@ def main() -> None:
                   f"  {cpu.get('master', float('nan')):7.1f} + {cpu.get('workers', float('nan')):7.1f}"
                   f" ({cpu.get('wall', float('nan')):.1f})  {row['startup_s']:6.1f}"
                   + (f"  overhead of {len(rows)} jobs: {min(row['repeats_overhead_ms']):.2f}.."
-                     f"{max(row['repeats_overhead_ms']):.2f}" if len(rows) > 1 else ""), flush=True)
+                     f"{max(row['repeats_overhead_ms']):.2f}" if len(rows) > 1 else "")
+                  + f"  per worker-iteration: master {1e3 * cpu.get('master', float('nan')) / n:.0f} us, "
+                    f"worker {1e3 * cpu.get('workers', float('nan')) / n:.0f} us", flush=True)
     report["machine"]["loadavg_1m_end"] = os.getloadavg()[0]
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2) + "\n")

@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/bench_limits.py [--repeats 5] [--mib 64] [--malloc both|on|off] [--json F]
 
 (a) Payload throughput of flexgc's result stream against raw loopback TCP between two Python
-    processes (goal >= 60%). The gRPC side is a real master (`flexgc.cluster` master process: server,
+    processes (goal >= 60%). The gRPC side is a real master (`flexgc.harness.local` master process: server,
     servicer, Coordinator, run log) and a worker process that runs the real worker `Session` (its send
     path: `wire.result_chunks` in the compute thread, `call_soon_threadsafe`, the outbox, `call.write`)
     with the partial-gradient compute replaced by a precomputed vector (`--worker real` uses the real

@@ -32,10 +32,12 @@ compute it alike, so the decoded gradient is exactly the gradient of the union o
 
 from __future__ import annotations
 
+import csv
 import functools
 import importlib
 import logging
 import re
+import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -440,26 +442,88 @@ def load_dataset(source: str, model: str) -> tuple[np.ndarray, np.ndarray]:
             raise ConfigError(f"data={source!r}: no such file; allowed: synthetic, PATH.npz, PATH.csv, "
                               f"sklearn:NAME")
         if path.suffix == ".npz":
-            with np.load(path, allow_pickle=False) as f:
-                if "X" not in f or "y" not in f:
-                    raise ConfigError(f"data={source!r}: the .npz needs arrays 'X' and 'y'")
-                X, y = f["X"], f["y"]
+            X, y = _read_npz(path, source)
         elif path.suffix == ".csv":
-            raw = np.loadtxt(path, delimiter=",", ndmin=2)
-            X, y = raw[:, :-1], raw[:, -1]
+            X, y = _read_csv(path, source)
         else:
             raise ConfigError(f"data={source!r}: unknown file type; allowed: .npz, .csv")
-    X = np.asarray(X, dtype=np.float64)
-    y = np.asarray(y, dtype=np.float64).reshape(-1)
-    if X.ndim != 2 or X.shape[0] != y.shape[0] or not np.isfinite(X).all() or not np.isfinite(y).all():
-        raise ConfigError(f"data={source!r}: need finite X (samples, features) and y (samples,), got "
-                          f"{X.shape} and {y.shape}")
+    try:
+        X = np.asarray(X, dtype=np.float64)
+        y = np.asarray(y, dtype=np.float64).reshape(-1)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"data={source!r}: X and y must be numbers ({exc})") from None
+    if X.ndim != 2 or X.shape[0] != y.shape[0]:
+        raise ConfigError(f"data={source!r}: need X (samples, features) and y (samples,), got {X.shape} and "
+                          f"{y.shape}")
+    for name, arr in (("X", X), ("y", y.reshape(-1, 1))):
+        bad = np.argwhere(~np.isfinite(arr))
+        if bad.size:
+            row, col = (int(v) for v in bad[0])
+            where = f"feature column {col + 1}" if name == "X" else "the label"
+            raise ConfigError(f"data={source!r}: {arr[row, col]} in sample {row + 1}, {where} (1-based); every "
+                              f"value must be finite")
     kind = label_kind(model)
     if kind == "binary" and not np.isin(y, (0.0, 1.0)).all():
         raise ConfigError(f"data={source!r}: model {model!r} needs labels in {{0, 1}}")
     if kind == "multiclass" and (y.min() < 0 or not np.all(y == np.round(y))):
         raise ConfigError(f"data={source!r}: model {model!r} needs integer labels 0..C-1")
     return X, y
+
+
+def _read_npz(path: Path, source: str) -> tuple[np.ndarray, np.ndarray]:
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            if not hasattr(f, "files"):
+                raise ConfigError(f"data={source!r} is a single .npy array, not a .npz archive with arrays X and "
+                                  f"y (write one with numpy.savez(path, X=X, y=y))")
+            if "X" not in f or "y" not in f:
+                raise ConfigError(f"data={source!r}: the .npz needs arrays 'X' and 'y' (it has "
+                                  f"{', '.join(f.files) or 'none'})")
+            return f["X"], f["y"]
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
+        raise ConfigError(f"data={source!r} is not a readable .npz archive ({type(exc).__name__}); write one with "
+                          f"numpy.savez(path, X=X, y=y)") from None
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _read_csv(path: Path, source: str) -> tuple[np.ndarray, np.ndarray]:
+    """Rows of numbers, the last column the label; a first row with any non-number is a header (skipped,
+    logged); a text column, a row of another width or an empty file is refused naming the row/column."""
+    try:
+        with path.open(newline="") as fh:
+            rows = [(line, r) for line, r in enumerate(csv.reader(fh), start=1) if any(c.strip() for c in r)]
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise ConfigError(f"data={source!r}: cannot read it as CSV ({exc})") from None
+    if not rows:
+        raise ConfigError(f"data={source!r}: the file holds no rows")
+    header: list[str] | None = None
+    if not all(_is_number(c) for c in rows[0][1]):
+        header = [c.strip() for c in rows[0][1]]
+        rows = rows[1:]
+        _log.info("data=%s: the first row is a header (%s); skipped", source, ", ".join(header))
+    if not rows:
+        raise ConfigError(f"data={source!r}: the file holds a header and no data rows")
+    width = len(header) if header is not None else len(rows[0][1])
+    if width < 2:
+        raise ConfigError(f"data={source!r}: need at least one feature column and the label column")
+    for line, r in rows:
+        if len(r) != width:
+            raise ConfigError(f"data={source!r}: line {line} has {len(r)} columns, the file {width}; every row "
+                              f"needs the same columns")
+        for j, cell in enumerate(r):
+            if not _is_number(cell):
+                name = f"column {j + 1} ({header[j]!r})" if header else f"column {j + 1}"
+                raise ConfigError(f"data={source!r}: {name} holds text ({cell.strip()!r} on line {line}); every "
+                                  f"column must be numbers: encode it as numbers or drop it")
+    raw = np.array([r for _, r in rows], dtype=np.float64)
+    return raw[:, :-1], raw[:, -1]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -165,3 +165,29 @@ def test_a_worker_names_the_address_it_cannot_reach_and_gives_up_after_its_join_
     assert len(warnings) == 1, run.stderr        # the same reason again is INFO, not another warning
     assert f"cannot join master=127.0.0.1:{port}: connection refused by 127.0.0.1:{port}" in warnings[0]
     assert "giving up: no join with master" in run.stderr and "--join-timeout-s=1" in run.stderr
+
+
+@pytest.mark.parametrize(("name", "content", "needles"), [
+    ("text.csv", "1,2,0\n3,x,1\n", ["column 2 holds text ('x' on line 2)"]),
+    ("named.csv", "a,b,label\n1,2,0\n3,oops,1\n", ["column 2 ('b') holds text ('oops' on line 3)"]),
+    ("uneven.csv", "1,2,0\n3,1\n", ["line 2 has 2 columns, the file 3"]),
+    ("nan.csv", "1,2,0\n3,nan,1\n", ["nan in sample 2, feature column 2 (1-based)"]),
+    ("fake.npz", "not a zip", ["is not a readable .npz archive", "numpy.savez"]),
+])
+def test_bad_data_files_are_one_line_naming_the_place(tmp_path: Path, name: str, content: str,
+                                                      needles: list[str]) -> None:
+    (tmp_path / name).write_text(content)
+
+    run = run_cli("master", "--workers", "2", "--code", "uncoded", "--data", str(tmp_path / name), "--port", "0")
+
+    _one_line_error(run, 2, f"data='{tmp_path / name}'", *needles)
+
+
+def test_a_csv_header_row_is_skipped_and_said(tmp_path: Path) -> None:
+    from flexgc.common.models import load_dataset
+
+    (tmp_path / "h.csv").write_text("a,b,label\n1,2,0\n3,4,1\n")
+
+    X, y = load_dataset(str(tmp_path / "h.csv"), "logistic")
+
+    assert X.tolist() == [[1.0, 2.0], [3.0, 4.0]] and y.tolist() == [0.0, 1.0]

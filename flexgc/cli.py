@@ -41,9 +41,25 @@ def build_parser() -> argparse.ArgumentParser:
                 raise
             continue
         module.register(sub)
-    for command in sub.choices.values():  # also accepted after the subcommand: flexgc master --log-level DEBUG
+    for name, command in sub.choices.items():  # also accepted after the subcommand: flexgc master --log-level
         add_logging_options(command, argparse.SUPPRESS)
+        if name not in ("master", "worker"):  # their options say env, default and allowed values themselves
+            show_defaults(command)
     return parser
+
+
+def show_defaults(parser: argparse.ArgumentParser) -> None:
+    """Make --help show every option's default (and its subcommands' too)."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                show_defaults(child)
+            continue
+        if not action.option_strings or action.default is None or action.default is False or \
+                action.default is argparse.SUPPRESS:
+            continue
+        if action.help is None or "default" not in action.help:
+            action.help = f"{action.help or ''} (default: %(default)s)".lstrip()
 
 
 def add_logging_options(parser: argparse.ArgumentParser, default: object) -> None:

@@ -11,6 +11,7 @@ import re
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -69,9 +70,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     check.add_argument("--code", action="append", metavar="SPEC", required=True, help="repeatable")
     check.add_argument("--json", action="store_true")
     check.add_argument("--max-exhaustive", type=int, default=20_000,
-                       help="largest pattern count checked exhaustively (20000)")
-    check.add_argument("--samples", type=int, default=2000, help="random patterns when sampling (2000)")
-    check.add_argument("--dim", type=int, default=64, help="gradient length d of the random test g (64)")
+                       help="largest pattern count checked exhaustively")
+    check.add_argument("--samples", type=int, default=2000, help="random patterns when sampling")
+    check.add_argument("--dim", type=int, default=64, help="gradient length d of the random test g")
     check.add_argument("--seed", type=int, default=0)
     check.set_defaults(handler=run_check)
 
@@ -137,6 +138,8 @@ def run_analyze(args: argparse.Namespace) -> int:
     model = parse_delay(args.delay, "delay")
     model.check_slots(n)
     codes = [parse_code(spec, n, field_name="code") for spec in (args.code or DEFAULT_CODES)]
+    if args.plot:
+        _check_plot_file(args.plot)  # before the computation, not after it
     started = time.perf_counter()
     results = [simulate(code, model, trials, args.seed) for code in codes]
     elapsed_s = time.perf_counter() - started
@@ -162,6 +165,25 @@ def run_analyze(args: argparse.Namespace) -> int:
     if args.plot:
         print(f"plot written to {args.plot}")
     return 0
+
+
+def _check_plot_file(path: str) -> None:
+    """ConfigError now, not after minutes of Monte Carlo: a known format, a folder that exists, the library."""
+    from flexgc.plots import STATIC_FORMATS
+
+    target = Path(path)
+    fmt = target.suffix.lstrip(".").lower()
+    if fmt not in (*STATIC_FORMATS, "html"):
+        raise ConfigError(f"plot={path!r}: unknown format .{fmt or '(none)'}; allowed: "
+                          + ", ".join("." + f for f in (*STATIC_FORMATS, "html")))
+    if not target.parent.is_dir():
+        raise ConfigError(f"plot={path!r}: the folder {str(target.parent)!r} does not exist; create it first")
+    try:
+        __import__("matplotlib" if fmt in STATIC_FORMATS else "plotly")
+    except ImportError:
+        extra = "plot" if fmt in STATIC_FORMATS else "report"
+        raise ConfigError(f"plot={path!r} needs {'matplotlib' if extra == 'plot' else 'plotly'}: pip install "
+                          f"'flexgc[{extra}]'") from None
 
 
 def _plot(path: str, codes: list[Code], model: DelayModel, trials: int, seed: int, pattern: str) -> None:

@@ -34,19 +34,22 @@ def register(sub: Any) -> None:
     p = sub.add_parser("health", help="gRPC health check of a master (exit 0 iff SERVING)")
     p.add_argument("--target", default="127.0.0.1:50051", help="HOST:PORT")
     p.add_argument("--service", default="", help="service name ('' = whole server)")
-    p.add_argument("--timeout-s", type=float, default=2.0)
-    p.add_argument("--tls-ca", default=os.environ.get("FLEXGC_TLS_CA"))
-    p.add_argument("--tls-cert", default=os.environ.get("FLEXGC_TLS_CERT"))
-    p.add_argument("--tls-key", default=os.environ.get("FLEXGC_TLS_KEY"))
+    p.add_argument("--timeout-s", type=float, default=2.0, help="how long to wait for the answer")
+    p.add_argument("--tls-ca", default=os.environ.get("FLEXGC_TLS_CA"),
+                   help="PEM CA bundle to trust the master's certificate [env FLEXGC_TLS_CA; default not set]")
+    p.add_argument("--tls-cert", default=os.environ.get("FLEXGC_TLS_CERT"),
+                   help="PEM client certificate for mutual TLS [env FLEXGC_TLS_CERT; default not set]")
+    p.add_argument("--tls-key", default=os.environ.get("FLEXGC_TLS_KEY"),
+                   help="PEM private key for --tls-cert [env FLEXGC_TLS_KEY; default not set]")
     p.set_defaults(handler=cmd_health)
 
     p = sub.add_parser("demo", help="start a master and n worker processes on loopback and run a short job")
-    p.add_argument("--workers", type=int, default=8, help="number of workers n (default 8)")
+    p.add_argument("--workers", type=int, default=8, help="number of workers n")
     p.add_argument("--code", default="nested:levels=0,1,2,3", help="code spec")
-    p.add_argument("--iterations", type=int, default=30)
+    p.add_argument("--iterations", type=int, default=30, help="iterations of the job")
     p.add_argument("--delay", default="shifted-exp:a=1,mu=1,p=0.03,unit_s=0.4",
                    help="injected delay spec (model A, 3%% unresponsive per iteration)")
-    p.add_argument("--delay-seed", type=int, default=1)
+    p.add_argument("--delay-seed", type=int, default=1, help="seed of the delay realization")
     p.add_argument("--out", default="runs/demo", help="run directory")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--model", default="logistic",

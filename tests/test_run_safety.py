@@ -191,3 +191,21 @@ def test_a_csv_header_row_is_skipped_and_said(tmp_path: Path) -> None:
     X, y = load_dataset(str(tmp_path / "h.csv"), "logistic")
 
     assert X.tolist() == [[1.0, 2.0], [3.0, 4.0]] and y.tolist() == [0.0, 1.0]
+
+
+@pytest.mark.parametrize(("plot", "needle"), [("missing-dir/x.png", "the folder"), ("x.gif", "unknown format .gif")])
+def test_analyze_plot_errors_come_before_the_computation(tmp_path: Path, plot: str, needle: str) -> None:
+    # 10^8 trials would take many minutes: the error must come first
+    run = run_cli("analyze", "--trials", "100000000", "--plot", str(tmp_path / plot), timeout_s=30)
+
+    _one_line_error(run, 2, f"plot='{tmp_path / plot}'", needle)
+
+
+def test_help_shows_the_defaults_of_demo_health_soak_and_codes_check() -> None:
+    texts = {cmd: " ".join(run_cli(*cmd.split(), "--help").stdout.split())
+             for cmd in ("demo", "health", "soak", "codes check")}
+
+    assert "--iterations ITERATIONS iterations of the job (default: 30)" in texts["demo"]
+    assert "(default: 127.0.0.1:50051)" in texts["health"]
+    assert "--fault-every FAULT_EVERY iterations between faults (default: 5)" in texts["soak"]
+    assert "--seed SEED (default: 0)" in texts["codes check"]

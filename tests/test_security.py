@@ -145,3 +145,30 @@ def test_unknown_workers_are_rejected(tmp_path: Path, pki: dict[str, str]) -> No
         assert rc == 2
     assert master.summary is not None
     assert master.summary["rejected"].get("AuthError", 0) >= 3
+
+
+@pytest.mark.parametrize(("tls", "needle"), [
+    ({"tls_ca": "ca"}, "the master probably requires a client certificate (mutual TLS: set --tls-cert and --tls-key)"),
+    ({}, "the master probably requires TLS (set --tls-ca"),
+    ({"tls_ca": "other_ca", "tls_cert": "client_cert", "tls_key": "client_key"},
+     "the master's certificate is not signed by the CA in --tls-ca (unknown CA)"),
+])
+def test_a_worker_names_its_tls_failure_at_warning_once(tmp_path: Path, pki: dict[str, str],
+                                                       caplog: pytest.LogCaptureFixture, tls: dict[str, str],
+                                                       needle: str) -> None:
+    # Prepare: an mTLS master; the worker lacks what it needs
+    other = trustme.CA()
+    other.cert_pem.write_to_path(str(tmp_path / "other.pem"))
+    paths = {**pki, "other_ca": str(tmp_path / "other.pem")}
+    cfg = job_config(tmp_path / "run", workers=1, code="uncoded", iterations=1, host="localhost", join_timeout_s=60,
+                     tls_cert=pki["server_cert"], tls_key=pki["server_key"], tls_ca=pki["ca"])
+    with MasterThread(cfg) as master, caplog.at_level("INFO", logger="flexgc.worker.client"):
+        # Execute: it retries for 1.5 s, then gives up
+        rc = asyncio.run(run_worker(worker_config(master=f"localhost:{master.port}", worker_id="w0",
+                                                  join_timeout_s=1.5, **{k: paths[v] for k, v in tls.items()})))
+
+    # Assert: exit 1; the reason named once at WARNING (the retries in between at INFO)
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert rc == 1
+    assert len(warnings) == 1 and needle in warnings[0], warnings
+    assert any("giving up" in r.getMessage() for r in caplog.records if r.levelname == "ERROR")

@@ -170,6 +170,7 @@ def _plain(value: Any) -> Any:
     return value
 
 
+@functools.lru_cache(maxsize=1)
 def plotly_js() -> str:
     """plotly.js, minified, to inline into a page (no CDN: the page must open offline)."""
     try:

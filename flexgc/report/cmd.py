@@ -106,8 +106,10 @@ def run_view(args: argparse.Namespace) -> int:
     import signal
     import sys
 
+    from flexgc.plots import plotly_js
     from flexgc.report.view import Viewer, make_server
 
+    plotly_js()  # without the report extra: fail now, naming it, not on the first page request
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # a container's stop: close the socket, exit 0
     viewer = Viewer(args.run_dirs)
     server = make_server(viewer, args.host, args.port)

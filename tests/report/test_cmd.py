@@ -124,3 +124,15 @@ def test_every_chart_of_a_report_passes_plotlys_validation(real_run: Path, real_
         fig = plotly_figure(chart)
         fig["layout"]["template"] = plotly_template()
         go.Figure(fig)  # raises on anything plotly.js would not understand
+
+
+def test_view_without_plotly_exits_naming_the_extra(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    from flexgc.plots import plotly_js
+
+    plotly_js.cache_clear()
+    monkeypatch.setitem(sys.modules, "plotly.offline", None)  # import fails
+    assert main(["view", str(tmp_path), "--port", "0"]) == 2  # before it serves anything
+    assert "flexgc[report]" in capsys.readouterr().err
+    monkeypatch.undo()
+    plotly_js.cache_clear()

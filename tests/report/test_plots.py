@@ -65,6 +65,7 @@ def test_missing_plotly_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None
     for name in ("plotly.io", "plotly.offline"):
         monkeypatch.setitem(sys.modules, name, None)  # import fails
     plotly_template.cache_clear()
+    plotly_js.cache_clear()
     with pytest.raises(ConfigError, match=r"flexgc\[report\]"):
         plotly_js()
     with pytest.raises(ConfigError, match=r"flexgc\[report\]"):

@@ -97,7 +97,8 @@ _fgc_wheelhouse() {
   # shellcheck disable=SC2086  # one requirement per word
   python3 -m pip download -q --disable-pip-version-check --only-binary=:all: --python-version 3.11 \
     --implementation cp --abi cp311 --platform manylinux_2_36_x86_64 --platform manylinux_2_28_x86_64 \
-    --platform manylinux_2_27_x86_64 --platform manylinux2014_x86_64 -d deploy/wheelhouse $requirements
+    --platform manylinux_2_27_x86_64 --platform manylinux2014_x86_64 -d deploy/wheelhouse $requirements \
+    2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)  # this machine's pip config
 }
 
 setup_docker() {

@@ -17,6 +17,7 @@ on the compose bridge network (.ci/setup-docker.sh starts one in CI).
 from __future__ import annotations
 
 import json
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
@@ -48,6 +49,23 @@ def _worker_ids(logs: str) -> dict[int, list[str]]:
 def _status(project: Project, pid: int, service: str, index: int = 1) -> dict[str, str]:
     text = project.exec(service, f"cat /proc/{pid}/status", index, user="0")
     return {k: v.strip() for k, _, v in (line.partition(":") for line in text.splitlines())}
+
+
+def test_image_is_small_and_runs_as_non_root_without_compiler_or_sources(flexgc_image: str) -> None:
+    # Execute
+    (info,) = json.loads(subprocess.run(["docker", "image", "inspect", flexgc_image], capture_output=True,
+                                        text=True, timeout=30, check=True).stdout)
+    probe = subprocess.run(
+        ["docker", "run", "--rm", "--network", "none", "--entrypoint", "sh", flexgc_image, "-c",
+         "id -u; for t in gcc cc g++ make pip pip3; do command -v $t; done; ls -d /src /wheels /wheelhouse 2>&1; "
+         "flexgc --version"], capture_output=True, text=True, timeout=60)
+
+    # Assert
+    assert info["Size"] <= 300e6, info["Size"]
+    assert info["Config"]["User"] == "10001:10001"
+    lines = probe.stdout.splitlines()
+    assert lines[0] == "10001" and lines[-1].startswith("flexgc "), probe.stdout + probe.stderr
+    assert all("No such file" in line for line in lines[1:-1]), probe.stdout  # no compiler, pip, sources
 
 
 def test_up_runs_the_job_and_returns_the_master_exit_code(compose_project: Callable[..., Project],

@@ -209,3 +209,32 @@ def test_help_shows_the_defaults_of_demo_health_soak_and_codes_check() -> None:
     assert "(default: 127.0.0.1:50051)" in texts["health"]
     assert "--fault-every FAULT_EVERY iterations between faults (default: 5)" in texts["soak"]
     assert "--seed SEED (default: 0)" in texts["codes check"]
+
+
+def test_ctrl_c_on_a_working_worker_exits_0_without_a_traceback(tmp_path: Path) -> None:
+    master = subprocess.Popen([sys.executable, "-m", "flexgc", "master", "--workers", "1", "--code", "uncoded",
+                               "--port", "0", "--iterations", "100000", "--samples", "20", "--features", "3",
+                               "--out", str(tmp_path / "run"), "--log-level", "WARNING"],
+                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    worker: subprocess.Popen[str] | None = None
+    try:
+        assert master.stdout is not None
+        port = json.loads(master.stdout.readline())["port"]
+        worker = subprocess.Popen([sys.executable, "-m", "flexgc", "worker", "--master", f"127.0.0.1:{port}",
+                                   "--worker-id", "w0", "--log-level", "INFO"], stderr=subprocess.PIPE, text=True)
+        assert worker.stderr is not None
+        for line in worker.stderr:                        # wait for the join (bounded by the test timeout)
+            if "joined slot=0" in line:
+                break
+        wait_for(functools.partial(_has_records, tmp_path / "run", 2), 60, "2 iterations")  # it is working
+
+        worker.send_signal(signal.SIGINT)
+        _, err = worker.communicate(timeout=30)
+    finally:
+        for child in (master, worker):
+            if child is not None and child.poll() is None:
+                child.kill()
+                child.wait(10)
+
+    assert worker.returncode == 0, err
+    assert "Traceback" not in err and "Bad file descriptor" not in err, err

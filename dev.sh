@@ -38,7 +38,8 @@ if [[ ! -f "$stamp" || pyproject.toml -nt "$stamp" || setup.py -nt "$stamp" || -
   # the dev install holds the runtime one: keep that stamp as fresh
   [[ -z "$extras" ]] || touch "$VENV/.flexgc-installed"
 fi
-export PATH="$PWD/$VENV/bin:$PATH"
+venv_bin=$(cd "$VENV/bin" && pwd)  # FLEXGC_VENV may be relative or absolute
+export PATH="$venv_bin:$PATH"
 # large fresh allocations page-fault expensively on small VMs (docs/design.md §7): keep big buffers mapped
 export MALLOC_MMAP_THRESHOLD_=${MALLOC_MMAP_THRESHOLD_:-268435456}
 export MALLOC_TRIM_THRESHOLD_=${MALLOC_TRIM_THRESHOLD_:-1073741824}

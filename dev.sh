@@ -6,7 +6,7 @@
 #   ./dev.sh demo [ARGS]    run the local demo cluster (master + workers on loopback)
 #   ./dev.sh test [ARGS]    lint, type-check and run the test suite (what .ci/run calls)
 #   ./dev.sh bench SUITE [ARGS]  a BENCHMARKS.md table: codes (flexgc bench) or a script of benchmarks/:
-#                           signaling, limits, overhead, scale, analysis, models (JAX CNN, BENCHMARKS.md §7)
+#                           signaling, limits, overhead, scale, analysis, models (JAX CNN, BENCHMARKS.md §8)
 #   ./dev.sh flexgc ARGS    any flexgc command, e.g. ./dev.sh flexgc analyze --workers 10 ...
 set -euo pipefail
 cd "$(dirname "$0")"

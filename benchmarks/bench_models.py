@@ -1,4 +1,4 @@
-"""BENCHMARKS.md §7: a JAX CNN on scikit-learn's digits under injected delays, per code and dead workers r.
+"""BENCHMARKS.md §8: a JAX CNN on scikit-learn's digits under injected delays, per code and dead workers r.
 
     ./dev.sh bench models [--iterations 30] [--workers 8] [--out runs/bench-models]
 

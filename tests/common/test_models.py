@@ -204,3 +204,27 @@ def test_the_batch_gradient_is_the_gradient_of_the_union_of_the_partition_batche
 def test_batch_size_is_checked_against_the_smallest_partition() -> None:
     with pytest.raises(ConfigError, match=r"batch_size=26; must be in 0..25"):
         _spec("logistic", batch=26)
+
+
+def test_a_numpy_job_never_imports_jax() -> None:
+    """The master and workers of a numpy-model job with gd import no JAX (the extra stays optional)."""
+    import subprocess
+    import sys
+
+    script = ("import sys\n"
+              "from flexgc.common.config import master_config\n"
+              "from flexgc.common.codes import parse_code\n"
+              "from flexgc.common.optim import make_optimizer\n"
+              "from flexgc.master.data import JobData\n"
+              "from flexgc.worker.compute import PartitionCompute\n"
+              "from flexgc.common.models import build_model\n"
+              "cfg = master_config(model='softmax', classes=3, batch_size=10)\n"
+              "data = JobData.from_config(cfg, parse_code(cfg.code, cfg.workers))\n"
+              "opt = make_optimizer(cfg.optimizer, cfg.lr, cfg.momentum)\n"
+              "w = build_model(data.spec).init_params(0)\n"
+              "opt.step(w, w, opt.init(w))\n"
+              "assert not [m for m in sys.modules if m.split('.')[0] in ('jax', 'equinox', 'optax')], 'jax imported'\n")
+
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+
+    assert done.returncode == 0, done.stderr

@@ -37,7 +37,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from flexgc.common.codes import DECODER_POLICIES, Code
+from flexgc.common.codes import DECODER_POLICIES, Code, Laminar, laminar_rows
 from flexgc.common.decoder import Decoder
 from flexgc.common.delays import DelayModel, realized_durations, sample_durations
 from flexgc.common.errors import ConfigError
@@ -46,7 +46,21 @@ _log = logging.getLogger(__name__)
 
 FRC_CONSTRUCTIONS = ("frc", "frc-unequal-groups")
 CHUNK_TRIALS = 65536
-"""`simulate` samples and decodes in chunks of this many trials (bounds memory; part of the seeding)."""
+"""`simulate` samples in chunks of at most this many trials (part of the seeding, see `chunk_trials`)."""
+CHUNK_ELEMENTS = 1 << 25
+"""A sampling chunk holds at most this many trials * n * k draws (model B draws ``(trials, n, k)``)."""
+MIN_CHUNK_TRIALS = 64
+BLOCK_ELEMENTS = 1 << 18
+"""`decode_times` works through its trials in blocks of about this many ``trials * n * P`` elements, so
+its temporaries stay at 2 MiB (cache-sized, and far below the allocator's mmap threshold: 20,000 trials at
+n = 256 spent 35 s in the kernel when each temporary was 1.3 GB)."""
+
+
+def chunk_trials(n: int, k: int) -> int:
+    """Trials per sampling chunk of `simulate` at n slots and k partitions: CHUNK_TRIALS up to n = k = 22
+    (so results at small n are those of every earlier version), then CHUNK_ELEMENTS / (n k). It depends on
+    n and k only, so codes simulated with the same seed at the same n face the same draws."""
+    return max(MIN_CHUNK_TRIALS, min(CHUNK_TRIALS, CHUNK_ELEMENTS // (n * k)))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -139,17 +153,32 @@ def decode_times(code: Code, durations: np.ndarray, policy: str | None = None) -
     max_parts = max(len(o) for o in code.order)
     if durations.ndim != 3 or durations.shape[1] != code.n or durations.shape[2] < max_parts:
         raise ValueError(f"durations shape {durations.shape}; need (trials, n={code.n}, >= {max_parts})")
-    if np.any(durations < 0) or np.any(np.isnan(durations)):
+    trials, n, width = durations.shape
+    block = max(1, BLOCK_ELEMENTS // (n * width))
+    if trials <= block:
+        return _decode_block(code, durations, policy)
+    parts = [_decode_block(code, durations[start:start + block], policy) for start in range(0, trials, block)]
+    return DecodeTimes(np.concatenate([p.latency for p in parts]), np.concatenate([p.level for p in parts]),
+                       np.concatenate([p.load for p in parts]), parts[0].approximate)
+
+
+def _decode_block(code: Code, durations: np.ndarray, policy: str) -> DecodeTimes:
+    """`decode_times` on one block of trials (each trial is independent of the others)."""
+    if not np.all(durations >= 0):  # NaN fails the comparison too
         raise ValueError("durations must be >= 0 (inf allowed, NaN not)")
     finish = np.cumsum(durations, axis=2)
     arrival = _arrivals(code, finish)  # (trials, L, n)
     approximate = False
+    laminar = laminar_rows(code) if policy == "any-span" else None
     if code.family == "ignore":
         approximate = True
         latency = _order_statistic(arrival[:, 0, :], code.n - code.s_max)
         level = np.where(np.isfinite(latency), 0, -1)
     elif code.family == "multimessage":
         latency = _cover_time(code, arrival)
+        level = _level_at(arrival, latency)
+    elif laminar is not None:
+        latency = _laminar_times(laminar, arrival)
         level = _level_at(arrival, latency)
     else:
         per_level = _per_level_times(code, arrival)
@@ -158,15 +187,16 @@ def decode_times(code: Code, durations: np.ndarray, policy: str | None = None) -
         else:
             latency = per_level.min(axis=1)
             level = np.where(np.isfinite(latency), per_level.argmin(axis=1), -1)
-            if policy == "any-span" and not _span_is_count_rule(code):
+            if policy == "any-span":
                 latency, level = _oracle_times(code, arrival, policy, bound=latency)
     return DecodeTimes(latency, level, _load(code, durations, finish, latency), approximate)
 
 
 def _arrivals(code: Code, finish: np.ndarray) -> np.ndarray:
     """``(trials, L, n)``: arrival of message (l, i) = finish[:, i, prefix[l, i] - 1]."""
-    slots = np.arange(code.n)
-    return np.stack([finish[:, slots, code.prefix[level] - 1] for level in range(code.n_levels)], axis=1)
+    trials, n, width = finish.shape
+    at = (np.arange(n) * width + code.prefix - 1).ravel()  # (L * n,) positions in a trial's flat finish
+    return finish.reshape(trials, n * width).take(at, axis=1).reshape(trials, code.n_levels, n)
 
 
 def _order_statistic(times: np.ndarray, m: int) -> np.ndarray:
@@ -183,13 +213,6 @@ def _level_kind(code: Code, level: int) -> str | None:
     return None
 
 
-def _span_is_count_rule(code: Code) -> bool:
-    """True where any-span decodes exactly when the per-level rule does: one level of identity rows or of
-    FRC groups (disjoint indicator blocks). Elsewhere smaller sets may span 1: the real cyclic-MDS rows
-    of CRC(1) at even n are (1, 1)/sqrt(2), so every other worker suffices."""
-    return code.n_levels == 1 and (code.levels[0] == 0 or _level_kind(code, 0) == "frc")
-
-
 def _per_level_times(code: Code, arrival: np.ndarray) -> np.ndarray | None:
     """``(trials, L)`` per-level decode instants by the fast paths, or None if a level has none."""
     kinds = [_level_kind(code, level) for level in range(code.n_levels)]
@@ -201,12 +224,48 @@ def _per_level_times(code: Code, arrival: np.ndarray) -> np.ndarray | None:
         if kind == "mds":
             out[:, level] = _order_statistic(times, code.n - code.levels[level])
         else:
-            # groups: slots sending the same row (FRC members send the uncoded sum of their block)
-            _, group = np.unique(np.asarray(code.support_bits[level * code.n:(level + 1) * code.n],
-                                            dtype=object), return_inverse=True)
-            firsts = [times[:, group == g].min(axis=1) for g in range(int(group.max()) + 1)]
-            out[:, level] = np.max(firsts, axis=0)
+            # groups: slots sending the same row (FRC members send the uncoded sum of their block); the
+            # level decodes when the slowest group has its first finisher
+            slots, starts = _groups(code, level)
+            out[:, level] = np.minimum.reduceat(times[:, slots], starts, axis=1).max(axis=1)
     return out
+
+
+_GROUPS: weakref.WeakKeyDictionary[Code, dict[int, tuple[np.ndarray, np.ndarray]]] = weakref.WeakKeyDictionary()
+
+
+def _groups(code: Code, level: int) -> tuple[np.ndarray, np.ndarray]:
+    """Slots of `level` grouped by their row's support, and the `reduceat` offset of each group."""
+    per_code = _GROUPS.setdefault(code, {})
+    if level not in per_code:
+        bits = code.support_bits[level * code.n:(level + 1) * code.n]
+        slots = np.array(sorted(range(code.n), key=lambda i: (bits[i], i)), dtype=np.int64)
+        starts = np.array([t for t in range(code.n) if t == 0 or bits[slots[t]] != bits[slots[t - 1]]],
+                          dtype=np.int64)
+        per_code[level] = (slots, starts)
+    return per_code[level]
+
+
+def _laminar_times(laminar: Laminar, arrival: np.ndarray) -> np.ndarray:
+    """``(trials,)`` any-span decode instants of a code with laminar indicator rows (uncoded, FRC, nested
+    FRC; see `codes.Laminar`), by the recursion on its blocks: a block is spanned from the earlier of its
+    own first row and the instant all its children are spanned (when they partition it); the code decodes
+    when every root is spanned. Exactly the instants of the Decoder's span test, without linear algebra:
+    O(trials * messages)."""
+    trials = arrival.shape[0]
+    flat = arrival.reshape(trials, -1)
+    spanned = np.minimum.reduceat(flat[:, laminar.messages], laminar.message_starts, axis=1)
+    starts, inner = laminar.layer_starts, laminar.layer_starts[1]  # blocks from `inner` on have children
+    bounds = np.r_[laminar.child_starts, len(laminar.children)]
+    for lo, hi in zip(starts[1:-1], starts[2:]):
+        first, last = int(bounds[lo - inner]), int(bounds[hi - inner])
+        kids = laminar.children[first:last]
+        together = np.maximum.reduceat(spanned[:, kids], bounds[lo - inner:hi - inner] - first, axis=1)
+        together[:, ~laminar.covered[lo:hi]] = math.inf
+        np.minimum(spanned[:, lo:hi], together, out=spanned[:, lo:hi])
+    if not laminar.roots_cover:
+        return np.full(trials, math.inf)
+    return spanned[:, laminar.roots].max(axis=1)
 
 
 def _cover_time(code: Code, arrival: np.ndarray) -> np.ndarray:
@@ -360,22 +419,34 @@ def _decoder_answers(decoder: Decoder, received: np.ndarray) -> np.ndarray:
 
 
 def _load(code: Code, durations: np.ndarray, finish: np.ndarray, latency: np.ndarray) -> np.ndarray:
-    """Mean fraction of the data computed per responsive worker by `latency` (see DecodeTimes.load)."""
-    trials, n, width = durations.shape
-    valid = np.zeros((n, width), dtype=bool)
-    for i, o in enumerate(code.order):
-        valid[i, : len(o)] = True
-    T = latency[:, None, None]
+    """Mean fraction of the data computed per responsive worker by `latency` (see DecodeTimes.load).
+
+    Slot i has finished the partitions whose finish is <= T (a prefix of its order, since `finish` is
+    a cumulative sum) and a fraction of the next one; only that one partition needs a division."""
+    trials, _, width = durations.shape
+    lengths = _order_lengths(code)
+    T = latency[:, None]
+    done = np.minimum(np.count_nonzero(finish <= T[:, :, None], axis=2), lengths)  # (trials, n)
+    nxt = np.minimum(done, width - 1)[:, :, None]
+    d = np.take_along_axis(durations, nxt, axis=2)[:, :, 0]
     with np.errstate(invalid="ignore", divide="ignore"):
-        start = finish - durations
-        partial = np.clip((T - start) / durations, 0.0, 1.0)
-    done = np.where(finish <= T, 1.0, np.where(start >= T, 0.0, partial))
-    done = np.where(valid[None], np.nan_to_num(done, nan=0.0), 0.0)
+        partial = np.clip((T - (np.take_along_axis(finish, nxt, axis=2)[:, :, 0] - d)) / d, 0.0, 1.0)
+    partial = np.where(done < lengths, np.nan_to_num(partial, nan=0.0), 0.0)
     responsive = np.isfinite(durations[:, :, 0])
-    per_worker = done.sum(axis=2) / code.k
+    per_worker = (done + partial) / code.k
     count = responsive.sum(axis=1)
     total = np.where(responsive, per_worker, 0.0).sum(axis=1)
     return np.divide(total, count, out=np.zeros(trials), where=count > 0)
+
+
+_LENGTHS: weakref.WeakKeyDictionary[Code, np.ndarray] = weakref.WeakKeyDictionary()
+
+
+def _order_lengths(code: Code) -> np.ndarray:
+    """``(n,)`` len(order[i]) (cached per code)."""
+    if code not in _LENGTHS:
+        _LENGTHS[code] = np.array([len(o) for o in code.order], dtype=np.int64)
+    return _LENGTHS[code]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -417,15 +488,16 @@ class SimResult:
 
 def simulate(code: Code, model: DelayModel, trials: int, seed: int,
              policy: str | None = None) -> SimResult:
-    """Seeded, vectorized Monte Carlo of `trials` iterations (chunks of CHUNK_TRIALS)."""
+    """Seeded, vectorized Monte Carlo of `trials` iterations (in chunks of `chunk_trials(n, k)`)."""
     if trials < 1:
         raise ConfigError(f"trials={trials}; need >= 1")
     policy = policy or code.decoder
     rng = np.random.default_rng(seed)
     latency, level, load, unresponsive = [], [], [], []
     approximate = False
-    for start in range(0, trials, CHUNK_TRIALS):
-        durations = sample_durations(model, code, min(CHUNK_TRIALS, trials - start), rng)
+    chunk = chunk_trials(code.n, code.k)
+    for start in range(0, trials, chunk):
+        durations = sample_durations(model, code, min(chunk, trials - start), rng)
         times = decode_times(code, durations, policy)
         latency.append(times.latency)
         level.append(times.level)

@@ -26,12 +26,14 @@ from __future__ import annotations
 import functools
 import itertools
 import math
+import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal, get_args
 
 import numpy as np
 
+from flexgc.common.crc_table import CRC_TABLE
 from flexgc.common.errors import CodeConstructionError, ConfigError
 from flexgc.common.specs import as_float, as_int, as_int_list, parse_spec, reject_unknown
 
@@ -338,16 +340,14 @@ def _nested_crc(n: int, levels: tuple[int, ...], max_cond: float) -> Code:
     prefix = np.zeros((L, n), dtype=np.int64)
     constructions, worst, validations = [], [], []
     for level, s in enumerate(levels):
-        rows, name, cond, how = crc_rows(n, s)
-        unproven = name != "cyclic-mds" and how != "exhaustive"
-        if cond > max_cond or unproven:
-            why = (f"the best real construction found ({name}) could only be checked on a sample of the "
-                   f"C({n},{s})={math.comb(n, s)} straggler sets, so it is not shipped" if unproven else
-                   f"the best real construction found ({name}) has worst cond(B_F)={cond:.3g} > "
-                   f"max_cond={max_cond:g}")
+        why = crc_refusal(n, s, max_cond)
+        if why is None:
+            rows, name, cond, how = crc_rows(n, s)
+            why = _refusal_of_built(n, s, name, cond, how, max_cond)
+        if why is not None:
             raise CodeConstructionError(f"crc s={s} at n={n}: {why}; tolerances near s that build: "
                                         f"{_buildable_near(n, s, max_cond) or 'none'}"
-                                        f"{'' if unproven else ' (or raise max_cond)'}")
+                                        f"{' (or raise max_cond)' if 'max_cond' in why else ''}")
         B[level] = rows
         prefix[level] = s + 1
         constructions.append(name)
@@ -359,13 +359,200 @@ def _nested_crc(n: int, levels: tuple[int, ...], max_cond: float) -> Code:
 
 
 def _buildable_near(n: int, s: int, max_cond: float) -> str:
-    """Tolerances within 2 of s whose CRC builds under max_cond (cyclic-MDS first: decodability proven)."""
+    """Tolerances within 2 of s whose CRC builds under max_cond (nearest first). Each is decided as for s
+    itself (`crc_refusal`, then the construction, cached in CRC_TABLE up to n = 64)."""
     ok = []
     for t in sorted((t for t in range(s - 2, s + 3) if t != s and 0 <= t < n), key=lambda t: (abs(t - s), t)):
+        if crc_refusal(n, t, max_cond) is not None:
+            continue
         _, name, cond, how = crc_rows(n, t)
-        if cond <= max_cond and (name in ("cyclic-mds", "identity") or how == "exhaustive"):
+        if _refusal_of_built(n, t, name, cond, how, max_cond) is None:
             ok.append(f"s={t} ({name}, cond {cond:.2g})")
     return ", ".join(ok)
+
+
+def _refusal_of_built(n: int, s: int, name: str, cond: float, how: str, max_cond: float) -> str | None:
+    """Why a construction `crc_rows` returned is not shipped (None: it ships)."""
+    if name not in ("cyclic-mds", "identity") and how != "exhaustive":
+        return (f"the best real construction found ({name}) could only be checked on a sample of the "
+                f"C({n},{s})={math.comb(n, s)} straggler sets, so it is not shipped")
+    if cond > max_cond:
+        return f"the best real construction found ({name}) has worst cond(B_F)={cond:.3g} > max_cond={max_cond:g}"
+    return None
+
+
+CONTIGUOUS_BOUND_MARGIN = 1e-6
+"""A bound or cached cond decides a refusal only when it exceeds max_cond by this relative margin (else the
+construction is built and validated, so a last-bit difference in a BLAS can never flip a verdict)."""
+
+
+def crc_refusal(n: int, s: int, max_cond: float = DEFAULT_MAX_COND) -> str | None:
+    """Why CRC(s) at n is not shipped, when that is decided without building it; None when only the
+    construction can tell (it may still be refused then). Never refuses a code that `crc_rows` would ship,
+    and never accepts one: it only answers earlier.
+
+    * n - s even, s > 0, and C(n, s) > EXHAUSTIVE_MAX: the construction would be a searched one, which ships
+      only when every straggler set was checked; it is refused whatever it turns out to be.
+    * a cached result (CRC_TABLE: every (n, s) up to n = 64 that takes a construction to decide) with a
+      worst cond above max_cond.
+    * n - s odd (cyclic-MDS): cond(B_F) on the contiguous straggler sets is a lower bound of the worst
+      cond over every set (those sets are among the validated ones), and in every exhaustive check so far
+      it *is* the worst: the rows lie in a space of trigonometric polynomials, and a contiguous gap of
+      missing samples is where interpolation on the unit circle is worst (Pan, arXiv 1504.02118). When it
+      already exceeds max_cond the code is refused at the cost of n small SVDs.
+    """
+    if s == 0:
+        return None
+    total = math.comb(n, s)
+    if (n - s) % 2 == 0 and total > EXHAUSTIVE_MAX:
+        return (f"n - s = {n - s} is even, so the only real constructions are searched ones without a proof of "
+                f"decodability, and one could only be checked on a sample of the C({n},{s})={total} straggler "
+                f"sets (every set is checked up to {EXHAUSTIVE_MAX}), so it is not shipped")
+    cached = CRC_TABLE.get((n, s))
+    if cached is not None:
+        name, cond, how = cached
+        if math.isfinite(cond) and cond > max_cond * (1 + CONTIGUOUS_BOUND_MARGIN):
+            return _refusal_of_built(n, s, name, cond, how, max_cond)
+        return None  # builds, or fails to build in `crc_rows` (no candidate decodes)
+    if (n - s) % 2 == 1:
+        bound, stragglers = contiguous_bound(n, s, stop_above=max_cond * (1 + CONTIGUOUS_BOUND_MARGIN))
+        if bound > max_cond * (1 + CONTIGUOUS_BOUND_MARGIN):
+            return (f"its cyclic-MDS construction has cond(B_F)={bound:.3g} > max_cond={max_cond:g} already on the "
+                    f"contiguous straggler set {{{stragglers[0]}, ..., {stragglers[-1]}}} (a lower bound of the "
+                    f"worst cond)")
+    return None
+
+
+def contiguous_bound(n: int, s: int, stop_above: float = math.inf) -> tuple[float, tuple[int, ...]]:
+    """Largest cond(B_F) of the cyclic-MDS CRC(s) rows (n - s odd) over the n contiguous straggler sets
+    {t, ..., t+s-1}, and that set; stops at the first set whose cond exceeds `stop_above`. A lower bound of
+    the worst cond over all sets (and equal to it wherever it was checked exhaustively)."""
+    if (n - s) % 2 != 1 or s == 0:
+        raise ValueError(f"n={n} s={s}: contiguous_bound is for cyclic-MDS rows (n - s odd, s > 0)")
+    B = rows_from_space(_trig_space(n, n - s), s)
+    worst, where = 0.0, tuple[int, ...]()
+    for start in range(0, n, 8):
+        sets = [tuple((t + j) % n for j in range(s)) for t in range(start, min(n, start + 8))]
+        alive = np.array([[i for i in range(n) if i not in p] for p in sets], dtype=np.int64)
+        sv = np.linalg.svd(B[alive], compute_uv=False)
+        ratio = np.where(sv[:, -1] > 1e-13 * sv[:, 0], sv[:, 0] / np.maximum(sv[:, -1], 1e-300), np.inf)
+        if ratio.max() > worst:
+            worst, where = float(ratio.max()), sets[int(ratio.argmax())]
+        if worst > stop_above:
+            break
+    return worst, tuple(sorted(where))
+
+
+# ---------------------------------------------------------------------------------------------
+# laminar indicator rows (FRC-structured codes): decodability without linear algebra
+
+
+@dataclass(frozen=True, eq=False)
+class Laminar:
+    """The rows of a code whose every nonzero row is a multiple of the indicator vector of a block of
+    partitions, the blocks forming a laminar family (any two are nested or disjoint): uncoded, FRC,
+    nested FRC (a divisor chain of group sizes), multimessage.
+
+    For such rows, 1 lies in the span of a received set R iff every root block (a block in no other)
+    is *spanned*, the roots partition the k partitions, and a block is spanned iff one of its rows is
+    in R, or its children (the maximal blocks strictly inside it) partition it and are all spanned.
+    Sufficiency is plain; necessity: if 1_b is a combination of received rows inside b and none of
+    them is b's own, each lies inside one child (laminar), so each child is a combination of the rows
+    inside it, and a partition of b in no child would have coefficient 0 (docs/analysis.md).
+
+    blocks: bitmasks (Python ints) of the distinct supports, leaves first: a block comes after its
+        children (ordered by height, then by smallest partition).
+    layer_starts: ``(H+2,)`` offsets in `blocks` of the blocks of height 0, 1, ..., H, and the count
+        (height: the longest chain of children below).
+    messages, message_starts: message ids grouped by block (`np.minimum.reduceat` offsets); every block
+        has at least one message. `message_mask` per block: the same as a bitmask of message ids.
+    children, child_starts: child block indices grouped by parent, for the blocks of height >= 1 in
+        their order (`np.maximum.reduceat` offsets into `children`); `child_lists` per block.
+    covered: ``(nb,)`` bool, the children partition the block (False for leaves).
+    roots: indices of the root blocks; roots_cover: they partition all k partitions.
+    """
+
+    blocks: tuple[int, ...]
+    layer_starts: tuple[int, ...]
+    messages: np.ndarray
+    message_starts: np.ndarray
+    message_mask: tuple[int, ...]
+    children: np.ndarray
+    child_starts: np.ndarray
+    child_lists: tuple[tuple[int, ...], ...]
+    covered: np.ndarray
+    roots: np.ndarray
+    roots_cover: bool
+
+    def spans_ones(self, mask: int) -> bool:
+        """Whether the all-ones vector lies in the span of the received message ids in `mask` (exact)."""
+        spanned = [False] * len(self.blocks)
+        for b, kids in enumerate(self.child_lists):
+            spanned[b] = bool(mask & self.message_mask[b]) or (
+                bool(self.covered[b]) and all(spanned[c] for c in kids))
+        return self.roots_cover and all(spanned[r] for r in self.roots)
+
+
+_LAMINAR: weakref.WeakKeyDictionary[Code, Laminar | None] = weakref.WeakKeyDictionary()
+
+
+def laminar_rows(code: Code) -> Laminar | None:
+    """The laminar block structure of `code`'s rows (see `Laminar`), or None when some nonzero row is not
+    a multiple of an indicator vector or two supports overlap without nesting. Cached per code."""
+    if code not in _LAMINAR:
+        _LAMINAR[code] = _laminar_rows(code)
+    return _LAMINAR[code]
+
+
+def _laminar_rows(code: Code) -> Laminar | None:
+    rows = code.B.reshape(code.n_messages, code.k)
+    nonzero = rows != 0
+    used = np.flatnonzero(nonzero.any(axis=1))
+    if not used.size:
+        return None
+    first = rows[used, nonzero[used].argmax(axis=1)]
+    if not np.all((rows[used] == first[:, None]) | ~nonzero[used]):
+        return None  # a row with unequal nonzero entries
+    by_support: dict[int, list[int]] = {}
+    for m in used:
+        by_support.setdefault(code.support_bits[m], []).append(int(m))
+    supports = list(by_support)
+    member = np.array([[bits >> j & 1 for j in range(code.k)] for bits in supports], dtype=bool)
+    size = member.sum(axis=1)
+    parent = [-1] * len(supports)
+    for j in range(code.k):
+        chain = sorted(np.flatnonzero(member[:, j]).tolist(), key=lambda b: size[b])
+        for small, big in zip(chain, chain[1:]):
+            if size[small] == size[big] or supports[small] & ~supports[big]:
+                return None  # overlapping supports that are not nested
+            if parent[small] not in (-1, big):
+                return None
+            parent[small] = big
+    kids: list[list[int]] = [[] for _ in supports]
+    for b, p in enumerate(parent):
+        if p >= 0:
+            kids[p].append(b)
+    height = [0] * len(supports)
+    for b in sorted(range(len(supports)), key=lambda b: size[b]):
+        height[b] = 1 + max((height[c] for c in kids[b]), default=-1)
+    order = sorted(range(len(supports)), key=lambda b: (height[b], int(np.argmax(member[b]))))
+    index = {b: t for t, b in enumerate(order)}
+    child_lists = tuple(tuple(sorted(index[c] for c in kids[b])) for b in order)
+    layer_starts = [sum(1 for b in order if height[b] < h) for h in range(max(height) + 2)]
+    messages = [m for b in order for m in by_support[supports[b]]]
+    message_starts = np.cumsum([0] + [len(by_support[supports[b]]) for b in order[:-1]])
+    inner = [t for t, b in enumerate(order) if height[b] >= 1]
+    children = [c for t in inner for c in child_lists[t]]
+    child_starts = np.cumsum([0] + [len(child_lists[t]) for t in inner[:-1]]) if inner else np.zeros(0, int)
+    covered = np.array([bool(kids[b]) and int(size[kids[b]].sum()) == int(size[b]) for b in order])
+    roots = np.array([index[b] for b in order if parent[b] < 0], dtype=np.int64)
+    return Laminar(
+        blocks=tuple(supports[b] for b in order), layer_starts=tuple(layer_starts),
+        messages=np.array(messages, dtype=np.int64), message_starts=np.asarray(message_starts, dtype=np.int64),
+        message_mask=tuple(sum(1 << m for m in by_support[supports[b]]) for b in order),
+        children=np.array(children, dtype=np.int64), child_starts=np.asarray(child_starts, dtype=np.int64),
+        child_lists=child_lists, covered=covered, roots=roots,
+        roots_cover=int(size[[order[r] for r in roots]].sum()) == code.k)
 
 
 def _window(i: int, s: int, n: int) -> list[int]:
@@ -478,6 +665,33 @@ def worst_condition(B: np.ndarray, patterns: list[tuple[int, ...]] | list[tuple[
 def crc_rows(n: int, s: int) -> tuple[np.ndarray, str, float, str]:
     """CRC(s) rows for n slots: ``(B (n, n), construction name, worst validated cond(B_F), validation)``,
     validation being ``exhaustive`` (every straggler set) or ``sampled`` (the cond is a lower bound).
+
+    Where CRC_TABLE holds (n, s), the rows are those of the construction it names (the same rows
+    `construct_crc_rows` builds, without the search) and the cond and validation are the cached ones;
+    elsewhere `construct_crc_rows` searches and validates."""
+    cached = CRC_TABLE.get((n, s))
+    if cached is None:
+        return construct_crc_rows(n, s)
+    name, cond, how = cached
+    if not math.isfinite(cond):
+        raise CodeConstructionError(f"crc s={s} at n={n}: no candidate construction decodes every validated "
+                                    f"straggler set")
+    return _frozen(rows_from_space(_candidate_space(n, n - s, name), s)), name, cond, how
+
+
+def _candidate_space(n: int, dim: int, name: str) -> np.ndarray:
+    """The generator of the named candidate (the names `construct_crc_rows` gives)."""
+    if name == "cyclic-mds":
+        return _trig_space(n, dim)
+    if name.startswith("trig-phase:"):
+        return _trig_space(n, dim, float(name.split(":")[1]) * np.pi / n)
+    if name.startswith("random-orthonormal:seed="):
+        return _random_space(n, dim, int(name.split("=")[1]))
+    raise ValueError(f"unknown construction {name!r}")
+
+
+def construct_crc_rows(n: int, s: int) -> tuple[np.ndarray, str, float, str]:
+    """`crc_rows` without the cache: build, and for n - s even search, then validate.
 
     For n - s even the candidates are screened on a small set of straggler patterns and the three best
     are validated in full; a structured (trig-phase) candidate is preferred unless a random one is

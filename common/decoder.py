@@ -6,6 +6,10 @@ is ``1^T G = sum_j g_j``. The decoder decides whether the all-ones row lies in t
 rows, and if so finds weights ``a`` with ``a^T B_F = 1^T`` (minimum-norm, via the SVD). Weights are
 cached per arrival pattern (a bitmask of message ids) in a bounded LRU, so a steady state with
 repeating patterns does no linear algebra. The decode itself is one BLAS call over a ``(m, d)`` buffer.
+
+Where every row is a multiple of the indicator of a block of partitions and the blocks are laminar
+(uncoded, FRC, nested FRC, multimessage: `codes.Laminar`), a set that does not span the all-ones vector is
+recognized by a walk over the blocks, without an SVD; only a decodable set is solved (for its weights).
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from flexgc.common.codes import DECODER_POLICIES, Code
+from flexgc.common.codes import DECODER_POLICIES, Code, laminar_rows
 from flexgc.common.errors import ConfigError
 
 _log = logging.getLogger(__name__)
@@ -85,6 +89,8 @@ class Decoder:
         self._level_mask = [sum(1 << code.message_id(level, i) for i in range(code.n))
                             for level in range(code.n_levels)]
         self._mds = [code.level_is_mds(level) for level in range(code.n_levels)]
+        # indicator rows of a laminar family (uncoded, FRC, nested FRC): span test without linear algebra
+        self._laminar = laminar_rows(code) if policy == "any-span" else None
         self.hits = 0
         self.misses = 0
 
@@ -131,7 +137,7 @@ class Decoder:
                     d = self._least_squares(sub)
                     if d.residual <= self.residual_tol:
                         return d
-        elif mask and self._covers(mask):
+        elif mask and (self._covers(mask) if self._laminar is None else self._laminar.spans_ones(mask)):
             d = self._least_squares(mask)
             if d.residual <= self.residual_tol:
                 return d

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import zlib
 
 import numpy as np
@@ -10,7 +11,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
+from flexgc.common import analysis
+from flexgc.common import decoder as decoder_module
 from flexgc.common.analysis import (
+    chunk_trials,
     closed_form,
     decode_times,
     expected_latency_crc,
@@ -245,6 +249,98 @@ def test_nested_any_span_with_consecutive_levels_equals_multimessage() -> None:
     multi = decode_times(parse_code("multimessage:smax=3", 10), d).latency
 
     assert np.allclose(nested, multi)
+
+
+# -- laminar rows (FRC, nested FRC, uncoded): the block recursion against the generic search -----------
+
+
+def _generic_times(code: Code, durations: np.ndarray, monkeypatch: pytest.MonkeyPatch) -> tuple[np.ndarray,
+                                                                                               np.ndarray]:
+    """Any-span instants and levels by the generic path: binary search through a Decoder doing SVDs."""
+    with monkeypatch.context() as patched:
+        patched.setattr(analysis, "laminar_rows", lambda code: None)
+        patched.setattr(decoder_module, "laminar_rows", lambda code: None)
+        times = decode_times(code, durations, "any-span")
+    return times.latency, times.level
+
+
+def _chains(n: int) -> list[tuple[int, ...]]:
+    divisors = [d for d in range(1, n + 1) if n % d == 0]
+    return [c for size in range(1, len(divisors) + 1) for c in itertools.combinations(divisors, size)
+            if all(b % a == 0 for a, b in zip(c, c[1:]))]
+
+
+@pytest.mark.parametrize(("n", "spec"), [(n, "nested-frc:groups=" + ",".join(map(str, c)))
+                                         for n in range(2, 11) for c in _chains(n) if len(c) > 1]
+                         + [(n, f"frc:s={s}") for n in (7, 10) for s in (1, 2, 3)] + [(9, "uncoded")])
+def test_laminar_instants_equal_the_generic_search(n: int, spec: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Prepare: per-partition durations with dead workers, and ties (equal speeds) in a few trials
+    code = parse_code(spec, n)
+    d = _random_durations(code, 120, zlib.crc32(spec.encode()) + n, dead_p=0.1)
+    d[:10] = np.ceil(d[:10] * 2) / 2
+
+    # Execute
+    fast = decode_times(code, d, "any-span")
+    latency, level = _generic_times(code, d, monkeypatch)
+
+    # Assert: the same instants and levels, bit for bit
+    assert np.array_equal(fast.latency, latency) and np.array_equal(fast.level, level)
+
+
+@settings(max_examples=25, deadline=None, derandomize=True)
+@given(data=st.data())
+def test_laminar_instants_equal_the_generic_search_beyond(data: st.DataObject) -> None:
+    # Prepare: a random divisor chain at 12 <= n <= 32, random durations and dead workers
+    n = data.draw(st.sampled_from([12, 16, 18, 24, 32]), label="n")
+    chain = data.draw(st.sampled_from([c for c in _chains(n) if len(c) > 1]), label="groups")
+    code = parse_code("nested-frc:groups=" + ",".join(map(str, chain)), n)
+    d = _random_durations(code, 12, data.draw(st.integers(0, 2**32 - 1), label="seed"),
+                          dead_p=data.draw(st.sampled_from([0.0, 0.1, 0.3]), label="dead_p"))
+
+    # Execute
+    fast = decode_times(code, d, "any-span")
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        latency, level = _generic_times(code, d, monkeypatch)
+
+    # Assert
+    assert np.array_equal(fast.latency, latency) and np.array_equal(fast.level, level)
+
+
+def test_nested_frc_at_n_256_runs_both_policies() -> None:
+    # Prepare
+    code = parse_code("nested-frc:groups=1,2,4,8,16,32", 256)
+
+    # Execute
+    per_level = simulate(code, parse_delay("shifted-exp:p=0.02"), 2000, seed=0, policy="per-level")
+    any_span = simulate(code, parse_delay("shifted-exp:p=0.02"), 2000, seed=0, policy="any-span")
+
+    # Assert: any-span is never later, and mixes levels
+    assert any_span.mean < per_level.mean and any_span.p_fail <= per_level.p_fail == 0.0
+    assert any_span.layer_use[1] > 0 and sum(any_span.layer_use) == pytest.approx(1.0)
+
+
+# -- blocks and chunks --------------------------------------------------------------------------
+
+
+def test_blocks_of_trials_do_not_change_the_result(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Prepare
+    code = parse_code("nested:levels=0,2,3", 10)
+    d = _random_durations(code, 300, 5)
+    whole = decode_times(code, d)
+
+    # Execute: about 7 trials per block
+    monkeypatch.setattr(analysis, "BLOCK_ELEMENTS", 300)
+    blocked = decode_times(code, d)
+
+    # Assert
+    for field in ("latency", "level", "load"):
+        assert np.array_equal(getattr(whole, field), getattr(blocked, field))
+
+
+def test_sampling_chunks_depend_on_n_and_k_only_and_keep_small_n_unchanged() -> None:
+    assert all(chunk_trials(n, n) == analysis.CHUNK_TRIALS for n in range(1, 23))
+    assert chunk_trials(256, 256) * 256 * 256 <= analysis.CHUNK_ELEMENTS
+    assert chunk_trials(4096, 4096) == analysis.MIN_CHUNK_TRIALS
 
 
 # -- load, levels, shapes -----------------------------------------------------------------------

@@ -15,8 +15,10 @@ from typing import NamedTuple
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from flexgc.common.codes import DEFAULT_MAX_COND, Code, frc_group_sizes, parse_code
+from flexgc.common.codes import DEFAULT_MAX_COND, Code, frc_group_sizes, laminar_rows, parse_code
 from flexgc.common.errors import CodeConstructionError, ConfigError
 
 QUALITY_S = (1, 2, 4, 8)
@@ -449,3 +451,102 @@ def test_accepted_code_keeps_cond_within_max_cond_on_searched_worst_sets(
 
     # Assert
     assert cond <= DEFAULT_MAX_COND
+
+
+# ---------------------------------------------------------------------------------------------
+# laminar indicator rows: the span test without linear algebra (codes.Laminar)
+
+
+def spans_ones_by_rank(code: Code, mask: int) -> bool:
+    """1 in the row space of the received rows, decided by numerical rank (independent of codes.py)."""
+    ids = [m for m in range(code.n_messages) if mask >> m & 1]
+    if not ids:
+        return False
+    R = code.B.reshape(code.n_messages, code.k)[ids]
+    return bool(np.linalg.matrix_rank(R) == np.linalg.matrix_rank(np.vstack([R, np.ones(code.k)])))
+
+
+def _laminar_specs(n: int) -> list[str]:
+    chains = _divisor_chains(n)
+    return (["uncoded", f"multimessage:smax={min(2, n - 1)}"] + [f"frc:s={s}" for s in range(n)]
+            + ["nested-frc:groups=" + ",".join(map(str, c)) for c in chains])
+
+
+def _divisor_chains(n: int) -> list[tuple[int, ...]]:
+    divisors = [d for d in range(1, n + 1) if n % d == 0]
+    return [c for size in range(1, len(divisors) + 1) for c in itertools.combinations(divisors, size)
+            if all(b % a == 0 for a, b in zip(c, c[1:]))]
+
+
+@pytest.mark.parametrize(("n", "spec"), [(n, spec) for n in range(1, 7) for spec in _laminar_specs(n)
+                                         if parse_code(spec, n).n_messages <= 12])
+def test_laminar_span_test_matches_rank_on_every_received_set(n: int, spec: str) -> None:
+    # Prepare
+    code = parse_code(spec, n)
+    laminar = laminar_rows(code)
+
+    # Execute / Assert (every subset of the messages, not only prefix-closed ones)
+    assert laminar is not None
+    for mask in range(1 << code.n_messages):
+        assert laminar.spans_ones(mask) == spans_ones_by_rank(code, mask), (spec, bin(mask))
+
+
+def spans_ones_by_rank_batch(code: Code, received: np.ndarray) -> np.ndarray:
+    """`spans_ones_by_rank` for a ``(P, n_messages)`` bool array of received sets, as stacked SVDs."""
+    R = code.B.reshape(code.n_messages, code.k)[None] * received[:, :, None]
+    with_ones = np.concatenate([R, np.ones((len(R), 1, code.k))], axis=1)
+    return np.asarray(np.linalg.matrix_rank(R) == np.linalg.matrix_rank(with_ones)) & received.any(axis=1)
+
+
+@pytest.mark.parametrize(("n", "spec"), [(n, f"nested-frc:groups={g}") for n, g in
+                                         [(8, "1,2,4"), (6, "1,2,6"), (6, "1,3,6"), (9, "1,3"), (10, "1,5"),
+                                          (10, "2,10"), (8, "2,8")]])
+def test_laminar_span_test_matches_rank_on_every_per_slot_prefix(n: int, spec: str) -> None:
+    # Prepare: every pattern a run can produce (slot i has sent its first r_i levels): (L+1)^n of them
+    code = parse_code(spec, n)
+    laminar = laminar_rows(code)
+    assert laminar is not None
+    reached = np.array(list(itertools.product(range(code.n_levels + 1), repeat=n)))  # (P, n)
+    received = (np.arange(code.n_levels)[None, :, None] < reached[:, None, :]).reshape(len(reached), -1)
+
+    # Execute
+    expected = spans_ones_by_rank_batch(code, received)
+    masks = np.packbits(received, axis=1, bitorder="little")
+
+    # Assert
+    for row, want in zip(masks, expected):
+        assert laminar.spans_ones(int.from_bytes(row.tobytes(), "little")) == want, (spec, row)
+
+
+@settings(max_examples=150, deadline=None, derandomize=True)
+@given(data=st.data())
+def test_laminar_span_test_matches_rank_on_random_sets_beyond(data: st.DataObject) -> None:
+    # Prepare: a random divisor chain at n <= 48 and a random received set
+    n = data.draw(st.sampled_from([12, 16, 18, 24, 30, 32, 36, 48]), label="n")
+    chain = data.draw(st.sampled_from(_divisor_chains(n)), label="groups")
+    code = parse_code("nested-frc:groups=" + ",".join(map(str, chain)), n)
+    p = data.draw(st.floats(0.05, 0.95), label="p")
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1), label="seed"))
+    mask = sum(1 << int(m) for m in np.flatnonzero(rng.random(code.n_messages) < p))
+
+    # Execute / Assert
+    laminar = laminar_rows(code)
+    assert laminar is not None and laminar.spans_ones(mask) == spans_ones_by_rank(code, mask)
+
+
+def test_mixed_levels_of_nested_frc_span_where_no_level_does() -> None:
+    # Prepare: n = 4, groups 1, 2, 4; slots 0 and 1 sent level 0 ({0}, {1}), slot 2 level 1 ({2, 3})
+    code = parse_code("nested-frc:groups=1,2,4", 4)
+    laminar = laminar_rows(code)
+    assert laminar is not None
+
+    # Execute / Assert: {0}+{1} spans block {0,1}, which with {2,3} spans the root {0,1,2,3}
+    assert laminar.spans_ones(1 << code.message_id(0, 0) | 1 << code.message_id(0, 1) | 1 << code.message_id(1, 2))
+    assert not laminar.spans_ones(1 << code.message_id(0, 0) | 1 << code.message_id(1, 2))
+
+
+@pytest.mark.parametrize(("n", "spec"), [(6, "crc:s=1"), (6, "crc:s=2"), (5, "nested:levels=0,1"),
+                                         (8, "nested:levels=0,2")])
+def test_cyclic_codes_are_not_laminar(n: int, spec: str) -> None:
+    # Execute / Assert (overlapping cyclic windows, or rows with unequal entries)
+    assert laminar_rows(parse_code(spec, n)) is None

@@ -650,3 +650,48 @@ def test_decoder_refuses_an_invalid_policy(spec: str, policy: str, expected: lis
 
     # Assert
     assert all(part in str(caught.value) for part in expected), str(caught.value)
+
+
+# ---------------------------------------------------------------------------------------------
+# laminar indicator rows (uncoded, FRC, nested FRC, multimessage): the span test skips the SVD
+
+
+def generic(code: Code) -> Decoder:
+    """An any-span Decoder with the laminar shortcut turned off (cover check, then the SVD)."""
+    decoder = Decoder(code, "any-span")
+    decoder._laminar = None
+    return decoder
+
+
+@pytest.mark.parametrize(("n", "spec"), [(4, "nested-frc:groups=1,2,4"), (6, "nested-frc:groups=1,3"),
+                                         (6, "nested-frc:groups=2,6"), (5, "frc:s=1"), (4, "multimessage:smax=2"),
+                                         (8, "uncoded"), (12, "frc:s=3")])
+def test_laminar_shortcut_gives_the_generic_decoding_on_every_received_set(n: int, spec: str) -> None:
+    # Prepare
+    code = parse_code(spec, n)
+    fast, slow = Decoder(code, "any-span"), generic(code)
+    assert fast._laminar is not None
+
+    # Execute / Assert: same answer, same weights on every subset of the messages
+    for mask in range(1 << code.n_messages):
+        a, b = fast.solve(mask), slow.solve(mask)
+        assert (a is None) == (b is None), (spec, bin(mask))
+        if a is not None and b is not None:
+            assert a.messages == b.messages and np.array_equal(a.weights, b.weights)
+
+
+@PROPERTY
+@given(data=st.data())
+def test_laminar_shortcut_agrees_with_the_generic_decoder_on_random_arrivals(data: st.DataObject) -> None:
+    # Prepare: nested FRC up to n = 32 and the arrivals of a random run prefix (slot i sent r_i levels)
+    n = data.draw(st.sampled_from([8, 12, 16, 24, 32]), label="n")
+    divisors = [d for d in range(2, n + 1) if n % d == 0]
+    chain = [1]
+    while data.draw(st.booleans(), label="longer") and any(d % chain[-1] == 0 and d > chain[-1] for d in divisors):
+        chain.append(data.draw(st.sampled_from([d for d in divisors if d % chain[-1] == 0 and d > chain[-1]])))
+    code = parse_code("nested-frc:groups=" + ",".join(map(str, chain)), n)
+    reached = data.draw(st.lists(st.integers(0, code.n_levels), min_size=n, max_size=n), label="levels sent")
+    mask = mask_of(code.message_id(level, i) for i, r in enumerate(reached) for level in range(r))
+
+    # Execute / Assert
+    assert (Decoder(code, "any-span").solve(mask) is None) == (generic(code).solve(mask) is None)

@@ -517,7 +517,9 @@ class Coordinator:
             del self.history[old]
 
     # -- shutdown -------------------------------------------------------------------------------
-    def shutdown(self, reason: str) -> None:
-        """Tell every connected worker the job is over and refuse new joins and streams."""
-        self.members.broadcast(wire.master_message(wire.Shutdown(reason)))
+    def shutdown(self, reason: str, final: bool = True) -> None:
+        """Refuse new joins and streams, and end every live stream: with Shutdown when the job is over
+        (`final`: the workers exit), without when it is only interrupted (they reconnect with backoff and
+        carry on with the master that resumes the job)."""
+        self.members.close_all(wire.master_message(wire.Shutdown(reason)) if final else None)
 

@@ -291,9 +291,10 @@ class Membership:
                 return False
         return True
 
-    def broadcast(self, message: Any) -> None:
-        """Send `message` to every live connection, then close them all (the job is over)."""
+    def close_all(self, last_message: Any = None) -> None:
+        """No more joins or streams; every live connection gets `last_message` (if any) and is closed."""
         self.finished = True
         for conn in list(self.connections.values()):
-            conn.outbox.put_nowait(message)
+            if last_message is not None:
+                conn.outbox.put_nowait(last_message)
             conn.outbox.put_nowait(CLOSE)

@@ -116,8 +116,9 @@ async def serve(cfg: MasterConfig, on_port: Callable[[int], None] | None = None,
         failure = exc
     finally:
         interrupted = stop.is_set()
-        coordinator.shutdown("job interrupted" if interrupted else "job failed: " + str(failure) if failure else
-                             "job finished")
+        # interrupted (SIGTERM/SIGINT): the job is not over, so the workers are not told to exit; they
+        # reconnect to the master that resumes it (a container restart, a rolling update)
+        coordinator.shutdown("job failed: " + str(failure) if failure else "job finished", final=not interrupted)
         trainer.runlog.close()
         summary = summarize(code, trainer.runlog.records, {
             "wall_s": round(time.perf_counter() - started, 3), "interrupted": interrupted,
@@ -125,7 +126,7 @@ async def serve(cfg: MasterConfig, on_port: Callable[[int], None] | None = None,
             "stopped_at_target_loss": trainer.stopped_early, "rejected": dict(metrics.rejected_by_kind),
             "decoder_cache": coordinator.decoder.cache_info(), "dtype": cfg.dtype, "d": data.d,
             "model": data.model, "samples": data.samples, "delay": cfg.delay, "delay_seed": cfg.delay_seed,
-            "next_iteration": trainer.state.iteration})
+            "next_iteration": trainer.state.iteration, "versions": _versions(), "machine": _machine()})
         if out is not None and failure is None:
             try:
                 if interrupted or cfg.checkpoint_every:
@@ -183,6 +184,26 @@ def _finished_summary(out: Path | None, trainer: Trainer) -> dict[str, Any]:
         summary = {"next_iteration": trainer.state.iteration}
     summary["params"] = trainer.state.params
     return summary
+
+
+def _versions() -> dict[str, str]:
+    """The versions behind a run's figures (the report's header shows them)."""
+    import platform
+
+    import google.protobuf
+    import grpc
+
+    return {"flexgc": __version__, "python": platform.python_version(), "numpy": np.__version__,
+            "grpcio": grpc.__version__, "protobuf": google.protobuf.__version__}
+
+
+def _machine() -> dict[str, Any]:
+    """Where the master ran: host name, CPU count, platform."""
+    import os
+    import platform
+    import socket
+
+    return {"hostname": socket.gethostname(), "cpus": os.cpu_count(), "platform": platform.platform()}
 
 
 def _readable(summary: dict[str, Any]) -> str:

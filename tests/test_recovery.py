@@ -78,23 +78,38 @@ def test_master_crash_resumes_from_checkpoint_with_identical_parameters(tmp_path
     assert np.linalg.norm(params - reference) <= 1e-9 * np.linalg.norm(reference)
 
 
-def test_sigterm_writes_a_checkpoint(tmp_path: Path) -> None:
-    cfg = job_config(tmp_path, iterations=10_000, checkpoint_every=0, delay="shifted-exp:a=1,mu=4,unit_s=0.02")
+def test_sigterm_checkpoints_and_the_workers_carry_on_with_the_restarted_master(tmp_path: Path) -> None:
+    # Prepare: a long job; SIGTERM to the master (a container restart, a rolling update)
+    cfg = job_config(tmp_path, iterations=60, checkpoint_every=0, port=_free_port(),
+                     delay="shifted-exp:a=1,mu=4,unit_s=0.02")
     out = tmp_path
     with LocalCluster(cfg) as cluster:
         cluster.start_master()
-        cluster.start_workers()
+        cluster.start_workers(reconnect_max_s=0.2)
         wait_for(lambda: len(read_records(out)) >= 3, 60, "3 iterations")
         assert cluster.master is not None
         cluster.master.terminate()
         assert cluster.wait_master(30) == 0
         summary = json.loads((out / "summary.json").read_text())
-        for slot in range(cfg.workers):           # workers exit by themselves after the Shutdown
+        with np.load(out / "checkpoint.npz") as ckpt:
+            checkpointed = int(ckpt["iteration"])
+
+        # Execute: the master comes back on the same port and run directory; nobody restarts the workers
+        assert all(cluster.workers[slot].is_alive() for slot in range(cfg.workers))  # not told to exit
+        cluster.start_master()
+        rc = cluster.wait_master(120)
+        for slot in range(cfg.workers):           # the finished job's Shutdown ends them
             cluster.workers[slot].join(30)
             assert cluster.workers[slot].exitcode == 0
-    assert summary["interrupted"] is True
-    with np.load(out / "checkpoint.npz") as ckpt:
-        assert int(ckpt["iteration"]) == summary["next_iteration"] >= 3
+
+    # Assert: the interruption checkpointed; the same workers finished the job, every iteration once
+    assert summary["interrupted"] is True and summary["interrupted_by"] == "SIGTERM"
+    assert checkpointed == summary["next_iteration"] >= 3
+    assert rc == 0
+    assert [r["iteration"] for r in read_records(out)] == list(range(cfg.iterations))
+    params = np.load(out / "params.npy")
+    reference = centralized_params(cfg)
+    assert np.linalg.norm(params - reference) <= 1e-9 * np.linalg.norm(reference)
 
 
 def test_restarting_a_completed_job_ends_at_once_and_keeps_its_results(tmp_path: Path) -> None:

@@ -111,6 +111,16 @@ class RunData:
         for rec in new:
             if rec.get("schema") != SCHEMA:
                 raise FlexgcError(f"{log}: record schema {rec.get('schema')!r}; this report reads {SCHEMA!r}")
+        if any("event" in rec for rec in new):
+            # a resumed master's marker supersedes the records it runs again: the log's own rule applies
+            from flexgc.master.accounting import apply_record
+
+            records = list(self.records)
+            for rec in new:
+                apply_record(records, rec)
+            self.records, self.durations_s, self.ideal_ms = records, [], []
+            self._add_model(0)
+            return True
         self.records.extend(new)
         self._add_model(len(self.records) - len(new))
         return changed or bool(new)

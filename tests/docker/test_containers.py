@@ -181,9 +181,9 @@ def test_master_resumes_after_sigkill_and_restart_with_identical_parameters(
     project.wait_for(lambda: project.inspect(master["ID"])["RestartCount"] >= 1, 60, "master restarted")
     resumed_at = project.wait_for(lambda: _resumed(project), 90, "master resumed from its checkpoint")
     project.wait_for(lambda: len(project.records()) >= resumed_at + 10, 90, "10 iterations after the resume")
-    # the whole project: a master stopped with SIGTERM tells its workers the job is over (Shutdown), and
-    # they exit 0, which the restart policy leaves down; restarted with it, they rejoin their slots
-    project.run("restart", timeout_s=120)
+    # the master alone: stopped with SIGTERM it checkpoints and does not tell its workers to exit; they
+    # reconnect to the restarted master, which resumes the job
+    project.run("restart", "master", timeout_s=120)
     rc = project.wait_exit("master", timeout_s=180)
     records = project.records()
     logs = project.logs()

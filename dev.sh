@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # flexgc bootstrap: creates .venv (Python >= 3.11), installs flexgc editable (which generates the gRPC
-# code from proto/), then runs what you asked for. `demo` and `flexgc` need the runtime dependencies
-# only; `test` adds the dev extras (linters, type checker, test tools, deployment validators).
+# code from proto/), then runs what you asked for. `demo` and `flexgc` need the runtime dependencies and
+# plotly (the demo's HTML report); `test` adds the dev extras (linters, type checker, test tools,
+# deployment validators, JAX).
 #
 #   ./dev.sh demo [ARGS]    run the local demo cluster (master + workers on loopback)
 #   ./dev.sh test [ARGS]    lint, type-check and run the test suite (what .ci/run calls)
@@ -14,7 +15,7 @@ VENV=${FLEXGC_VENV:-.venv}
 cmd=${1:-demo}; shift || true
 case "$cmd" in
   test|bench) extras="[dev]"; stamp="$VENV/.flexgc-installed-dev" ;;
-  *)    extras=""; stamp="$VENV/.flexgc-installed" ;;
+  *)    extras="[report]"; stamp="$VENV/.flexgc-installed" ;;  # the demo writes its HTML report (plotly)
 esac
 if [[ ! -x "$VENV/bin/python" ]]; then
   PY=${PYTHON:-}
@@ -36,7 +37,7 @@ if [[ ! -f "$stamp" || pyproject.toml -nt "$stamp" || setup.py -nt "$stamp" || -
     "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e ".$extras" >&2
   touch "$stamp"
   # the dev install holds the runtime one: keep that stamp as fresh
-  [[ -z "$extras" ]] || touch "$VENV/.flexgc-installed"
+  [[ "$extras" != "[dev]" ]] || touch "$VENV/.flexgc-installed"
 fi
 venv_bin=$(cd "$VENV/bin" && pwd)  # FLEXGC_VENV may be relative or absolute
 export PATH="$venv_bin:$PATH"

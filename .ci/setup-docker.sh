@@ -92,7 +92,8 @@ _fgc_make_base_image() {
 
 _fgc_wheelhouse() {
   local requirements
-  requirements=$(python3 -c 'import tomllib; d = tomllib.load(open("pyproject.toml", "rb")); print("\n".join(d["project"]["dependencies"] + d["build-system"]["requires"]))') || return 1
+  # the runtime and build requirements, and the report extra (the compose viewer's image)
+  requirements=$(python3 -c 'import tomllib; d = tomllib.load(open("pyproject.toml", "rb")); print("\n".join(d["project"]["dependencies"] + d["build-system"]["requires"] + d["project"]["optional-dependencies"]["report"]))') || return 1
   # glibc of bookworm is 2.36: any manylinux wheel up to that
   # shellcheck disable=SC2086  # one requirement per word
   python3 -m pip download -q --disable-pip-version-check --only-binary=:all: --python-version 3.11 \

@@ -38,9 +38,7 @@ cyclic-MDS ones whose contiguous-set bound already exceeds the default max_cond 
 A construction that found no decodable candidate has cond inf and name "none".
 `tests/common/test_codes.py` recomputes entries.
 """
-
-import math
-
+{imports}
 CRC_TABLE: dict[tuple[int, int], tuple[str, float, str]] = {{
 '''
 
@@ -67,7 +65,8 @@ def entry(key: tuple[int, int]) -> tuple[tuple[int, int], tuple[str, float, str]
 
 
 def render(table: dict[tuple[int, int], tuple[str, float, str]], max_n: int) -> str:
-    lines = [HEADER.format(max_n=max_n)]
+    infinite = any(not math.isfinite(cond) for _, cond, _ in table.values())
+    lines = [HEADER.format(max_n=max_n, imports="\nimport math\n" if infinite else "")]
     for (n, s), (name, cond, how) in sorted(table.items()):
         value = repr(cond) if math.isfinite(cond) else "math.inf"
         lines.append(f"    ({n}, {s}): ({name!r}, {value}, {how!r}),\n")

@@ -19,6 +19,12 @@ CRC construction (numerical quality is part of the contract, see docs/codes.md):
 * Any code whose worst cond exceeds ``max_cond`` (default 1e6) is refused; the error names the
   tolerances near s that build.
 * ``s = 0``: identity rows.
+
+Most refusals are decided before any search or validation (`crc_refusal`): by rule (n - s even and
+C(n, s) > EXHAUSTIVE_MAX), by the cached constructions of CRC_TABLE (common/crc_table.py, n <= 64), or by the
+contiguous-straggler bound of a cyclic-MDS code. Unit-circle Vandermonde codes cannot reach s ~ n/8 in
+float64; FRC-based codes (indicator rows, `Laminar`) can, and ``auto`` picks them for large n
+(`auto_code_spec`; docs/codes.md "Which codes scale").
 """
 
 from __future__ import annotations
@@ -135,7 +141,7 @@ def parse_code(text: str, n: int, *, field_name: str = "code") -> Code:
     if not isinstance(n, int) or isinstance(n, bool) or n < 1:
         raise ConfigError(f"workers={n!r}; need an integer >= 1")
     spec = parse_spec(text, field_name)
-    if spec.family not in FAMILIES:
+    if spec.family not in FAMILIES and spec.family != "auto":
         raise ConfigError(f"{field_name}={text!r}: unknown family {spec.family!r}; allowed: "
                           f"{', '.join(FAMILIES)}")
     p = spec.params
@@ -158,6 +164,12 @@ def parse_code(text: str, n: int, *, field_name: str = "code") -> Code:
         return s
 
     fam = spec.family
+    if fam == "auto":
+        reject_unknown(spec, _COMMON_OPTIONS, field_name)
+        chosen = auto_code_spec(n)
+        kept = ",".join(f"{key}={p[key]}" for key in ("decoder", "signaling") if key in p)
+        return parse_code(chosen + (("," if ":" in chosen else ":") + kept if kept else ""), n,
+                          field_name=field_name)
     if fam == "uncoded":
         reject_unknown(spec, _COMMON_OPTIONS, field_name)
         code = _uncoded(n)
@@ -208,6 +220,44 @@ def parse_code(text: str, n: int, *, field_name: str = "code") -> Code:
     if options:
         canonical += ("," if ":" in canonical else ":") + ",".join(options)
     return _replace(code, family=fam, spec=canonical, decoder=decoder, signaling=signaling)
+
+
+AUTO_CYCLIC_MAX_N = 64
+"""`auto` uses the nested cyclic code up to this n (CRC_TABLE decides it at once there)."""
+
+
+def auto_code_spec(n: int) -> str:
+    """The code ``auto`` stands for at n slots (docs/codes.md, "Which codes scale"). Up to n = 64: the nested
+    cyclic code with levels 0, 1, 2, 3 (0 .. n-1 below n = 4) when every level builds. Otherwise nested FRC
+    on the divisor chain of n that multiplies by the smallest prime factor left, up to n/8 (s_max about
+    n/8; indicator rows: no search, nothing to validate), or, when n has no divisor in 2 .. n/8,
+    FRC(max(1, n/8 - 1)) with unequal groups."""
+    if n <= AUTO_CYCLIC_MAX_N:
+        levels = range(min(4, n))
+        if all(_builds_at_once(n, s) for s in levels):
+            return "nested:levels=" + ",".join(map(str, levels))
+    chain = [1]
+    while n // chain[-1] > 1:
+        rest = n // chain[-1]
+        factor = next(f for f in range(2, rest + 1) if rest % f == 0)
+        if chain[-1] * factor > n // 8:
+            break
+        chain.append(chain[-1] * factor)
+    if len(chain) > 1:
+        return "nested-frc:groups=" + ",".join(map(str, chain))
+    return f"frc:s={max(2, n // 8) - 1}" if n > 1 else "uncoded"
+
+
+def _builds_at_once(n: int, s: int) -> bool:
+    """Whether CRC(s) at n ships under the default max_cond, decided by rule, bound or CRC_TABLE alone
+    (False when only a construction could tell)."""
+    if s == 0:
+        return True
+    if crc_refusal(n, s) is not None:
+        return False
+    cached = CRC_TABLE.get((n, s))
+    return cached is not None and math.isfinite(cached[1]) and \
+        _refusal_of_built(n, s, cached[0], cached[1], cached[2], DEFAULT_MAX_COND) is None
 
 
 def _canonical(family: str, code: Code) -> str:
@@ -423,13 +473,19 @@ def crc_refusal(n: int, s: int, max_cond: float = DEFAULT_MAX_COND) -> str | Non
     return None
 
 
+@functools.lru_cache(maxsize=16)
+def cyclic_mds_rows(n: int, s: int) -> np.ndarray:
+    """The real cyclic-MDS CRC(s) rows (n - s odd), read-only; shared by the bound and the construction."""
+    return _frozen(rows_from_space(_trig_space(n, n - s), s))
+
+
 def contiguous_bound(n: int, s: int, stop_above: float = math.inf) -> tuple[float, tuple[int, ...]]:
     """Largest cond(B_F) of the cyclic-MDS CRC(s) rows (n - s odd) over the n contiguous straggler sets
     {t, ..., t+s-1}, and that set; stops at the first set whose cond exceeds `stop_above`. A lower bound of
     the worst cond over all sets (and equal to it wherever it was checked exhaustively)."""
     if (n - s) % 2 != 1 or s == 0:
         raise ValueError(f"n={n} s={s}: contiguous_bound is for cyclic-MDS rows (n - s odd, s > 0)")
-    B = rows_from_space(_trig_space(n, n - s), s)
+    B = cyclic_mds_rows(n, s)
     worst, where = 0.0, tuple[int, ...]()
     for start in range(0, n, 8):
         sets = [tuple((t + j) % n for j in range(s)) for t in range(start, min(n, start + 8))]
@@ -676,6 +732,8 @@ def crc_rows(n: int, s: int) -> tuple[np.ndarray, str, float, str]:
     if not math.isfinite(cond):
         raise CodeConstructionError(f"crc s={s} at n={n}: no candidate construction decodes every validated "
                                     f"straggler set")
+    if name == "cyclic-mds":
+        return cyclic_mds_rows(n, s), name, cond, how
     return _frozen(rows_from_space(_candidate_space(n, n - s, name), s)), name, cond, how
 
 
@@ -702,7 +760,7 @@ def construct_crc_rows(n: int, s: int) -> tuple[np.ndarray, str, float, str]:
     patterns = validation_patterns(n, s)
     how = "exhaustive" if math.comb(n, s) <= EXHAUSTIVE_MAX else "sampled"
     if dim % 2 == 1:
-        B = rows_from_space(_trig_space(n, dim), s)
+        B = cyclic_mds_rows(n, s)
         return _frozen(B), "cyclic-mds", worst_condition(B, patterns), how
     candidates: Iterator[tuple[str, np.ndarray]] = itertools.chain(
         ((f"trig-phase:{fr}", _trig_space(n, dim, fr * np.pi / n)) for fr in (0.25, 0.5, 0.75)),

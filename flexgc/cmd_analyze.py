@@ -263,6 +263,14 @@ def _refusal(exc: CodeConstructionError) -> str:
     if found:
         s, name, total = found.groups()
         return f"refused: level s={s} ({name}) unproven, C(n,s)={int(total):.3g} sets too many to check"
+    found = re.search(r"crc s=(\d+).*?n - s = \d+ is even.*?C\(\d+,\d+\)=(\d+)", text)
+    if found:
+        s, total = found.groups()
+        return f"refused: level s={s} (n-s even: searched) unproven, C(n,s)={int(total):.3g} sets too many to check"
+    found = re.search(r"crc s=(\d+).*?cyclic-MDS construction has cond\(B_F\)=([^ ]+) > max_cond=([^ ]+) already", text)
+    if found:
+        s, cond, limit = found.groups()
+        return f"refused: level s={s} (cyclic-mds) cond >= {cond} > {limit} (contiguous stragglers)"
     return "refused: " + text.split(";")[0][:80]
 
 

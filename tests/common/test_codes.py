@@ -18,7 +18,21 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from flexgc.common.codes import DEFAULT_MAX_COND, Code, frc_group_sizes, laminar_rows, parse_code
+from flexgc.common import codes as codes_module
+from flexgc.common.codes import (
+    CRC_TABLE,
+    DEFAULT_MAX_COND,
+    Code,
+    _refusal_of_built,
+    auto_code_spec,
+    construct_crc_rows,
+    contiguous_bound,
+    crc_refusal,
+    crc_rows,
+    frc_group_sizes,
+    laminar_rows,
+    parse_code,
+)
 from flexgc.common.errors import CodeConstructionError, ConfigError
 
 QUALITY_S = (1, 2, 4, 8)
@@ -550,3 +564,110 @@ def test_mixed_levels_of_nested_frc_span_where_no_level_does() -> None:
 def test_cyclic_codes_are_not_laminar(n: int, spec: str) -> None:
     # Execute / Assert (overlapping cyclic windows, or rows with unequal entries)
     assert laminar_rows(parse_code(spec, n)) is None
+
+
+# ---------------------------------------------------------------------------------------------
+# CRC verdicts without building: rule, cached table, contiguous-set bound (codes.crc_refusal)
+
+
+def _verdict_by_construction(n: int, s: int) -> str | None:
+    """Why `construct_crc_rows` (search and validation, no table) would not ship CRC(s) at n; None if it ships."""
+    try:
+        _, name, cond, how = construct_crc_rows(n, s)
+    except CodeConstructionError as exc:
+        return str(exc)
+    return _refusal_of_built(n, s, name, cond, how, DEFAULT_MAX_COND)
+
+
+@pytest.mark.parametrize("n", range(2, 17))
+def test_quick_refusals_agree_with_the_construction(n: int) -> None:
+    # Execute / Assert: whatever crc_refusal decides, the full construction decides the same way
+    for s in range(1, n):
+        if crc_refusal(n, s) is not None:
+            assert _verdict_by_construction(n, s) is not None, (n, s)
+
+
+@pytest.mark.parametrize("n", [17, 24, 33, 48, 63, 64])
+def test_every_crc_up_to_64_is_decided_by_rule_bound_or_table(n: int) -> None:
+    # Execute / Assert: nothing up to n = 64 needs a search or a validation to be decided
+    for s in range(1, n):
+        assert crc_refusal(n, s) is not None or (n, s) in CRC_TABLE, (n, s)
+
+
+def _table_sample() -> list[tuple[int, int]]:
+    keys = sorted(CRC_TABLE)
+    small = [k for k in keys if k[0] <= 12]
+    rest = [k for k in keys if k[0] > 12 and math.comb(*k) <= 2000 and k[0] - k[1] <= 40]
+    return small + rest[:: max(1, len(rest) // 25)] + [k for k in [(32, 4), (64, 1)] if k in CRC_TABLE]
+
+
+@pytest.mark.parametrize(("n", "s"), _table_sample())
+def test_cached_crc_equals_the_construction(n: int, s: int) -> None:
+    # Execute
+    cached_rows, name, cond, how = crc_rows(n, s)
+    try:
+        rows, built_name, built_cond, built_how = construct_crc_rows(n, s)
+    except CodeConstructionError:
+        assert not math.isfinite(CRC_TABLE[(n, s)][1])
+        return
+
+    # Assert: the same construction, the same rows bit for bit, the same validation
+    assert (name, how) == (built_name, built_how)
+    assert cond == pytest.approx(built_cond, rel=1e-9)
+    assert np.array_equal(cached_rows, rows)
+
+
+def test_refusing_crc4_at_n64_needs_no_construction(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Prepare: any search or validation would fail the test
+    crc_rows.cache_clear()
+
+    def forbidden(n: int, s: int) -> None:
+        raise AssertionError(f"construct_crc_rows({n}, {s}) called")
+
+    monkeypatch.setattr(codes_module, "construct_crc_rows", forbidden)
+
+    # Execute
+    with pytest.raises(CodeConstructionError) as refused:
+        parse_code("crc:s=4", 64)
+
+    # Assert: the reason, and the neighbours that build, as the construction would have named them
+    message = str(refused.value)
+    assert "C(64,4)=635376" in message and "could only be checked on a sample" in message
+    assert message.endswith("tolerances near s that build: s=3 (cyclic-mds, cond 1.2e+04), "
+                            "s=2 (trig-phase:0.5, cond 5.2e+04)")
+
+
+def test_bound_refusal_names_the_contiguous_cond() -> None:
+    # Execute
+    with pytest.raises(CodeConstructionError) as refused:
+        parse_code("crc:s=7", 64)
+
+    # Assert
+    assert "cond(B_F)=4.62e+07 > max_cond=1e+06 already on the contiguous straggler set" in str(refused.value)
+    assert "(or raise max_cond)" in str(refused.value)
+
+
+def test_a_raised_max_cond_builds_what_the_bound_refused() -> None:
+    # Execute
+    code = parse_code("crc:s=5,max_cond=1e7", 32)
+
+    # Assert: the contiguous bound is the validated worst (sharp)
+    bound, _ = contiguous_bound(32, 5)
+    assert code.construction == ("cyclic-mds",) and code.worst_cond[0] == pytest.approx(bound, rel=1e-12)
+
+
+@pytest.mark.parametrize(("n", "expected"), [
+    (256, "nested-frc:groups=1,2,4,8,16,32"), (128, "nested-frc:groups=1,2,4,8,16"),
+    (1000, "nested-frc:groups=1,2,4,8,40"), (97, "frc:s=11"), (10, "nested:levels=0,1,2,3"),
+    (3, "nested:levels=0,1,2"), (1, "nested:levels=0")])
+def test_auto_picks_nested_cyclic_up_to_64_and_nested_frc_beyond(n: int, expected: str) -> None:
+    assert auto_code_spec(n) == expected
+    assert parse_code("auto", n).spec == parse_code(expected, n).spec
+
+
+def test_auto_keeps_the_decoder_and_signaling_options() -> None:
+    code = parse_code("auto:decoder=per-level,signaling=notify", 256)
+
+    assert code.spec == "nested-frc:groups=1,2,4,8,16,32,decoder=per-level,signaling=notify"
+    with pytest.raises(ConfigError, match="unknown option s"):
+        parse_code("auto:s=2", 16)

@@ -96,6 +96,8 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
                 if is_close(item):
                     break
                 yield item
+        except asyncio.CancelledError:
+            return  # the server is stopping with this stream's last message still in flight: the call ends
         finally:
             reader.cancel()
             c.members.close_stream(conn, "stream ended")

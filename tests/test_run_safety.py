@@ -238,3 +238,22 @@ def test_ctrl_c_on_a_working_worker_exits_0_without_a_traceback(tmp_path: Path) 
 
     assert worker.returncode == 0, err
     assert "Traceback" not in err and "Bad file descriptor" not in err, err
+
+
+def test_the_demo_draws_its_bar_on_stderr_and_says_when_it_is_interrupted(tmp_path: Path) -> None:
+    demo = subprocess.Popen([sys.executable, "-m", "flexgc", "demo", "--workers", "3", "--code", "crc:s=1",
+                             "--iterations", "100000", "--out", str(tmp_path / "demo")],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(functools.partial(_has_records, tmp_path / "demo", 3), 90, "3 iterations")
+        demo.send_signal(signal.SIGINT)
+        out, err = demo.communicate(timeout=60)
+    finally:
+        if demo.poll() is None:
+            demo.kill()
+            demo.wait(10)
+
+    assert demo.returncode == 130, err
+    assert "demo interrupted (SIGINT) after" in err and "of 100000 iterations" in err
+    assert "%|" not in out and "%|" in err  # the progress bar is on stderr only
+    assert "Traceback" not in err

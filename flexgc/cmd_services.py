@@ -117,5 +117,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
         raise ConfigError(f"workers={args.workers}; the demo needs >= 2")
     started = time.perf_counter()
     rc = run_demo(args)
-    print(f"demo finished in {time.perf_counter() - started:.1f} s")
+    if rc < 128:  # an interrupted demo has said so already
+        print(f"demo finished in {time.perf_counter() - started:.1f} s")
     return rc

@@ -99,7 +99,9 @@ def refusal(args: argparse.Namespace) -> list[dict[str, Any]]:
     print("refusal: parse_code('crc:s=4', 64), construction caches cleared before each repeat")
 
     def refuse(_: int) -> str:
-        codes_module.crc_rows.cache_clear()
+        for cached in ("crc_rows", "cyclic_mds_rows"):  # cyclic_mds_rows is new with the cached table
+            if hasattr(codes_module, cached):
+                getattr(codes_module, cached).cache_clear()
         try:
             parse_code("crc:s=4", 64)
         except CodeConstructionError as exc:

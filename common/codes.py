@@ -415,8 +415,8 @@ def _buildable_near(n: int, s: int, max_cond: float) -> str:
     for t in sorted((t for t in range(s - 2, s + 3) if t != s and 0 <= t < n), key=lambda t: (abs(t - s), t)):
         if crc_refusal(n, t, max_cond) is not None:
             continue
-        _, name, cond, how = crc_rows(n, t)
-        if _refusal_of_built(n, t, name, cond, how, max_cond) is None:
+        name, cond, how = CRC_TABLE.get((n, t)) or crc_rows(n, t)[1:]
+        if math.isfinite(cond) and _refusal_of_built(n, t, name, cond, how, max_cond) is None:
             ok.append(f"s={t} ({name}, cond {cond:.2g})")
     return ", ".join(ok)
 

@@ -29,8 +29,9 @@ SLOW_LINK = ROOT / "deploy" / "compose.slow-link.yml"
 PREFIX = "fgcd"  # project names: fgcd<pid>x<hex>; `docker compose ls` shows any left behind
 # A shell snippet run inside a container: the pid of its `flexgc ROLE` process (the bracket keeps the
 # pattern from matching this shell's own command line)
+# the loop's status is its last grep's: `true` at the end, or a match followed by a non-match fails the exec
 FIND_PID = ('for d in /proc/[0-9]*; do tr "\\0" " " <"$d/cmdline" 2>/dev/null | grep -q "bin/flexg[c] {role}" '
-            '&& echo "${{d#/proc/}}"; done')
+            '&& echo "${{d#/proc/}}"; done; true')
 
 
 @cache

@@ -39,6 +39,8 @@ A construction that found no decodable candidate has cond inf and name "none".
 `tests/common/test_codes.py` recomputes entries.
 """
 {imports}
+CRC_TABLE_MAX_N = {max_n}
+
 CRC_TABLE: dict[tuple[int, int], tuple[str, float, str]] = {{
 '''
 

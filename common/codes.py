@@ -39,7 +39,7 @@ from typing import Any, Literal, get_args
 
 import numpy as np
 
-from flexgc.common.crc_table import CRC_TABLE
+from flexgc.common.crc_table import CRC_TABLE, CRC_TABLE_MAX_N
 from flexgc.common.errors import CodeConstructionError, ConfigError
 from flexgc.common.specs import as_float, as_int, as_int_list, parse_spec, reject_unknown
 
@@ -410,15 +410,25 @@ def _nested_crc(n: int, levels: tuple[int, ...], max_cond: float) -> Code:
 
 def _buildable_near(n: int, s: int, max_cond: float) -> str:
     """Tolerances within 2 of s whose CRC builds under max_cond (nearest first). Each is decided as for s
-    itself (`crc_refusal`, then the construction, cached in CRC_TABLE up to n = 64)."""
-    ok = []
+    itself (`crc_refusal`, then the construction, cached in CRC_TABLE up to CRC_TABLE_MAX_N). Beyond the
+    table a tolerance that needs its construction (minutes to tens of minutes at n = 256) is named as not
+    checked, beside the code `auto` picks for n, which builds at once."""
+    ok, unchecked = [], []
     for t in sorted((t for t in range(s - 2, s + 3) if t != s and 0 <= t < n), key=lambda t: (abs(t - s), t)):
+        if n > CRC_TABLE_MAX_N and t > 0:
+            if (n - t) % 2 == 1 or math.comb(n, t) <= EXHAUSTIVE_MAX:  # not refused by rule
+                unchecked.append(f"s={t}")
+            continue
         if crc_refusal(n, t, max_cond) is not None:
             continue
         name, cond, how = CRC_TABLE.get((n, t)) or crc_rows(n, t)[1:]
         if math.isfinite(cond) and _refusal_of_built(n, t, name, cond, how, max_cond) is None:
             ok.append(f"s={t} ({name}, cond {cond:.2g})")
-    return ", ".join(ok)
+    text = ", ".join(ok)
+    if unchecked:
+        text = (f"{text + '; ' if text else ''}beyond n = {CRC_TABLE_MAX_N} not checked ({', '.join(unchecked)} "
+                f"would each need their construction, minutes at this n); auto builds at once: {auto_code_spec(n)}")
+    return text
 
 
 def _refusal_of_built(n: int, s: int, name: str, cond: float, how: str, max_cond: float) -> str | None:

@@ -8,6 +8,8 @@ A construction that found no decodable candidate has cond inf and name "none".
 `tests/common/test_codes.py` recomputes entries.
 """
 
+CRC_TABLE_MAX_N = 64
+
 CRC_TABLE: dict[tuple[int, int], tuple[str, float, str]] = {
     (2, 1): ('cyclic-mds', 1.0, 'exhaustive'),
     (3, 1): ('trig-phase:0.5', 2.107491029663532, 'exhaustive'),

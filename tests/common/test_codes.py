@@ -671,3 +671,19 @@ def test_auto_keeps_the_decoder_and_signaling_options() -> None:
     assert code.spec == "nested-frc:groups=1,2,4,8,16,32,decoder=per-level,signaling=notify"
     with pytest.raises(ConfigError, match="unknown option s"):
         parse_code("auto:s=2", 16)
+
+
+def test_refusal_beyond_the_table_is_immediate_and_names_auto(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Prepare: any construction would fail the test (CRC(2) at n = 256 searches for tens of minutes)
+    monkeypatch.setattr(codes_module, "construct_crc_rows", lambda n, s: pytest.fail(f"construct({n}, {s})"))
+
+    # Execute
+    with pytest.raises(CodeConstructionError) as refused:
+        parse_code("crc:s=4", 256)
+
+    # Assert
+    message = str(refused.value)
+    assert "C(256,4)=174792640" in message
+    assert message.endswith("tolerances near s that build: beyond n = 64 not checked (s=3, s=5, s=2 would each "
+                            "need their construction, minutes at this n); auto builds at once: "
+                            "nested-frc:groups=1,2,4,8,16,32")

@@ -163,6 +163,9 @@ def decode_times(code: Code, durations: np.ndarray, policy: str | None = None) -
     if durations.ndim != 3 or durations.shape[1] != code.n or durations.shape[2] < max_parts:
         raise ValueError(f"durations shape {durations.shape}; need (trials, n={code.n}, >= {max_parts})")
     trials, n, width = durations.shape
+    if trials == 0:
+        empty = np.zeros(0)
+        return DecodeTimes(empty, np.zeros(0, dtype=np.int64), empty, code.family == "ignore")
     block = max(1, BLOCK_ELEMENTS // (n * width))
     if trials <= block:
         return _decode_block(code, durations, policy)

@@ -322,6 +322,13 @@ def test_nested_frc_at_n_256_runs_both_policies() -> None:
 # -- blocks and chunks --------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("spec", ["nested-frc:groups=1,2,4", "crc:s=1", "nested:levels=0,2", "ignore:s=2"])
+def test_no_trials_give_empty_results(spec: str) -> None:
+    times = decode_times(parse_code(spec, 8), np.zeros((0, 8, 8)))
+
+    assert times.latency.shape == times.level.shape == times.load.shape == (0,)
+
+
 def test_blocks_of_trials_do_not_change_the_result(monkeypatch: pytest.MonkeyPatch) -> None:
     # Prepare
     code = parse_code("nested:levels=0,2,3", 10)

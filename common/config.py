@@ -87,7 +87,8 @@ class MasterConfig(_Tls):
     host: str = option("0.0.0.0", "listen address")
     port: int = option(50051, "gRPC port (0: pick a free one and report it)", minimum=0)
     workers: int = option(4, "number of worker slots n", minimum=1)
-    code: str = option("nested:levels=0,1,2,3", "code spec, e.g. crc:s=2, nested:levels=0,1,2,3")
+    code: str = option("auto", "code spec, e.g. crc:s=2, nested:levels=0,1,2,3; auto: nested levels 0..3 up to "
+                       "n = 64, nested FRC up to s ~ n/8 beyond (docs/codes.md)")
     iterations: int = option(20, "stop after this many iterations", minimum=1)
     target_loss: float | None = option(None, "stop early once the mean loss is at or below this")
     model: str = option("logistic", f"model: {', '.join(MODELS)} (jax-*: extra flexgc[jax], e.g. jax-mlp:hidden=128, "

@@ -362,8 +362,8 @@ def test_each_option_is_declared_once_on_its_config_field() -> None:
 @pytest.mark.parametrize(("overrides", "message"), [
     (dict(code="crcc:s=2"), "code='crcc:s=2': unknown family 'crcc'; allowed: uncoded, ignore, frc, crc, nested, "
                             "nested-frc, multimessage"),
-    (dict(workers=3), "code='nested:levels=0,1,2,3': levels=0,1,2,3; need strictly increasing 0 <= s_0 < ... < "
-                      "s_L < n=3"),
+    (dict(workers=3, code="nested:levels=0,1,2,3"), "code='nested:levels=0,1,2,3': levels=0,1,2,3; need strictly "
+                                                    "increasing 0 <= s_0 < ... < s_L < n=3"),
     (dict(port=70000), "port=70000; must be <= 65535"),
     (dict(delay="shifted-exp:a=1/dead:workers=9"), "delay='shifted-exp:a=1,mu=1,p=0/dead:workers=9': "
                                                    "dead:workers=9 names slot 9; allowed: 0..3 (workers=4)"),
@@ -373,3 +373,13 @@ def test_master_errors_name_the_field_once(overrides: dict[str, Any], message: s
         master_config(**overrides)
 
     assert str(info.value) == message
+
+
+@pytest.mark.parametrize(("workers", "code"), [(3, "nested:levels=0,1,2"), (8, "nested:levels=0,1,2,3"),
+                                               (256, "nested-frc:groups=1,2,4,8,16,32")])
+def test_the_default_code_follows_n(workers: int, code: str) -> None:
+    from flexgc.common.codes import parse_code
+
+    cfg = master_config(workers=workers)
+
+    assert cfg.code == "auto" and parse_code(cfg.code, workers).spec.startswith(code)

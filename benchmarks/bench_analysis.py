@@ -32,6 +32,11 @@ from typing import Any
 import numpy as np
 
 from flexgc.common import codes as codes_module
+
+try:  # CRC rows moved to their own module; a "before" tree run for comparison has them in codes.py
+    from flexgc.common import crc as crc_module
+except ImportError:
+    crc_module = None  # type: ignore[assignment]
 from flexgc.common.analysis import SimResult, simulate
 from flexgc.common.codes import parse_code
 from flexgc.common.delays import parse_delay
@@ -99,9 +104,10 @@ def refusal(args: argparse.Namespace) -> list[dict[str, Any]]:
     print("refusal: parse_code('crc:s=4', 64), construction caches cleared before each repeat")
 
     def refuse(_: int) -> str:
-        for cached in ("crc_rows", "cyclic_mds_rows"):  # cyclic_mds_rows is new with the cached table
-            if hasattr(codes_module, cached):
-                getattr(codes_module, cached).cache_clear()
+        for module in (codes_module, crc_module):  # the "before" tree has them in codes.py
+            for cached in ("crc_rows", "cyclic_mds_rows"):  # cyclic_mds_rows is new with the cached table
+                if module is not None and hasattr(module, cached):
+                    getattr(module, cached).cache_clear()
         try:
             parse_code("crc:s=4", 64)
         except CodeConstructionError as exc:
@@ -121,7 +127,8 @@ def cyclic_rows(n: int, s: int, complex_field: bool) -> np.ndarray:
     code V supported on the window {i, ..., i+s}; V is spanned by n - s consecutive frequencies around 0 of
     the n-th roots of unity (complex), or by the real trigonometric polynomials (codes.py's construction)."""
     if not complex_field:
-        return codes_module.rows_from_space(codes_module._trig_space(n, n - s), s)
+        rows = crc_module or codes_module
+        return rows.rows_from_space(rows._trig_space(n, n - s), s)
     t = np.arange(n)
     freqs = np.arange(n - s) - (n - s - 1) // 2
     G = np.exp(2j * np.pi * np.outer(freqs, t) / n)

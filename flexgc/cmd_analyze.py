@@ -17,17 +17,11 @@ from typing import Any
 import numpy as np
 
 from flexgc.common.analysis import SimResult, simulate
-from flexgc.common.codes import (
-    REL_ERR_MAX,
-    RESIDUAL_MAX,
-    Code,
-    check_code,
-    parse_code,
-    validation_patterns,
-    worst_condition,
-)
+from flexgc.common.codes import Code, parse_code
+from flexgc.common.crc import validation_patterns, worst_condition
 from flexgc.common.delays import DelayModel, dead_slots, parse_delay
 from flexgc.common.errors import CodeConstructionError, ConfigError
+from flexgc.common.quality import REL_ERR_MAX, RESIDUAL_MAX, check_code
 
 _log = logging.getLogger(__name__)
 

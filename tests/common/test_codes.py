@@ -18,21 +18,17 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from flexgc.common import codes as codes_module
-from flexgc.common.codes import (
-    CRC_TABLE,
+from flexgc.common import crc as crc_module
+from flexgc.common.codes import Code, auto_code_spec, frc_group_sizes, laminar_rows, parse_code
+from flexgc.common.crc import (
     DEFAULT_MAX_COND,
-    Code,
-    _refusal_of_built,
-    auto_code_spec,
     construct_crc_rows,
     contiguous_bound,
     crc_refusal,
     crc_rows,
-    frc_group_sizes,
-    laminar_rows,
-    parse_code,
+    refusal_of_built,
 )
+from flexgc.common.crc_table import CRC_TABLE
 from flexgc.common.errors import CodeConstructionError, ConfigError
 
 QUALITY_S = (1, 2, 4, 8)
@@ -576,7 +572,7 @@ def _verdict_by_construction(n: int, s: int) -> str | None:
         _, name, cond, how = construct_crc_rows(n, s)
     except CodeConstructionError as exc:
         return str(exc)
-    return _refusal_of_built(n, s, name, cond, how, DEFAULT_MAX_COND)
+    return refusal_of_built(n, s, name, cond, how, DEFAULT_MAX_COND)
 
 
 @pytest.mark.parametrize("n", range(2, 17))
@@ -624,7 +620,7 @@ def test_refusing_crc4_at_n64_needs_no_construction(monkeypatch: pytest.MonkeyPa
     def forbidden(n: int, s: int) -> None:
         raise AssertionError(f"construct_crc_rows({n}, {s}) called")
 
-    monkeypatch.setattr(codes_module, "construct_crc_rows", forbidden)
+    monkeypatch.setattr(crc_module, "construct_crc_rows", forbidden)
 
     # Execute
     with pytest.raises(CodeConstructionError) as refused:
@@ -675,7 +671,7 @@ def test_auto_keeps_the_decoder_and_signaling_options() -> None:
 
 def test_refusal_beyond_the_table_is_immediate_and_names_auto(monkeypatch: pytest.MonkeyPatch) -> None:
     # Prepare: any construction would fail the test (CRC(2) at n = 256 searches for tens of minutes)
-    monkeypatch.setattr(codes_module, "construct_crc_rows", lambda n, s: pytest.fail(f"construct({n}, {s})"))
+    monkeypatch.setattr(crc_module, "construct_crc_rows", lambda n, s: pytest.fail(f"construct({n}, {s})"))
 
     # Execute
     with pytest.raises(CodeConstructionError) as refused:

@@ -33,7 +33,7 @@ from flexgc.common.errors import (
 )
 from flexgc.common.models import DataSpec
 from flexgc.master.buffer import ReceiveBuffer
-from flexgc.master.membership import Connection, Membership, SlotState
+from flexgc.master.membership import LIVENESS_S, Connection, Membership, SlotState
 from flexgc.master.metrics import Metrics
 from flexgc.v1 import coordinator_pb2 as pb
 
@@ -153,7 +153,7 @@ class Coordinator:
     """
 
     def __init__(self, code: Code, data: DataSpec, *, dtype: str, chunk_bytes: int, deadline_s: float,
-                 on_deadline: str, max_workers: int = 0,
+                 on_deadline: str, max_workers: int = 0, liveness_s: float = LIVENESS_S,
                  metrics: Metrics | None = None, decode_inline_elements: int = 1 << 20) -> None:
         self.code = code
         self.data = data
@@ -163,7 +163,7 @@ class Coordinator:
         self.chunk_bytes = chunk_bytes
         self.deadline_s = deadline_s
         self.on_deadline = on_deadline
-        self.members = Membership(code.n, max_workers=max_workers, on_lost=self._lost)
+        self.members = Membership(code.n, max_workers=max_workers, on_lost=self._lost, liveness_s=liveness_s)
         self.metrics = metrics or Metrics()
         self.decoder = Decoder(code)
         self._all_partitions = (1 << code.k) - 1

@@ -53,7 +53,7 @@ _log = logging.getLogger(__name__)
 CLOSE = object()  # sentinel that ends a connection's outbox
 JOIN_GRACE_S = 5.0  # a slot granted by Join stays its worker's this long before the stream is open
 RESERVATION_S = 30.0  # a disconnected owner's slot is kept for it this long
-LIVENESS_S = 6.0  # a connection heard from this recently is live (3 default heartbeat intervals)
+LIVENESS_S = 6.0  # a connection heard from this recently is live (the master passes 3 x --heartbeat-s)
 DUPLICATE_WARNING_S = 30.0  # how often the master warns about one worker id used by two processes
 
 

@@ -59,7 +59,8 @@ async def serve(cfg: MasterConfig, on_port: Callable[[int], None] | None = None,
     metrics = Metrics()
     coordinator = Coordinator(code, data, dtype=cfg.dtype, chunk_bytes=cfg.chunk_bytes,
                               deadline_s=cfg.deadline_s, on_deadline=cfg.on_deadline,
-                              max_workers=cfg.max_workers, metrics=metrics)
+                              max_workers=cfg.max_workers, metrics=metrics,
+                              liveness_s=3 * cfg.heartbeat_s)  # three missed heartbeats: silent
     trainer = Trainer(cfg, code, job_data, coordinator, metrics, RunLog(None), on_record)
     job = wire.JobInfo(n=code.n, k=code.k, code_spec=code.spec, data=data, dtype=cfg.dtype,
                        chunk_bytes=cfg.chunk_bytes, heartbeat_interval_s=cfg.heartbeat_s, delay_spec=cfg.delay,

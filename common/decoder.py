@@ -91,6 +91,7 @@ class Decoder:
         self._mds = [code.level_is_mds(level) for level in range(code.n_levels)]
         # indicator rows of a laminar family (uncoded, FRC, nested FRC): span test without linear algebra
         self._laminar = laminar_rows(code) if policy == "any-span" else None
+        self._blocks = _partition_blocks(code)
         self.hits = 0
         self.misses = 0
 
@@ -168,6 +169,8 @@ class Decoder:
 
     def _least_squares(self, mask: int) -> Decoding:
         ids = ids_of(mask)
+        if self._blocks is not None and self._covers(mask):
+            return self._block_weights(ids)
         R = self._rows[ids]  # (m, k)
         U, sv, Vt = np.linalg.svd(R, full_matrices=False)
         rank = int(np.count_nonzero(sv > RCOND * sv[0])) if sv.size and sv[0] > 0 else 0
@@ -181,6 +184,22 @@ class Decoder:
         used = [m for m, kp in zip(ids, keep) if kp]
         level = max((self.code.message_of(m)[0] for m in used), default=-1)
         return Decoding(tuple(used), a[keep], residual, float(sv[0] / sv[rank - 1]), level, True)
+
+    def _block_weights(self, ids: list[int]) -> Decoding:
+        """The minimum-norm weights when the rows are indicators of disjoint blocks (uncoded, FRC, ignore):
+        a block received c times gives each copy weight 1/c (minimize sum a_i^2 subject to sum a_i = 1 per
+        block), with no SVD. The singular values of the received rows are sqrt(c_g |g|) per block g, so
+        cond = sqrt(max c_g|g| / min c_g|g|). Equal to `_least_squares`'s SVD solution to rounding (tested);
+        at n = 1,024 it takes microseconds where the SVD takes about half a second."""
+        blocks = self._blocks
+        assert blocks is not None
+        copies: dict[int, int] = {}
+        for m in ids:
+            copies[blocks[m]] = copies.get(blocks[m], 0) + 1
+        weights = np.array([1.0 / copies[blocks[m]] for m in ids])
+        spread = [c * bits.bit_count() for bits, c in copies.items()]
+        level = max((self.code.message_of(m)[0] for m in ids), default=-1)
+        return Decoding(tuple(ids), weights, 0.0, math.sqrt(max(spread) / min(spread)), level, True)
 
     # -- the decode itself ----------------------------------------------------------------------
     @staticmethod
@@ -199,3 +218,20 @@ class Decoder:
 
 
 _MISSING = object()
+
+
+def _partition_blocks(code: Code) -> dict[int, int] | None:
+    """message id -> its support bitmask when every row is a 0/1 indicator and any two rows' supports are
+    equal or disjoint (one level of blocks partitioning the partitions: uncoded, FRC, ignore-s); else None.
+    Nested FRC has several levels of blocks, whose minimum-norm weights couple: it keeps the SVD."""
+    rows = code.B.reshape(code.n_messages, code.k)
+    if not np.all((rows == 0.0) | (rows == 1.0)):
+        return None
+    supports = {m: code.support_bits[m] for m in range(code.n_messages) if code.support_bits[m]}
+    distinct = set(supports.values())
+    union = 0
+    for bits in distinct:
+        if union & bits:
+            return None
+        union |= bits
+    return supports

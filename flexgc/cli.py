@@ -6,6 +6,7 @@ point only parses, configures logging and maps errors to exit codes:
     2    a configuration error or a refusal retrying cannot fix (bad option, wrong token, port in use)
     74   the run directory could not be written (e.g. a full disk: the job ended, its files intact)
     130  interrupted by SIGINT (Ctrl-C); 143 by SIGTERM (a master checkpoints before it exits)
+    141  stdout was closed early (piped into `head`): the command stops quietly, like a shell tool
 
 Errors are one line on stderr; logs go to stderr too, and machine-readable JSON lines to stdout.
 """
@@ -46,6 +47,16 @@ def build_parser() -> argparse.ArgumentParser:
         if name not in ("master", "worker"):  # their options say env, default and allowed values themselves
             show_defaults(command)
     return parser
+
+
+def _innermost(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.ArgumentParser:
+    """The (sub)parser of the command that was chosen, e.g. `flexgc codes check`'s."""
+    while True:
+        action = next((a for a in parser._actions if isinstance(a, argparse._SubParsersAction)), None)
+        chosen = getattr(args, action.dest, None) if action is not None else None
+        if action is None or chosen not in action.choices:
+            return parser
+        parser = action.choices[chosen]
 
 
 def show_defaults(parser: argparse.ArgumentParser) -> None:
@@ -90,13 +101,21 @@ def main(argv: list[str] | None = None) -> int:
     # GRPC_VERBOSITY=ERROR (or DEBUG) in the environment brings them back
     os.environ.setdefault("GRPC_VERBOSITY", "NONE")
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extras = parser.parse_known_args(argv)
+    if extras:  # argparse would print the top-level usage; the subcommand's own is the helpful one
+        _innermost(parser, args).error(f"unrecognized arguments: {' '.join(extras)}")
     if not getattr(args, "handler", None):
         parser.print_help()
         return 2
     configure_logging(args.log_level, args.log_format)
     try:
         return int(args.handler(args) or 0)
+    except BrokenPipeError:
+        # the reader went away (`flexgc analyze --json | head`): point stdout at /dev/null so the
+        # interpreter's final flush cannot raise again, and end like a shell tool killed by SIGPIPE
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141
     except ConfigError as exc:
         print(f"flexgc: configuration error: {exc}", file=sys.stderr)
         return 2

@@ -142,7 +142,12 @@ class Trainer:
         if stop.is_set():
             return
         if not joined:
-            _log.warning("join timeout connected=%d of n=%d; starting anyway", c.members.connected, self.code.n)
+            # a worker that joins later gets the current iteration's task at once (pods scheduled late,
+            # restarts); while fewer than n - s_max answer, iterations end at --deadline-s by the policy
+            _log.warning("join timeout connected=%d of n=%d after --join-timeout-s=%g (an exact decode needs %d); "
+                         "starting anyway: iterations wait up to --deadline-s=%g for late workers, then "
+                         "--on-deadline %s", c.members.connected, self.code.n, cfg.join_timeout_s,
+                         self.code.n - self.code.s_max, cfg.deadline_s, cfg.on_deadline)
         d = self.data.d
         for t in range(self.state.iteration, cfg.iterations):
             if stop.is_set():

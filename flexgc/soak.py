@@ -163,7 +163,9 @@ def run_soak(iterations: int, n: int, code: str, out: Path, fault_every: int, se
                 active = (kind, slot, done + rng.randint(1, 3))
             time.sleep(0.02)
         if active is not None and active[0] == "stop":
-            cluster.signal_worker(active[1], signal.SIGCONT)
+            # woken after the master is gone, it would only retry a closed port (a WARNING at the end of
+            # every soak); cluster.stop() ends the others
+            cluster.signal_worker(active[1], signal.SIGCONT if cluster.master.is_alive() else signal.SIGKILL)
         if hostile is not None:
             hostile.halt.set()
             hostile.join(30)

@@ -105,13 +105,14 @@ def apply_record(records: list[dict[str, Any]], rec: dict[str, Any]) -> None:
         records.append(rec)
 
 
-def read_run_log(path: Path) -> list[dict[str, Any]]:
+def read_run_log(path: Path | str) -> list[dict[str, Any]]:
     """The effective iteration records of a run.jsonl (resume markers applied), also while the master is
     still appending to it.
 
     A record is complete once its newline is written; a torn last line (a read racing the write, or a
     crash mid-write) is left out rather than failing the reader.
     """
+    path = Path(path)
     if not path.exists():
         return []
     text = path.read_text()

@@ -210,8 +210,12 @@ def _machine() -> dict[str, Any]:
 def _readable(summary: dict[str, Any]) -> str:
     lat = summary.get("latency_ms") or {}
     loss = summary.get("final_loss")
+
+    def shown(value: Any) -> Any:
+        return "-" if value is None else value  # a run of no iterations has no latency, load or loss
+
     return (f"iterations={summary.get('iterations')} exact={summary.get('exact_iterations')} "
             f"approximate={summary.get('approximate_iterations')} failed={summary.get('failed_iterations')} "
             f"final_loss={'-' if loss is None else f'{loss:.6g}'} "
-            f"latency_ms_mean={lat.get('mean')} latency_ms_p90={lat.get('p90')} "
-            f"mean_load={summary.get('mean_load')} level_use={summary.get('level_use')}")
+            f"latency_ms_mean={shown(lat.get('mean'))} latency_ms_p90={shown(lat.get('p90'))} "
+            f"mean_load={shown(summary.get('mean_load'))} level_use={shown(summary.get('level_use'))}")

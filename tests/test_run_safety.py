@@ -7,6 +7,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -165,6 +166,8 @@ def test_a_worker_names_the_address_it_cannot_reach_and_gives_up_after_its_join_
     assert len(warnings) == 1, run.stderr        # the same reason again is INFO, not another warning
     assert f"cannot join master=127.0.0.1:{port}: connection refused by 127.0.0.1:{port}" in warnings[0]
     assert "giving up: no join with master" in run.stderr and "--join-timeout-s=1" in run.stderr
+    waited = re.search(r"giving up: no join with master=\S+ for (\d+\.\d) s", run.stderr)
+    assert waited is not None and float(waited.group(1)) >= 1.0, run.stderr  # not before the timeout it names
 
 
 @pytest.mark.parametrize(("name", "content", "needles"), [

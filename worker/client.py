@@ -20,6 +20,7 @@ import logging
 import math
 import os
 import random
+import re
 import signal
 import time
 import uuid
@@ -362,6 +363,12 @@ async def run_workers(cfg: WorkerConfig) -> int:
     return max(codes)
 
 
+def reason_kind(reason: str) -> str:
+    """A join failure's reason without its numbers: "heard 0.3 s ago" and "heard 0.1 s ago" are one reason,
+    warned about once."""
+    return re.sub(r"\d+(\.\d+)?", "#", reason)
+
+
 async def run_worker(cfg: WorkerConfig, stop: asyncio.Event | None = None,
                      executor: concurrent.futures.Executor | None = None) -> int:
     """One worker slot: join and work until the master's Shutdown (exit 0), a refusal that retrying cannot
@@ -409,17 +416,19 @@ async def run_worker(cfg: WorkerConfig, stop: asyncio.Event | None = None,
                         _log.error("join refused by master=%s: %s", cfg.master, reason)
                         return EXIT_REFUSED
                     waited = time.monotonic() - unjoined_since
-                    if cfg.join_timeout_s and waited + backoff > cfg.join_timeout_s:
+                    if cfg.join_timeout_s and waited >= cfg.join_timeout_s:
                         _log.error("giving up: no join with master=%s for %.1f s (--join-timeout-s=%g); last "
                                    "error: %s", cfg.master, waited, cfg.join_timeout_s, reason)
                         return EXIT_RUNTIME
+                    # the last retry lands on the timeout, not before it
+                    pause = min(backoff, cfg.join_timeout_s - waited) if cfg.join_timeout_s else backoff
                     # WARNING when the reason is new (or every 30 s), INFO for the retries in between
-                    now = time.monotonic()
-                    loud = reason != last_reason or now - warned_at > 30.0
+                    now, kind = time.monotonic(), reason_kind(reason)
+                    loud = kind != last_reason or now - warned_at > 30.0
                     _log.log(logging.WARNING if loud else logging.INFO, "cannot join master=%s: %s; retrying in "
-                             "%.1f s", cfg.master, reason, backoff)
-                    last_reason, warned_at = reason, now if loud else warned_at
-                    await _sleep_or_stop(backoff, stop)
+                             "%.1f s", cfg.master, reason, pause)
+                    last_reason, warned_at = kind, now if loud else warned_at
+                    await _sleep_or_stop(pause, stop)
                     backoff = min(cfg.reconnect_max_s, backoff * 2) * (0.8 + 0.4 * random.random())
                     continue
                 slot = grant.slot

@@ -26,7 +26,7 @@ from flexgc.master.coordinator import Coordinator
 from flexgc.master.service import CoordinatorService, add_coordinator_service
 from flexgc.v1 import coordinator_pb2 as pb
 from flexgc.v1 import coordinator_pb2_grpc as pb_grpc
-from flexgc.worker.client import Session, SessionEnd, WorkerState
+from flexgc.worker.client import Session, SessionEnd, WorkerState, reason_kind
 from flexgc.worker.compute import PartitionCompute, TaskRun
 
 CODE = parse_code("nested:levels=0,1", 3)
@@ -457,3 +457,9 @@ async def _until(predicate: Callable[[], Any], interval_s: float = 0.005) -> Non
     """Poll a condition on the loop (callers bound it with `within`)."""
     while not predicate():
         await asyncio.sleep(interval_s)
+
+
+def test_a_join_refusal_that_only_changes_its_numbers_is_one_reason() -> None:
+    busy = "ALREADY_EXISTS: worker_id='wA' is already connected to slot 0 from another live process (heard {} s ago)"
+    assert reason_kind(busy.format("0.0")) == reason_kind(busy.format("1.7"))   # warned about once
+    assert reason_kind(busy.format("0.0")) != reason_kind("connection refused by 127.0.0.1:5")

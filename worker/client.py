@@ -137,6 +137,9 @@ class Session:
                 except WireError as exc:
                     self._reject(exc)
         except grpc.aio.AioRpcError as exc:
+            if wire.error_kind(exc) == "JobFinishedError":  # joined just before the end: like a Shutdown
+                _log.info("job already finished slot=%d", self.slot)
+                return SessionEnd.SHUTDOWN
             _log.warning("stream ended slot=%d code=%s details=%s", self.slot, exc.code().name, exc.details())
             return SessionEnd.FATAL if exc.code() in _FATAL else SessionEnd.DISCONNECTED
         finally:

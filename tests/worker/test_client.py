@@ -463,3 +463,26 @@ def test_a_join_refusal_that_only_changes_its_numbers_is_one_reason() -> None:
     busy = "ALREADY_EXISTS: worker_id='wA' is already connected to slot 0 from another live process (heard {} s ago)"
     assert reason_kind(busy.format("0.0")) == reason_kind(busy.format("1.7"))   # warned about once
     assert reason_kind(busy.format("0.0")) != reason_kind("connection refused by 127.0.0.1:5")
+
+
+class FinishedMaster(pb_grpc.CoordinatorServicer):
+    """A master whose job ended between the worker's Join and its Work stream."""
+
+    def __init__(self, kind: str | None) -> None:
+        self.kind = kind
+
+    async def Work(self, request_iterator: AsyncIterator[pb.WorkerMessage],
+                   context: grpc.aio.ServicerContext) -> AsyncIterator[pb.MasterMessage]:
+        await anext(aiter(request_iterator))  # the hello
+        await context.abort(grpc.StatusCode.FAILED_PRECONDITION, "the job has finished; nothing to work on",
+                            trailing_metadata=wire.error_metadata(self.kind) if self.kind else ())
+        yield pb.MasterMessage()  # pragma: no cover (abort raised)
+
+
+@pytest.mark.parametrize(("kind", "end"), [("JobFinishedError", SessionEnd.SHUTDOWN), (None, SessionEnd.DISCONNECTED)])
+def test_a_stream_refused_because_the_job_finished_ends_like_a_shutdown(kind: str | None, end: SessionEnd) -> None:
+    async def scenario() -> None:
+        async with served(FinishedMaster(kind)) as wiring:
+            assert await within(wiring.start(join_reply(), make_compute()), "the session to end") is end
+
+    run_async(scenario)

@@ -106,7 +106,9 @@ def run_soak(iterations: int, n: int, code: str, out: Path, fault_every: int, se
     cfg = master_config(host="127.0.0.1", port=0, workers=n, code=code, iterations=iterations, out=str(out),
                         samples=2_000, features=20, verify=True, checkpoint_every=0, deadline_s=20.0,
                         on_deadline="fail", delay="shifted-exp:a=1,mu=5,unit_s=0.004", join_timeout_s=60.0,
-                        token=token)
+                        token=token, linger=True)
+    # linger: a worker the soak restarts as the job ends finds a master that says "finished" (and exits
+    # 0) rather than a closed port it would retry; the soak ends the master once its workers are gone
     RunDir(out).clear_own_run(job_identity(cfg))  # a soak starts fresh, but never over another job's run
     hostile: Adversary | None = None
     faults: dict[str, int] = {"kill": 0, "stop": 0, "slow": 0}
@@ -124,7 +126,8 @@ def run_soak(iterations: int, n: int, code: str, out: Path, fault_every: int, se
         next_fault = _records(out) + fault_every
         active: tuple[str, int, int] | None = None  # (kind, slot, heal at iteration)
         end_stats, shown = start_stats, -1
-        while cluster.master.is_alive() and time.monotonic() < deadline:
+        summary_file = out / "summary.json"
+        while cluster.master.is_alive() and not summary_file.exists() and time.monotonic() < deadline:
             done = _records(out)
             if hostile is not None and done >= iterations - 5 and hostile.is_alive():
                 hostile.halt.set()  # done while the master still serves: every hostile call gets its status
@@ -163,12 +166,14 @@ def run_soak(iterations: int, n: int, code: str, out: Path, fault_every: int, se
                 active = (kind, slot, done + rng.randint(1, 3))
             time.sleep(0.02)
         if active is not None and active[0] == "stop":
-            # woken after the master is gone, it would only retry a closed port (a WARNING at the end of
-            # every soak); cluster.stop() ends the others
-            cluster.signal_worker(active[1], signal.SIGCONT if cluster.master.is_alive() else signal.SIGKILL)
+            cluster.signal_worker(active[1], signal.SIGCONT)
         if hostile is not None:
             hostile.halt.set()
             hostile.join(30)
+        for process in cluster.workers.values():  # each told the job is over, by Shutdown or at its join
+            process.join(max(0.0, deadline - time.monotonic()))
+        if cluster.master.is_alive():
+            cluster.signal_master(signal.SIGTERM)  # ends its linger
         rc = cluster.wait_master(60)
     summary = json.loads((out / "summary.json").read_text())
     records = read_run_log(out / "run.jsonl")

@@ -122,6 +122,11 @@ class LocalCluster:
     def signal_worker(self, slot: int, sig: int) -> None:
         self._workers[slot].send(sig)
 
+    def signal_master(self, sig: int) -> None:
+        if self._master is None:
+            raise RuntimeError("master not started")
+        self._master.send(sig)
+
     def wait_master(self, timeout_s: float) -> int | None:
         """The master's exit code once it has exited, or None if it still runs after timeout_s."""
         if self._master is None:

@@ -46,16 +46,18 @@ from flexgc.common.crc import (
 )
 from flexgc.common.crc_table import CRC_TABLE, CRC_TABLE_MAX_N
 from flexgc.common.errors import CodeConstructionError, ConfigError
-from flexgc.common.specs import as_float, as_int, as_int_list, parse_spec, reject_unknown
+from flexgc.common.specs import Spec, as_float, as_int, as_int_list, parse_spec, reject_unknown
 
-Family = Literal["uncoded", "ignore", "frc", "crc", "nested", "nested-frc", "multimessage"]
+Family = Literal["uncoded", "ignore", "frc", "crc", "nested", "nested-frc", "multimessage", "weighted"]
 DecoderPolicy = Literal["any-span", "per-level"]
 Signaling = Literal["push", "notify"]
 
 FAMILIES: tuple[str, ...] = get_args(Family)
 DECODER_POLICIES: tuple[str, ...] = get_args(DecoderPolicy)
 SIGNALINGS: tuple[str, ...] = get_args(Signaling)
-_COMMON_OPTIONS = {"decoder", "signaling"}
+_COMMON_OPTIONS = {"decoder", "signaling", "split"}
+MAX_SPLIT = 64
+"""At most this many finer partitions per coarse one (``split=M``: k = M * n)."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -155,6 +157,12 @@ def parse_code(text: str, n: int, *, field_name: str = "code") -> Code:
     signaling = p.get("signaling", "push")
     if signaling not in SIGNALINGS:
         raise ConfigError(f"{field_name}: signaling={signaling!r}; allowed: {', '.join(SIGNALINGS)}")
+    split = as_int(spec, "split", field_name, minimum=1) if "split" in p else 1
+    if split > MAX_SPLIT:
+        raise ConfigError(f"{field_name}: split={split}; allowed 1..{MAX_SPLIT} (finer partitions per coarse one)")
+    if split > 1 and spec.family == "weighted":
+        raise ConfigError(f"{field_name}: split is meaningless for weighted (its blocks= sizes are already in "
+                          f"finest partitions); allowed: blocks=, ring=, smax=")
     max_cond = DEFAULT_MAX_COND
     if "max_cond" in p:
         max_cond = as_float(spec, "max_cond", field_name, minimum=1.0)
@@ -171,7 +179,7 @@ def parse_code(text: str, n: int, *, field_name: str = "code") -> Code:
     if fam == "auto":
         reject_unknown(spec, _COMMON_OPTIONS, field_name)
         chosen = auto_code_spec(n)
-        kept = ",".join(f"{key}={p[key]}" for key in ("decoder", "signaling") if key in p)
+        kept = ",".join(f"{key}={p[key]}" for key in ("decoder", "signaling", "split") if key in p)
         return parse_code(chosen + (("," if ":" in chosen else ":") + kept if kept else ""), n,
                           field_name=field_name)
     if fam == "uncoded":
@@ -206,12 +214,20 @@ def parse_code(text: str, n: int, *, field_name: str = "code") -> Code:
         groups = as_int_list(spec, "groups", field_name)
         _check_groups(groups, n, field_name)
         code = _frc_nested(n, groups, unequal_ok=False)
+    elif fam == "weighted":
+        reject_unknown(spec, _COMMON_OPTIONS | {"blocks", "ring", "smax"}, field_name)
+        if decoder == "per-level":
+            raise ConfigError(f"{field_name}: decoder=per-level is meaningless for weighted (each level's rows "
+                              f"are one block per slot, no level decodes alone); allowed: any-span")
+        code = _weighted_from_spec(spec, n, need_s("smax"), field_name)
     else:  # multimessage
         reject_unknown(spec, _COMMON_OPTIONS | {"smax"}, field_name)
         if decoder == "per-level":
             raise ConfigError(f"{field_name}: decoder=per-level is meaningless for multimessage "
                               f"(each message is one uncoded partial gradient); allowed: any-span")
         code = _multimessage(n, need_s("smax"))
+    if split > 1:
+        code = split_partitions(code, split)
 
     options = []
     if decoder != "any-span":
@@ -220,6 +236,8 @@ def parse_code(text: str, n: int, *, field_name: str = "code") -> Code:
         options.append(f"signaling={signaling}")
     if "max_cond" in p:
         options.append(f"max_cond={max_cond:g}")
+    if split > 1:
+        options.append(f"split={split}")
     canonical = _canonical(fam, code)
     if options:
         canonical += ("," if ":" in canonical else ":") + ",".join(options)
@@ -275,6 +293,8 @@ def _canonical(family: str, code: Code) -> str:
         return "nested:levels=" + ",".join(map(str, code.levels))
     if family == "nested-frc":
         return "nested-frc:groups=" + ",".join(str(s + 1) for s in code.levels)
+    if family == "weighted":
+        return code.spec
     return f"multimessage:smax={code.levels[-1]}"
 
 
@@ -336,6 +356,81 @@ def _multimessage(n: int, smax: int) -> Code:
             prefix[level, i] = level + 1
     return _finish("multimessage", n, levels, order, prefix, B, ("identity",) * len(levels),
                    (1.0,) * len(levels))
+
+
+def split_partitions(code: Code, m: int) -> Code:
+    """The same code on m times finer partitions (``split=M``, k = m * code.k): coarse partition j becomes the
+    fine partitions j*m .. j*m + m - 1, computed in that order where j was, and every row weight of j is
+    repeated on them. A fine-partition gradient sum over a coarse block is that block's gradient, so a set
+    of rows spans 1 exactly when it did before and every decoding weight is unchanged (rows scale by
+    sqrt(m), cond(B_F) is the same); only the grain of the work changes, so that a plan may later move
+    load between slots in steps of 1/k (docs/design.md §2.10)."""
+    if m == 1:
+        return code
+    n = code.n
+    order = [tuple(j * m + t for j in o for t in range(m)) for o in code.order]
+    B = np.repeat(code.B, m, axis=2)
+    prefix = (code.prefix * m).astype(np.int64)
+    split = _finish(code.family, n, code.levels, order, prefix, B, code.construction, code.worst_cond,
+                    ignore_s=code.ignore_s)
+    return _replace(split, validation=code.validation)
+
+
+def weighted_code(blocks: tuple[int, ...] | list[int], ring: tuple[int, ...] | list[int], smax: int) -> Code:
+    """The speed-weighted nested code (family ``weighted``, docs/design.md §2.10).
+
+    blocks[i] >= 1 is the number of partitions of slot i's own block (k = sum(blocks); the blocks are
+    consecutive ranges in slot order), ring a permutation of the slots. Slot ring[p] computes its own
+    block, then the blocks of ring[p-1], ring[p-2], ..., ring[p-smax] (cyclically), and after each block
+    sends that block's uncoded sum as the message of level l = 0, 1, ..., smax. Every block is held by
+    smax + 1 distinct slots, so any smax unresponsive slots leave a holder of each block: 1 is in the span
+    (exact, cond 1: the rows are indicators of disjoint or equal blocks, `Laminar`). With no straggler
+    every slot stops after its own block, so sizing blocks in proportion to speed balances level 0.
+    """
+    n = len(blocks)
+    if sorted(ring) != list(range(n)):
+        raise ConfigError(f"weighted: ring={'+'.join(map(str, ring))} must be a permutation of the slots 0..{n - 1}")
+    if not blocks or min(blocks) < 1:
+        raise ConfigError(f"weighted: blocks={'+'.join(map(str, blocks))}; every slot needs a block of >= 1 "
+                          f"partitions")
+    if not 0 <= smax < n:
+        raise ConfigError(f"weighted: smax={smax}; need 0 <= smax < n={n}")
+    k = int(sum(blocks))
+    starts = list(itertools.accumulate([0, *blocks[:-1]]))
+    pos = {slot: p for p, slot in enumerate(ring)}
+    levels = tuple(range(smax + 1))
+    B = np.zeros((smax + 1, n, k))
+    prefix = np.zeros((smax + 1, n), dtype=np.int64)
+    order: list[tuple[int, ...]] = []
+    for i in range(n):
+        seq: list[int] = []
+        for level in levels:
+            owner = ring[(pos[i] - level) % n]
+            part = range(starts[owner], starts[owner] + blocks[owner])
+            seq.extend(part)
+            prefix[level, i] = len(seq)
+            B[level, i, list(part)] = 1.0
+        order.append(tuple(seq))
+    code = _finish("weighted", n, levels, order, prefix, B, ("weighted-blocks",) * len(levels),
+                   (1.0,) * len(levels))
+    spec = (f"weighted:blocks={'+'.join(map(str, blocks))},ring={'+'.join(map(str, ring))},smax={smax}")
+    return _replace(code, spec=spec)
+
+
+def _weighted_from_spec(spec: Spec, n: int, smax: int, field_name: str) -> Code:
+    for key in ("blocks", "ring"):
+        if key not in spec.params:
+            raise ConfigError(f"{field_name}={spec.text!r}: weighted needs blocks=C0+C1+... (partitions per slot) "
+                              f"and ring=R0+R1+... (a permutation of the slots)")
+    blocks = as_int_list(spec, "blocks", field_name)
+    ring = as_int_list(spec, "ring", field_name)
+    for key, values in (("blocks", blocks), ("ring", ring)):
+        if len(values) != n:
+            raise ConfigError(f"{field_name}: {key} has {len(values)} entries; need one per slot (workers={n})")
+    try:
+        return weighted_code(blocks, ring, smax)
+    except ConfigError as exc:
+        raise ConfigError(f"{field_name}: {exc}") from None
 
 
 def frc_group_sizes(n: int, s: int) -> list[int]:

@@ -24,6 +24,7 @@ from flexgc.common.optim import parse_optimizer
 
 DTYPES = ("float64", "float32")
 ON_DEADLINE = ("fail", "approximate")
+ADAPT_MODES = ("off", "speed")
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,6 +132,13 @@ class MasterConfig(_Tls):
     linger: bool = option(False, "after the job, keep serving health until SIGTERM")
     max_workers: int = option(0, "refuse joins beyond this many connected workers (0: = workers)", minimum=0)
     blas_threads: int = option(1, "BLAS threads in this process (several processes share the cores)", minimum=1)
+    adapt: str = option("off", "adaptive placement: speed = measure each worker's speed and re-plan the code at "
+                        "iteration boundaries so load follows speed, exactly and with the same tolerance "
+                        "(docs/design.md §2.10); off = the static code", choices=ADAPT_MODES)
+    replan_every: int = option(10, "with --adapt: check for a better plan every K iterations (and at once when "
+                               "a worker's chronic speed changes by more than 1.5x)", minimum=1)
+    adapt_split: int = option(4, "with --adapt: partitions per worker slot (k = M n, the grain a plan moves load "
+                              "in; a code spec with split= keeps its own)", minimum=1)
 
     def __post_init__(self) -> None:
         from flexgc.common.codes import parse_code
@@ -143,6 +151,8 @@ class MasterConfig(_Tls):
                 raise ConfigError(f"{name}={getattr(self, name)}; must be <= 65535")
         if self.chunk_bytes > 4 << 20:
             raise ConfigError(f"chunk_bytes={self.chunk_bytes}; must be <= {4 << 20} (below the message limit)")
+        if self.adapt_split > 64:
+            raise ConfigError(f"adapt_split={self.adapt_split}; allowed 1..64")
         if self.max_workers and self.max_workers < self.workers:
             raise ConfigError(f"max_workers={self.max_workers}; must be 0 or >= workers={self.workers}")
         if self.model == "logistic" and self.classes != 2:

@@ -192,15 +192,16 @@ class TaskHeader:
     dtype: str
     total_elements: int
     max_levels: int
+    plan: int = 0
 
 
 def task_messages(iteration: int, params: np.ndarray, chunk_bytes: int, max_levels: int,
-                  inline: bool = False) -> list[pb.MasterMessage]:
+                  inline: bool = False, plan: int = 0) -> list[pb.MasterMessage]:
     """The Task header and its ParamsChunk messages; built once per iteration, sent to every worker.
     With `inline`, parameters that fit one chunk travel inside the Task (a single message)."""
     flat = _flat_le(params)
     header = pb.MasterMessage(task=pb.Task(iteration=iteration, dtype=wire_dtype(flat.dtype),
-                                           total_elements=flat.size, max_levels=max_levels))
+                                           total_elements=flat.size, max_levels=max_levels, plan=plan))
     out = [header]
     slices = list(chunk_slices(flat.size, flat.itemsize, chunk_bytes))
     if inline and len(slices) == 1:
@@ -239,7 +240,8 @@ def serialize_master_message(msg: pb.MasterMessage | Preserialized) -> bytes:
 
 
 def task_header(msg: pb.Task, expected_d: int, n_levels: int) -> TaskHeader:
-    """Validate a Task's header against what this worker expects (vector length, levels, dtype)."""
+    """Validate a Task's header against what this worker expects (vector length, levels, dtype); `n_levels`
+    is that of the task's plan (the worker checks that it holds the plan first)."""
     numpy_dtype(msg.dtype)
     if msg.total_elements != expected_d:
         raise WireError(f"task iteration={msg.iteration}: total_elements={msg.total_elements}, "
@@ -248,7 +250,7 @@ def task_header(msg: pb.Task, expected_d: int, n_levels: int) -> TaskHeader:
         raise WireError(f"task iteration={msg.iteration} < 0")
     if not 1 <= msg.max_levels <= n_levels:
         raise WireError(f"task iteration={msg.iteration}: max_levels={msg.max_levels}; allowed 1..{n_levels}")
-    return TaskHeader(msg.iteration, msg.dtype, msg.total_elements, msg.max_levels)
+    return TaskHeader(msg.iteration, msg.dtype, msg.total_elements, msg.max_levels, msg.plan)
 
 
 def accept_inline_params(buf: np.ndarray, task: pb.Task) -> int:
@@ -346,6 +348,7 @@ class JoinGrant:
     slot: int
     session_id: str
     slot_code: SlotCode
+    plan: int = 0          # the plan slot_code belongs to (docs/design.md §2.10)
 
 
 @dataclass(frozen=True, slots=True)
@@ -379,7 +382,7 @@ def join_reply(grant: JoinGrant, job: JobInfo) -> pb.JoinReply:
     d = job.data
     return pb.JoinReply(
         slot=grant.slot, session_id=grant.session_id, n=job.n, k=job.k, code_spec=job.code_spec,
-        slot_code=slot_code_to_proto(grant.slot_code),
+        slot_code=slot_code_to_proto(grant.slot_code), plan=grant.plan,
         data=pb.DataSpec(model=d.model, source=d.source, samples=d.samples, features=d.features, classes=d.classes,
                          seed=d.seed, partitions=d.partitions, dtype=job.dtype, noise=d.noise, batch=d.batch,
                          batch_seed=d.batch_seed),
@@ -400,7 +403,9 @@ def joined(msg: pb.JoinReply) -> tuple[JoinGrant, JobInfo]:
                         batch_seed=ds.batch_seed)
     except ValueError as exc:
         raise WireError(f"join reply: data description: {exc}") from None
-    grant = JoinGrant(msg.slot, msg.session_id, slot_code_from_proto(msg.slot_code, msg.k))
+    if msg.plan < 0:
+        raise WireError(f"join reply: plan={msg.plan} < 0")
+    grant = JoinGrant(msg.slot, msg.session_id, slot_code_from_proto(msg.slot_code, msg.k), msg.plan)
     job = JobInfo(msg.n, msg.k, msg.code_spec, data, ds.dtype, msg.chunk_bytes, msg.heartbeat_interval_s,
                   msg.delay_spec, msg.delay_seed)
     return grant, job
@@ -454,6 +459,13 @@ class Heartbeat:
 
 
 @dataclass(frozen=True, slots=True)
+class PlanReady:
+    """The worker holds the data and rows of `plan`."""
+
+    plan: int
+
+
+@dataclass(frozen=True, slots=True)
 class TaskRejected:
     """The worker refused a malformed task of `iteration`."""
 
@@ -483,10 +495,18 @@ class Shutdown:
     reason: str
 
 
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """An adaptive re-plan announced ahead of its use: the slot's part of code `plan` (docs/design.md §2.10)."""
+
+    plan: int
+    slot_code: SlotCode
+
+
 # What a Work stream carries after its hello. Result chunks and task messages stay protobuf: their bytes
 # go straight into preallocated buffers through accept_chunk / accept_params_chunk.
-WorkerEvent = Ready | LevelDone | CancelAck | Heartbeat | TaskRejected | pb.ResultChunk
-MasterEvent = pb.Task | pb.ParamsChunk | Cancel | Pull | Shutdown
+WorkerEvent = Ready | LevelDone | CancelAck | Heartbeat | TaskRejected | PlanReady | pb.ResultChunk
+MasterEvent = pb.Task | pb.ParamsChunk | Cancel | Pull | Shutdown | Plan
 
 
 def hello(msg: pb.WorkerMessage) -> Hello:
@@ -516,10 +536,13 @@ def worker_event(msg: pb.WorkerMessage, slot: int, max_partitions: int) -> Worke
         return Heartbeat()
     if kind == "task_rejected":
         return TaskRejected(msg.task_rejected.iteration, msg.task_rejected.reason[:200])
+    if kind == "plan_ready":
+        return PlanReady(msg.plan_ready.plan)
     raise WireError(f"slot={slot}: unexpected message kind {kind!r} on Work")
 
 
-def worker_message(event: Hello | Ready | LevelDone | CancelAck | Heartbeat | TaskRejected) -> pb.WorkerMessage:
+def worker_message(event: Hello | Ready | LevelDone | CancelAck | Heartbeat | TaskRejected | PlanReady
+                   ) -> pb.WorkerMessage:
     """The WorkerMessage of a control event (results are built by `result_chunks`)."""
     if isinstance(event, Hello):
         return pb.WorkerMessage(hello=pb.Hello(slot=event.slot, session_id=event.session_id,
@@ -537,11 +560,14 @@ def worker_message(event: Hello | Ready | LevelDone | CancelAck | Heartbeat | Ta
             finished=event.finished, ready=event.ready))
     if isinstance(event, Heartbeat):
         return pb.WorkerMessage(heartbeat=pb.Heartbeat())
+    if isinstance(event, PlanReady):
+        return pb.WorkerMessage(plan_ready=pb.PlanReady(plan=event.plan))
     return pb.WorkerMessage(task_rejected=pb.TaskRejected(iteration=event.iteration, reason=event.reason))
 
 
-def master_event(msg: pb.MasterMessage) -> MasterEvent:
-    """A master's message on the Work stream, as a domain value."""
+def master_event(msg: pb.MasterMessage, k: int = 0) -> MasterEvent:
+    """A master's message on the Work stream, as a domain value (`k`: the job's partitions, to check a Plan's
+    slot code)."""
     kind = msg.WhichOneof("kind")
     if kind == "task":
         return msg.task
@@ -553,15 +579,21 @@ def master_event(msg: pb.MasterMessage) -> MasterEvent:
         return Pull(msg.pull.iteration, msg.pull.level)
     if kind == "shutdown":
         return Shutdown(msg.shutdown.reason)
+    if kind == "plan":
+        if msg.plan.plan < 1:
+            raise WireError(f"plan={msg.plan.plan}; a re-plan has an id >= 1")
+        return Plan(msg.plan.plan, slot_code_from_proto(msg.plan.slot_code, k))
     raise WireError(f"unexpected message kind {kind!r} from the master")
 
 
-def master_message(event: Cancel | Pull | Shutdown) -> pb.MasterMessage:
+def master_message(event: Cancel | Pull | Shutdown | Plan) -> pb.MasterMessage:
     """The MasterMessage of a control event (tasks are built by `task_messages`)."""
     if isinstance(event, Cancel):
         return pb.MasterMessage(cancel=pb.Cancel(iteration=event.iteration))
     if isinstance(event, Pull):
         return pb.MasterMessage(pull=pb.Pull(iteration=event.iteration, level=event.level))
+    if isinstance(event, Plan):
+        return pb.MasterMessage(plan=pb.Plan(plan=event.plan, slot_code=slot_code_to_proto(event.slot_code)))
     return pb.MasterMessage(shutdown=pb.Shutdown(reason=event.reason))
 
 

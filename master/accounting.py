@@ -9,7 +9,11 @@ Run log schema (one JSON object per iteration, `schema: "flexgc.run.v1"`):
     (push: the worker's whole task arrived, flagged task_done; such a worker gets no Cancel, so its
     cancel_sent_ms is null unless a Cancel crossed the flag, and then cancel_ack_ms is the flag's
     arrival), partitions_done, finished, load,
-    compute_ms[p], delay_ms[p], bytes_up, bytes_down, slot.
+    compute_ms[p], delay_ms[p], bytes_up, bytes_down, slot; `plan`: the id of the plan (code) the
+    iteration ran under (0: the job's code; docs/design.md §2.10).
+Event records carry `event` instead of an iteration: ``resume`` (a resumed master runs on from
+`from_iteration`) and ``plan`` (an adaptive plan switch: iteration, plan, code, reason, predicted_gain,
+current_ms, predicted_ms, speeds_s, workers); `read_run_log` applies the first and skips the others.
 All *_ms times are relative to the iteration's start on the master's monotonic clock.
 """
 
@@ -82,6 +86,7 @@ def iteration_record(code: Code, it: Iteration, outcome: Outcome, loss: float | 
         "stale_results": it.stale_results,
         "duplicates": it.duplicates,
         "verify_rel_err": verify_rel_err,
+        "plan": it.plan,
         "workers": workers,
     }
 
@@ -101,8 +106,23 @@ def apply_record(records: list[dict[str, Any]], rec: dict[str, Any]) -> None:
     if rec.get("event") == "resume":
         start = rec["from_iteration"]
         records[:] = [r for r in records if r["iteration"] < start]
-    else:
+    elif "event" not in rec:  # other events (an adaptive plan switch: `read_run_events`) are no iterations
         records.append(rec)
+
+
+def read_run_events(path: Path | str, event: str) -> list[dict[str, Any]]:
+    """The records of one event kind in a run.jsonl (e.g. ``plan``: every adaptive plan switch, in order)."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    text = path.read_text()
+    out = []
+    for line in text[: text.rfind("\n") + 1].splitlines():
+        if line.strip():
+            rec = json.loads(line)
+            if rec.get("event") == event:
+                out.append(rec)
+    return out
 
 
 def read_run_log(path: Path | str) -> list[dict[str, Any]]:
@@ -173,12 +193,17 @@ class RunLog:
             if not (force or it.settled or (newest is not None and number <= newest - 2)):
                 break  # records stay in iteration order: later ones wait for this one
             del self._pending[number]
-            rec = iteration_record(code, it, outcome, loss, verify)
+            rec = iteration_record(it.code, it, outcome, loss, verify)  # the plan it ran under
             self.records.append(slim(rec))
             out.append(rec)
             if self.path is not None:
                 self._append(rec)
         return out
+
+    def event(self, rec: dict[str, Any]) -> None:
+        """Append an event record at once (an adaptive plan switch); iteration readers skip it."""
+        if self.path is not None:
+            self._append({"schema": SCHEMA, **rec, "time_unix": round(time.time(), 3)})
 
     def close(self) -> None:
         """Close run.jsonl."""

@@ -91,6 +91,18 @@ class WorkerTiming:
 
 
 @dataclass
+class PendingPlan:
+    """A plan announced to the workers and not yet in use: its id, code, why, and who holds it already."""
+
+    plan: int
+    code: Code
+    reason: str
+    detail: dict[str, object]
+    ready: set[int] = field(default_factory=set)
+    announced: float = field(default_factory=time.monotonic)
+
+
+@dataclass
 class Outcome:
     """How an iteration ended: its phase and, unless FAILED, the decoded vector and how it was decoded."""
 
@@ -105,8 +117,11 @@ class Outcome:
 class Iteration:
     """One iteration's task, arrivals, timings and outcome."""
 
-    def __init__(self, number: int, code: Code, task: list[wire.Preserialized], started: float) -> None:
+    def __init__(self, number: int, code: Code, task: list[wire.Preserialized], started: float,
+                 plan: int = 0) -> None:
         self.number = number
+        self.code = code                  # the plan this iteration runs under (never changes within it)
+        self.plan = plan
         self.phase = IterationPhase.SCHEDULED
         self.task = task
         self.task_bytes = sum(len(m.message.params.data) if m.message.HasField("params") else
@@ -173,6 +188,9 @@ class Coordinator:
         self.stale_results = 0
         self._decode_inline = decode_inline_elements
         self.answers_changed = asyncio.Event()
+        self.plan = 0                                 # id of the plan (code) in use (docs/design.md §2.10)
+        self.pending: PendingPlan | None = None       # a plan announced to the workers, not yet in use
+        self._granted: dict[int, int] = {}            # slot -> plan of the slot code its last JoinReply held
 
     # -- membership (members decides who holds a slot; this adds the code and the iterations) ----------
     def join(self, ask: wire.JoinAsk, peer: str = "") -> wire.JoinGrant:
@@ -181,14 +199,64 @@ class Coordinator:
         if ask.version and ask.version != __version__:
             _log.warning("version mismatch slot=%d worker_id=%s worker_version=%s master_version=%s", slot,
                          ask.worker_id, ask.version, __version__)
-        return wire.JoinGrant(slot, self.members.session_id, self.slot_code(slot))
+        self._granted[slot] = self.plan
+        return wire.JoinGrant(slot, self.members.session_id, self.slot_code(slot), self.plan)
 
-    def slot_code(self, slot: int) -> wire.SlotCode:
-        """What slot `slot` needs of the code: its partitions in order and its coefficient row per level."""
-        c = self.code
+    def slot_code(self, slot: int, code: Code | None = None) -> wire.SlotCode:
+        """What slot `slot` needs of the code (default: the one in use): its partitions in order and its
+        coefficient row per level."""
+        c = code or self.code
         parts = c.order[slot]
         coeffs = np.stack([c.B[level, slot, list(parts)] for level in range(c.n_levels)])
         return wire.SlotCode(parts, tuple(int(x) for x in c.prefix[:, slot]), c.levels, coeffs, c.signaling)
+
+    # -- adaptive plans (docs/design.md §2.10) -----------------------------------------------------
+    def stream_opened(self, conn: Connection) -> None:
+        """A Work stream started: make sure its worker holds the plan in use and the one announced."""
+        if self._granted.get(conn.slot, 0) != self.plan and self.plan > 0:
+            conn.outbox.put_nowait(wire.master_message(wire.Plan(self.plan, self.slot_code(conn.slot))))
+        if self.pending is not None:
+            self.pending.ready.discard(conn.slot)
+            self._announce_to(conn, self.pending)
+
+    def announce(self, code: Code, reason: str, detail: dict[str, object] | None = None) -> PendingPlan:
+        """Send every connected worker its part of `code` ahead of its use; the switch waits for their
+        PlanReady (`switch_ready`). A newer announcement replaces one not yet in use."""
+        if code.n != self.code.n or code.k != self.code.k:
+            raise ValueError(f"a plan keeps n={self.code.n} and k={self.code.k}; got n={code.n}, k={code.k}")
+        number = max(self.plan, self.pending.plan if self.pending else 0) + 1
+        self.pending = PendingPlan(number, code, reason, detail or {})
+        for conn in list(self.members.connections.values()):
+            self._announce_to(conn, self.pending)
+        return self.pending
+
+    def _announce_to(self, conn: Connection, pending: PendingPlan) -> None:
+        conn.outbox.put_nowait(wire.master_message(wire.Plan(pending.plan, self.slot_code(conn.slot, pending.code))))
+
+    def on_plan_ready(self, conn: Connection, plan: int) -> None:
+        """A worker holds the data and rows of an announced plan."""
+        if self.pending is not None and plan == self.pending.plan:
+            self.pending.ready.add(conn.slot)
+
+    def switch_ready(self, force: bool = False) -> PendingPlan | None:
+        """At an iteration boundary: put the announced plan in use once every connected worker holds it (or
+        `force`); returns it, or None when nothing switched. A worker that is not ready by then loads the
+        partitions it lacks when the task names the new plan (it was sent the Plan first)."""
+        it, p = self.current, self.pending
+        if p is None or (it is not None and not (it.phase.terminal and it.done.done())):
+            return None
+        if not force and not set(self.members.connections) <= p.ready:
+            return None
+        self.use_plan(p.plan, p.code)
+        return p
+
+    def use_plan(self, plan: int, code: Code) -> None:
+        """Make `code` (plan id `plan`) the code of the next iteration (also on resume from a checkpoint)."""
+        if code.n != self.code.n or code.k != self.code.k:
+            raise ValueError(f"a plan keeps n={self.code.n} and k={self.code.k}; got n={code.n}, k={code.k}")
+        if code.n_messages != self.code.n_messages:
+            self.buffer = ReceiveBuffer(code.n_messages, self.vector_len, self.dtype)
+        self.code, self.decoder, self.plan, self.pending = code, Decoder(code), plan, None
 
     def _lost(self, conn: Connection) -> None:
         """A live connection ended (closed or replaced): what it owed is written off."""
@@ -234,8 +302,9 @@ class Coordinator:
             # done: the decode (possibly in the executor) has read the buffer this iteration will reuse
             raise InvalidTransitionError(f"iteration {self.current.number} still collecting or decoding")
         task = [wire.Preserialized(m) for m in wire.task_messages(
-            number, params.astype(self.dtype, copy=False), self.chunk_bytes, self.code.n_levels, inline=True)]
-        it = Iteration(number, self.code, task, time.perf_counter())
+            number, params.astype(self.dtype, copy=False), self.chunk_bytes, self.code.n_levels, inline=True,
+            plan=self.plan)]
+        it = Iteration(number, self.code, task, time.perf_counter(), self.plan)
         self.current = it
         self.buffer.reset()
         it.advance(IterationPhase.COLLECTING)
@@ -273,6 +342,8 @@ class Coordinator:
             self.on_cancel_ack(conn, event)
         elif isinstance(event, wire.Heartbeat):
             pass  # last_seen, above, is all a heartbeat says
+        elif isinstance(event, wire.PlanReady):
+            self.on_plan_ready(conn, event.plan)
         else:
             _log.warning("task rejected slot=%d iteration=%d reason=%r", conn.slot, event.iteration, event.reason)
             self.metrics.reject("task_rejected_by_worker")
@@ -314,8 +385,10 @@ class Coordinator:
 
     def on_result(self, conn: Connection, chunk: pb.ResultChunk) -> None:
         """One chunk of a coded result: written into its row; a completed row may make the iteration decode."""
-        header = wire.result_header(chunk, self.wire_dtype, self.vector_len, self.code.n_levels,
-                                    self.code.max_partitions(conn.slot))
+        of = self._recent(chunk.iteration)
+        code = of.code if of is not None else self.code  # a late result is checked against its own plan
+        header = wire.result_header(chunk, self.wire_dtype, self.vector_len, code.n_levels,
+                                    code.max_partitions(conn.slot))
         if header.slot != conn.slot:
             raise UnknownSlotError(f"result for slot={header.slot} on the stream of slot={conn.slot}")
         if header.task_done and self.code.signaling != "push":
@@ -369,7 +442,7 @@ class Coordinator:
         if it is not None:
             timing = it.timing[conn.slot]
             timing.task_done_ms = it.now_ms()
-            timing.partitions_done = self.code.max_partitions(conn.slot)
+            timing.partitions_done = it.code.max_partitions(conn.slot)
             timing.finished = True
             if header.times is not None:
                 timing.compute_ms, timing.delay_ms = header.times.compute_ms, header.times.delay_ms
@@ -433,7 +506,7 @@ class Coordinator:
         if it is None:
             self.metrics.discard("stale")
             return
-        if ack.partitions_done < 0 or ack.partitions_done > self.code.max_partitions(conn.slot):
+        if ack.partitions_done < 0 or ack.partitions_done > it.code.max_partitions(conn.slot):
             raise WireError(f"slot={conn.slot}: partitions_done={ack.partitions_done} out of range")
         timing = it.timing[conn.slot]
         timing.cancel_ack_ms = it.now_ms()

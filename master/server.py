@@ -22,10 +22,10 @@ from threadpoolctl import threadpool_limits
 
 from flexgc import __version__
 from flexgc.common import transport, wire
-from flexgc.common.codes import parse_code
 from flexgc.common.config import MasterConfig
 from flexgc.common.errors import ConfigError, StorageError
 from flexgc.master.accounting import RunLog, summarize
+from flexgc.master.adapt import Adapter, AdaptPolicy, job_code
 from flexgc.master.coordinator import Coordinator
 from flexgc.master.data import JobData
 from flexgc.master.metrics import Metrics
@@ -45,7 +45,8 @@ async def serve(cfg: MasterConfig, on_port: Callable[[int], None] | None = None,
     a port in use) and StorageError when the run directory cannot be written any more: then the job
     ends at once, workers are told to stop, and every file written before stays intact.
     """
-    code = parse_code(cfg.code, cfg.workers)
+    policy = AdaptPolicy.of(cfg)
+    code = job_code(cfg.code, cfg.workers, policy)
     job_data = JobData.from_config(cfg, code)
     data = job_data.spec
     stop = stop or asyncio.Event()
@@ -61,7 +62,8 @@ async def serve(cfg: MasterConfig, on_port: Callable[[int], None] | None = None,
                               deadline_s=cfg.deadline_s, on_deadline=cfg.on_deadline,
                               max_workers=cfg.max_workers, metrics=metrics,
                               liveness_s=3 * cfg.heartbeat_s)  # three missed heartbeats: silent
-    trainer = Trainer(cfg, code, job_data, coordinator, metrics, RunLog(None), on_record)
+    adapter = Adapter(policy, coordinator) if policy.on else None
+    trainer = Trainer(cfg, code, job_data, coordinator, metrics, RunLog(None), on_record, adapter)
     job = wire.JobInfo(n=code.n, k=code.k, code_spec=code.spec, data=data, dtype=cfg.dtype,
                        chunk_bytes=cfg.chunk_bytes, heartbeat_interval_s=cfg.heartbeat_s, delay_spec=cfg.delay,
                        delay_seed=cfg.delay_seed)
@@ -126,6 +128,9 @@ async def serve(cfg: MasterConfig, on_port: Callable[[int], None] | None = None,
             "interrupted_by": signals[0].name if signals else None,
             "stopped_at_target_loss": trainer.stopped_early, "rejected": dict(metrics.rejected_by_kind),
             "decoder_cache": coordinator.decoder.cache_info(), "dtype": cfg.dtype, "d": data.d,
+            "adapt": None if adapter is None else {"mode": policy.mode, "plan": coordinator.plan,
+                                                   "code": coordinator.code.spec, "switches": adapter.switches,
+                                                   "checks": adapter.checks},
             "model": data.model, "samples": data.samples, "delay": cfg.delay, "delay_seed": cfg.delay_seed,
             "next_iteration": trainer.state.iteration, "versions": _versions(), "machine": _machine()})
         if out is not None and failure is None:

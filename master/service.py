@@ -86,6 +86,7 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
             conn = c.members.open_stream(hello)
         except _ERRORS as exc:
             await self._abort(context, exc)
+        c.stream_opened(conn)
         del first  # nothing of the request stays referenced by this frame
         reader = asyncio.create_task(self._read(request_iterator, conn))
         failure: list[tuple[grpc.StatusCode, str, str]] = []  # code, details, kind: never the exception
@@ -121,7 +122,6 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
 
     async def _read(self, request_iterator: AsyncIterator[pb.WorkerMessage], conn: Connection) -> None:
         c = self._coordinator
-        max_partitions = c.code.max_partitions(conn.slot)
         async for msg in request_iterator:
             if conn.state is SlotState.GONE:
                 # replaced by a newer connection of the same slot (or closed): whatever was still buffered
@@ -129,7 +129,9 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
                 c.metrics.discard("closed_connection")
                 continue
             try:
-                c.on_message(conn, wire.worker_event(msg, conn.slot, max_partitions))
+                # bound of the time lists: the slot's partitions under the plan in use (an adaptive re-plan
+                # may change it between iterations; a late answer of the previous plan is within k)
+                c.on_message(conn, wire.worker_event(msg, conn.slot, c.code.k))
             except _ERRORS as exc:
                 _log.warning("rejected slot=%d kind=%s error=%s", conn.slot, msg.WhichOneof("kind"), exc)
                 raise

@@ -28,6 +28,7 @@ from flexgc.common.config import MasterConfig
 from flexgc.common.models import build_model, full_gradient
 from flexgc.common.optim import make_optimizer
 from flexgc.master.accounting import RunLog
+from flexgc.master.adapt import Adapter
 from flexgc.master.coordinator import Coordinator, Outcome
 from flexgc.master.data import JobData
 from flexgc.master.metrics import Metrics
@@ -79,12 +80,14 @@ class Trainer:
     """Runs one job's iterations on a coordinator, from a checkpoint if there is one."""
 
     def __init__(self, cfg: MasterConfig, code: Code, data: JobData, coordinator: Coordinator,
-                 metrics: Metrics, runlog: RunLog, on_record: Callable[[dict[str, Any]], None] | None = None) -> None:
+                 metrics: Metrics, runlog: RunLog, on_record: Callable[[dict[str, Any]], None] | None = None,
+                 adapter: Adapter | None = None) -> None:
         self.cfg, self.code, self.job_data, self.data = cfg, code, data, data.spec
         self.coordinator = coordinator
         self.metrics = metrics
         self.runlog = runlog
         self.on_record = on_record
+        self.adapter = adapter
         self._verify_data: list[tuple[np.ndarray, np.ndarray]] | None = None
         self.out = Path(cfg.out) if cfg.out else None
         self.optimizer = make_optimizer(cfg.optimizer, cfg.lr, cfg.momentum)
@@ -116,11 +119,15 @@ class Trainer:
                 return
             state.optimizer = self.optimizer.spec
             self.state = state
+            if self.adapter is not None and "adapt" in state.extra:
+                self.adapter.restore(state.extra["adapt"])
             _log.info("resumed path=%s iteration=%d", path, state.iteration)
 
     def checkpoint(self) -> None:
         """Write the training state to OUT/checkpoint.npz atomically (nothing without --out)."""
         if self.out is not None:
+            if self.adapter is not None:
+                self.state.extra["adapt"] = self.adapter.state()  # the plan in use: a resume runs the same code
             self.out.mkdir(parents=True, exist_ok=True)
             self.state.save(self.out / "checkpoint.npz")
 
@@ -152,6 +159,9 @@ class Trainer:
         for t in range(self.state.iteration, cfg.iterations):
             if stop.is_set():
                 break
+            if self.adapter is not None:
+                for event in await self.adapter.boundary(t):  # a plan switch happens here, between iterations
+                    self.runlog.event(event)
             it = c.start_iteration(t, self.state.params)
             # the previous iterations' records, after this iteration's tasks: call_soon runs in order, so
             # the Work streams that start_iteration woke hand their tasks to gRPC first
@@ -208,7 +218,8 @@ class Trainer:
             return
         self._progress_at = now
         dec = outcome.decoding
-        stragglers = self.code.n - len({self.code.message_of(m)[1] for m in dec.messages}) if dec else self.code.n
+        code = self.coordinator.code
+        stragglers = code.n - len({code.message_of(m)[1] for m in dec.messages}) if dec else code.n
         _log.info("progress iteration=%d/%d loss=%s latency_ms=%.1f level=%s stragglers=%d exact=%d approximate=%d "
                   "failed=%d", t + 1, self.cfg.iterations, "-" if loss is None else f"{loss:.6g}",
                   outcome.latency_ms, "-" if dec is None else dec.level, stragglers, self.outcomes["EXACT"],
@@ -228,8 +239,10 @@ class Trainer:
                         self.metrics.result_latency.labels(slot=str(w["slot"]), level=str(level)).observe(
                             (ms - w["task_sent_ms"]) / 1e3)
                 if w["partitions_done"] is not None and w["task_sent_ms"] is not None:
-                    left = self.code.max_partitions(w["slot"]) - w["partitions_done"]
+                    left = self.coordinator.code.max_partitions(w["slot"]) - w["partitions_done"]
                     self.metrics.cancelled_partitions.inc(max(0, left))
+            if self.adapter is not None:
+                self.adapter.observe(rec)
             self.metrics.bytes.labels(direction="up").inc(rec["bytes_up"])
             self.metrics.bytes.labels(direction="down").inc(rec["bytes_down"])
             if self.on_record is not None:

@@ -108,6 +108,9 @@ class Session:
         self._rejected_iteration: int | None = None
         self._arriving = -1               # iteration of the task message being handled (for a rejection)
         self._cancelled_through = -1      # results of iterations up to this one are not sent any more
+        self.plan = grant.plan            # the plan (code) `compute` uses now (docs/design.md §2.10)
+        self.plans: dict[int, wire.SlotCode] = {grant.plan: grant.slot_code}
+        self._preparing: dict[int, asyncio.Task[None]] = {}
 
     def advance(self, to: WorkerState) -> None:
         """Move to `to`, or raise InvalidTransitionError if the table does not allow it."""
@@ -129,7 +132,7 @@ class Session:
                 if msg is grpc.aio.EOF:
                     return SessionEnd.DISCONNECTED
                 try:
-                    event = wire.master_event(msg)
+                    event = wire.master_event(msg, self.job.k)
                     if isinstance(event, wire.Shutdown):
                         _log.info("shutdown slot=%d reason=%s", self.slot, event.reason)
                         return SessionEnd.SHUTDOWN
@@ -174,6 +177,8 @@ class Session:
             if self.state is not WorkerState.IDLE:
                 raise WireError(f"task {event.iteration} while {self.state.name} on iteration "
                                 f"{self.task.iteration if self.task else '?'}")
+            if event.plan != self.plan:
+                await self._switch(event.plan)
             self._header = wire.task_header(event, self.compute.vector_len - 1,
                                             len(self.compute.slot_code.level_prefix))
             self._params = np.empty(self._header.total_elements, dtype=wire.numpy_dtype(self._header.dtype))
@@ -196,6 +201,36 @@ class Session:
             await self._cancel(event.iteration)
         elif isinstance(event, wire.Pull):
             self._pull(event.iteration, event.level)
+        elif isinstance(event, wire.Plan) and event.plan not in self.plans and event.plan not in self._preparing:
+            self._preparing[event.plan] = asyncio.create_task(self._prepare(event))
+
+    async def _prepare(self, plan: wire.Plan) -> None:
+        """Load the partitions a re-plan needs that this worker lacks, off the critical path (the current task
+        goes on computing meanwhile), then tell the master it is ready for that plan."""
+        missing = [j for j in plan.slot_code.partitions if j not in self.compute.data]
+        t0 = time.perf_counter()
+        self.compute.data.update(await load_partitions(self.stub, self.slot, self.grant.session_id, self.job,
+                                                       self.cfg, missing))
+        self.plans[plan.plan] = plan.slot_code
+        _log.info("plan ready slot=%d plan=%d partitions=%d loaded=%d seconds=%.3f", self.slot, plan.plan,
+                  len(plan.slot_code.partitions), len(missing), time.perf_counter() - t0)
+        self.outbox.put_nowait(_Outgoing(wire.worker_message(wire.PlanReady(plan.plan))))
+
+    async def _switch(self, plan: int) -> None:
+        """Compute under `plan` from this task on: its data is loaded (waiting for a load still running)."""
+        preparing = self._preparing.pop(plan, None)
+        if preparing is not None:
+            try:
+                await preparing
+            except (grpc.aio.AioRpcError, OSError, ValueError) as exc:
+                raise WireError(f"task under plan {plan}: loading its partitions failed: {exc}") from None
+        if plan not in self.plans:
+            raise WireError(f"task under plan {plan}, which this worker was never sent (it holds "
+                            f"{sorted(self.plans)})")
+        self.compute.use(self.plans[plan])
+        self.plan = plan
+        for old in [p for p in self.plans if p < plan]:
+            del self.plans[old]  # plans only move forward
 
     def _start(self) -> None:
         assert self._header is not None and self._params is not None
@@ -323,17 +358,19 @@ class Session:
             self._send(wire.Heartbeat())
 
 
-async def _load_data(stub: pb_grpc.CoordinatorStub, grant: wire.JoinGrant, job: wire.JobInfo, cfg: WorkerConfig
-                     ) -> dict[int, tuple[np.ndarray, np.ndarray]]:
-    """The slot's partitions: generated here (synthetic data) or fetched from the master."""
-    partitions = grant.slot_code.partitions
+async def load_partitions(stub: pb_grpc.CoordinatorStub, slot: int, session_id: str, job: wire.JobInfo,
+                          cfg: WorkerConfig, partitions: list[int] | tuple[int, ...]
+                          ) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    """These partitions' rows: generated here (synthetic data) or fetched from the master."""
+    if not partitions:
+        return {}
     if job.data.source == "synthetic":
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(None, lambda: {j: synthetic_partition(job.data, j) for j in partitions})
     data = {}
     for j in partitions:
         receiver = wire.PartitionReceiver(j)
-        ask = wire.PartitionAsk(grant.slot, j, grant.session_id)
+        ask = wire.PartitionAsk(slot, j, session_id)
         metadata = wire.token_metadata(cfg.token)
         async for chunk in stub.FetchPartition(wire.partition_request(ask), metadata=metadata):
             receiver.accept(chunk)
@@ -435,6 +472,13 @@ async def run_worker(cfg: WorkerConfig, stop: asyncio.Event | None = None,
                     backoff = min(cfg.reconnect_max_s, backoff * 2) * (0.8 + 0.4 * random.random())
                     continue
                 slot = grant.slot
+                if compute is not None and compute.spec == job.data and not _same_code(compute.slot_code,
+                                                                                        grant.slot_code):
+                    # the same job under another plan (an adaptive re-plan while this worker was away): load only
+                    # what it lacks
+                    missing = [j for j in grant.slot_code.partitions if j not in compute.data]
+                    compute.data.update(await load_partitions(stub, grant.slot, grant.session_id, job, cfg, missing))
+                    compute.use(grant.slot_code)
                 if compute is None or not _same_code(compute.slot_code, grant.slot_code) or compute.spec != job.data:
                     try:
                         check_model_allowed(job.data.model, cfg.model_modules)
@@ -442,7 +486,8 @@ async def run_worker(cfg: WorkerConfig, stop: asyncio.Event | None = None,
                     except ConfigError as exc:  # a model this worker may not or cannot run: retrying cannot help
                         _log.error("job refused master=%s error=%s", cfg.master, exc)
                         return 2
-                    data = await _load_data(stub, grant, job, cfg)
+                    data = await load_partitions(stub, grant.slot, grant.session_id, job, cfg,
+                                                 grant.slot_code.partitions)
                     compute = PartitionCompute(grant.slot_code, job.data, data,
                                                wire.numpy_dtype(wire.wire_dtype(job.dtype)), cfg.rows_per_chunk, model)
                     warm_s = await loop.run_in_executor(executor, compute.warm_up)  # compile before the first task

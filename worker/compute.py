@@ -59,6 +59,17 @@ class PartitionCompute:
         self.rows_per_chunk = rows_per_chunk
         self.partials = np.zeros((len(slot_code.partitions), self.vector_len))
 
+    def use(self, slot_code: wire.SlotCode) -> None:
+        """Compute under another plan's rows from the next task on (an adaptive re-plan, docs/design.md §2.10).
+        Its partitions must be loaded into `data` first. A run still returning keeps the rows and the partial
+        buffer it started with (`run` reads both once), so this is safe between tasks."""
+        missing = [j for j in slot_code.partitions if j not in self.data]
+        if missing:
+            raise ValueError(f"plan needs partitions {missing[:5]} that are not loaded")
+        self.slot_code = slot_code
+        if len(slot_code.partitions) != len(self.partials):
+            self.partials = np.zeros((len(slot_code.partitions), self.vector_len))
+
     def rows(self, j: int, iteration: int) -> tuple[np.ndarray, np.ndarray]:
         """Partition j's rows X (m, features), y (m,) in iteration t: all of them, or its mini-batch."""
         X, y = self.data[j]
@@ -78,7 +89,7 @@ class PartitionCompute:
 
     def run(self, task: TaskRun, emit: Callable[[int, np.ndarray], None]) -> None:
         """Compute until done or cancelled; `emit(level, vector)` is called from this thread."""
-        sc = self.slot_code
+        sc, partials = self.slot_code, self.partials  # read once: `use` may swap them for the next task
         last_prefix = sc.level_prefix[task.max_levels - 1]
         for m, j in enumerate(sc.partitions[:last_prefix], start=1):
             delay = float(task.durations_s[m - 1])
@@ -88,7 +99,7 @@ class PartitionCompute:
             waited_ms = (time.perf_counter() - t0) * 1e3
             X, y = self.rows(j, task.iteration)
             t1 = time.perf_counter()
-            ok = partial_gradient(self.model, task.params, X, y, self.partials[m - 1], self.rows_per_chunk,
+            ok = partial_gradient(self.model, task.params, X, y, partials[m - 1], self.rows_per_chunk,
                                   task.cancel.is_set)
             if not ok:
                 return
@@ -98,6 +109,6 @@ class PartitionCompute:
             for level in sc.levels_completed_by(m):
                 if level >= task.max_levels or task.cancel.is_set():
                     continue
-                coded = sc.coefficients[level, :m] @ self.partials[:m]
+                coded = sc.coefficients[level, :m] @ partials[:m]
                 emit(level, coded.astype(self.wire_dtype, copy=False))
         task.finished = True

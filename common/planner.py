@@ -1,0 +1,156 @@
+"""Adaptive placement: a pure planner from measured worker speeds to a code (docs/design.md §2.10).
+
+The planner never talks to a worker or a clock. Its inputs are what the master measured (per slot, the
+seconds one unit of data took in each of the last W iterations: `SpeedTracker` in master/speeds.py) and
+the code in use; its output is a `PlanChoice`: the best candidate code and the latency each code would
+have needed on exactly those W measured iterations (decode instants from `analysis.decode_times`, as
+for every other prediction of flexgc). The coordinator applies a chosen plan at an iteration boundary.
+
+Candidates are `weighted` codes (`codes.weighted_code`): slot i's own block holds partitions in
+proportion to its speed, so with no straggler every slot finishes its block at the same time (the
+speed-proportional bound); each block is also held by s_max other slots (the ring), so any s_max
+unresponsive slots still decode exactly, with rows that are indicators of disjoint blocks (cond 1). The
+ring decides who backs up whom; the candidates are the rings by speed (fastest first and slowest
+first) and the slot order (`RING_RULES`), and the out-of-sample prediction picks among them.
+
+A measured matrix is per-unit seconds (``times[w, i]``: slot i's time for the whole dataset in the w-th
+measured iteration, its time for a fraction x being x times that: model A). ``inf`` marks an iteration in
+which the slot never answered; a slot with no finite measurement at all is treated as
+`SLOW_FACTOR` times the slowest measured one, so it gets the smallest block.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from flexgc.common.analysis import decode_times
+from flexgc.common.codes import Code, weighted_code
+from flexgc.common.errors import ConfigError
+
+MIN_GAIN = 0.05
+"""A plan replaces the code in use only if it is predicted to save at least this fraction (hysteresis)."""
+SLOW_FACTOR = 100.0
+
+
+@dataclass(frozen=True)
+class PlanChoice:
+    """What the planner found: the best candidate, the predicted mean latency of it and of the code in use
+    on the measured iterations (seconds), and whether the gain clears the threshold."""
+
+    code: Code
+    current_s: float
+    predicted_s: float
+    gain: float
+    switch: bool
+    speeds: tuple[float, ...]          # the per-unit seconds per slot the plan was sized for
+
+    def as_dict(self) -> dict[str, object]:
+        """The run log's view of the choice (the code by its spec, which round-trips through parse_code)."""
+        return {"code": self.code.spec, "current_ms": _ms(self.current_s), "predicted_ms": _ms(self.predicted_s),
+                "predicted_gain": round(self.gain, 4), "speeds_s": [round(s, 6) for s in self.speeds]}
+
+
+def _ms(seconds: float) -> float | None:
+    return round(seconds * 1e3, 3) if math.isfinite(seconds) else None
+
+
+def chronic_speeds(times: np.ndarray) -> np.ndarray:
+    """Per slot, the median of its finite measurements (per-unit seconds): the chronic speed, robust to one-off
+    stalls. A slot never measured gets SLOW_FACTOR times the slowest measured slot."""
+    times = np.asarray(times, dtype=np.float64)
+    if times.ndim != 2 or times.shape[0] < 1:
+        raise ConfigError(f"planner: measured times of shape {times.shape}; need (iterations >= 1, n)")
+    finite = np.where(np.isfinite(times) & (times > 0), times, np.nan)
+    known = ~np.all(np.isnan(finite), axis=0)
+    out = np.full(times.shape[1], np.nan)
+    if known.any():
+        out[known] = np.nanmedian(finite[:, known], axis=0)
+        out[~known] = SLOW_FACTOR * float(np.max(out[known]))
+    else:
+        out[:] = 1.0
+    return out
+
+
+def speed_blocks(k: int, speeds: np.ndarray) -> tuple[int, ...]:
+    """Integer block sizes (>= 1 each, summing to k) that minimize the slowest slot's time max_i c_i * t_i,
+    where t_i is slot i's per-unit time (greedy: each next partition goes where it ends soonest, optimal
+    for this min-max)."""
+    t = np.asarray(speeds, dtype=np.float64)
+    n = len(t)
+    if k < n:
+        raise ConfigError(f"planner: k={k} partitions for n={n} slots; need k >= n (split=M gives k = M*n)")
+    blocks = [1] * n
+    heap = [(2 * float(t[i]), i) for i in range(n)]
+    heapq.heapify(heap)
+    for _ in range(k - n):
+        _, i = heapq.heappop(heap)
+        blocks[i] += 1
+        heapq.heappush(heap, ((blocks[i] + 1) * float(t[i]), i))
+    return tuple(blocks)
+
+
+RING_RULES = ("fast-first", "slow-first", "slots")
+"""Who backs up whom: the ring ordered by speed (fastest first or slowest first) or by slot."""
+
+
+def candidate(rule: str, k: int, smax: int, speeds: np.ndarray) -> Code:
+    """The weighted code sized for `speeds` (per-unit seconds per slot) with the ring of `rule`."""
+    n = len(speeds)
+    blocks = speed_blocks(k, speeds)
+    fast_first = tuple(int(i) for i in np.argsort(speeds, kind="stable"))
+    ring = {"fast-first": fast_first, "slow-first": fast_first[::-1], "slots": tuple(range(n))}[rule]
+    return weighted_code(blocks, ring, smax)
+
+
+def durations_for(code: Code, times: np.ndarray) -> np.ndarray:
+    """``(W, n, P)`` per-partition seconds of `code` on the measured iterations: slot i's partition takes
+    times[w, i] / k (model A), inf where it never answered."""
+    times = np.asarray(times, dtype=np.float64)
+    P = max(len(o) for o in code.order)
+    per_part = np.where(np.isfinite(times), times, np.inf) / code.k
+    return np.repeat(per_part[:, :, None], P, axis=2)
+
+
+def predicted_latency(code: Code, times: np.ndarray) -> float:
+    """Mean decode instant of `code` over the measured iterations (seconds; inf if one never decodes)."""
+    latency = decode_times(code, durations_for(code, times)).latency
+    return float(np.mean(latency)) if latency.size else math.inf
+
+
+def plan(current: Code, times: np.ndarray, *, smax: int | None = None, min_gain: float = MIN_GAIN) -> PlanChoice:
+    """The best weighted code for the measured per-unit times (``(W, n)`` seconds, W >= 2), against `current`.
+
+    The plan keeps the job's k partitions (so no data is re-cut) and its tolerance s_max (default: the
+    current code's). Its predicted latency is out of sample: the blocks are sized on the odd measured
+    iterations and evaluated on the even ones, and the other way round, so blocks fitted to noise (a
+    homogeneous cluster measured for a while always looks a little heterogeneous) predict no gain.
+    `switch` is True only when that prediction saves at least `min_gain` against the code in use.
+    """
+    times = np.asarray(times, dtype=np.float64)
+    n, k = current.n, current.k
+    if times.ndim != 2 or times.shape[1] != n or times.shape[0] < 2:
+        raise ConfigError(f"planner: measured times of shape {times.shape}; need (iterations >= 2, n={n})")
+    smax = current.s_max if smax is None else smax
+    folds = (np.arange(0, len(times), 2), np.arange(1, len(times), 2))
+    scores = {}
+    for rule in RING_RULES:
+        total = 0.0
+        for fit, test in (folds, folds[::-1]):
+            code = candidate(rule, k, smax, chronic_speeds(times[fit]))
+            total += predicted_latency(code, times[test]) * len(test)
+        scores[rule] = total / len(times)
+    rule = min(RING_RULES, key=lambda r: scores[r])
+    speeds = chronic_speeds(times)
+    best = candidate(rule, k, smax, speeds)
+    best_s = scores[rule]
+    current_s = predicted_latency(current, times)
+    if math.isfinite(current_s) and current_s > 0:
+        gain = 1.0 - best_s / current_s
+    else:
+        gain = 1.0 if math.isfinite(best_s) else 0.0
+    return PlanChoice(best, current_s, best_s, gain, gain >= min_gain and best.spec != current.spec,
+                      tuple(float(s) for s in speeds))

@@ -1,0 +1,161 @@
+"""Adaptive placement on the master: observe speeds, ask the pure planner, switch at a boundary (docs/design.md
+§2.10).
+
+The trainer calls `Adapter.observe` with every settled iteration's run-log record and `Adapter.boundary`
+before starting the next one. `boundary` does at most one of two things:
+
+* a plan was announced: switch to it once every connected worker has answered PlanReady (its partitions
+  are loaded), or after `FORCE_AFTER` boundaries (a worker that is not ready then loads on the task);
+* otherwise, when a check is due (every `replan_every` iterations, or at once when some worker's chronic
+  speed moved by more than `change_factor` since the last check), run the planner
+  (common/planner.py, in a thread: it is pure and ~10 ms) on the measured per-unit times and announce its
+  plan when it is predicted to save at least `min_gain`.
+
+So a switch costs no iteration: the plan is announced while an iteration runs, the data moves off the
+critical path, and the next iteration is the first to use it, whole.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from flexgc.common.codes import Code, parse_code
+from flexgc.common.config import ADAPT_MODES, MasterConfig
+from flexgc.common.errors import ConfigError
+from flexgc.common.planner import MIN_GAIN, plan
+from flexgc.master.coordinator import Coordinator
+from flexgc.master.speeds import SpeedTracker, per_unit_times
+
+_log = logging.getLogger(__name__)
+
+FORCE_AFTER = 3          # boundaries to wait for PlanReady before switching anyway
+MIN_SAMPLES = 5          # iterations observed before the first check
+
+
+@dataclass(frozen=True, slots=True)
+class AdaptPolicy:
+    """When and how the master re-plans (`--adapt`, `--replan-every`, `--adapt-split`)."""
+
+    mode: str = "off"
+    replan_every: int = 10
+    split: int = 4
+    min_gain: float = MIN_GAIN
+    change_factor: float = 1.5
+    window: int = 30
+
+    def __post_init__(self) -> None:
+        if self.mode not in ADAPT_MODES:
+            raise ConfigError(f"adapt={self.mode!r}; allowed: {', '.join(ADAPT_MODES)}")
+        if self.replan_every < 1 or self.split < 1 or self.window < 2 or self.change_factor <= 1:
+            raise ConfigError(f"adapt: replan_every={self.replan_every} (>= 1), split={self.split} (>= 1), "
+                              f"window={self.window} (>= 2), change_factor={self.change_factor} (> 1)")
+
+    @classmethod
+    def of(cls, cfg: MasterConfig) -> AdaptPolicy:
+        """The policy a master's configuration asks for."""
+        return cls(cfg.adapt, cfg.replan_every, cfg.adapt_split)
+
+    @property
+    def on(self) -> bool:
+        """Whether the master adapts at all."""
+        return self.mode != "off"
+
+
+def job_code(spec: str, n: int, policy: AdaptPolicy) -> Code:
+    """The job's first code: `spec`, on `policy.split` times finer partitions when adapting (so that a
+    later plan can move load in steps of 1/k; a spec that sets split= itself keeps it)."""
+    code = parse_code(spec, n)
+    if policy.on and policy.split > 1 and code.k == n and "split=" not in spec:
+        code = parse_code(code.spec + ("," if ":" in code.spec else ":") + f"split={policy.split}", n)
+    return code
+
+
+class Adapter:
+    """Speed estimates, re-plan checks and plan switches of one job."""
+
+    def __init__(self, policy: AdaptPolicy, coordinator: Coordinator) -> None:
+        self.policy = policy
+        self.coordinator = coordinator
+        self.smax = coordinator.code.s_max
+        self.tracker = SpeedTracker(coordinator.code.n, window=policy.window)
+        self._last_check = -1
+        self._checked_speeds: np.ndarray | None = None
+        self._announced_at: int | None = None
+        self.switches = 0
+        self.checks = 0
+
+    def observe(self, record: dict[str, Any]) -> None:
+        """Feed one settled iteration's run-log record (its per-slot timings) to the speed estimates."""
+        members = self.coordinator.members.connections
+        self.tracker.observe(per_unit_times(self.coordinator.code.k, record["workers"]),
+                             {slot: conn.worker_id for slot, conn in members.items()})
+
+    def _due(self, t: int) -> str | None:
+        if self.tracker.observed < MIN_SAMPLES:
+            return None
+        if self._last_check < 0:
+            return "first check"
+        if t - self._last_check >= self.policy.replan_every:
+            return f"every {self.policy.replan_every} iterations"
+        if self._checked_speeds is not None:
+            now = self.tracker.chronic()
+            ratio = now / self._checked_speeds
+            moved = np.flatnonzero(np.isfinite(ratio) & ((ratio > self.policy.change_factor)
+                                                         | (ratio < 1 / self.policy.change_factor)))
+            if moved.size:
+                i = int(moved[np.argmax(np.abs(np.log(ratio[moved])))])
+                return f"slot {i} chronic speed changed {ratio[i]:.2f}x"
+        return None
+
+    async def boundary(self, t: int) -> list[dict[str, Any]]:
+        """Before iteration t starts: switch to an announced plan, or check whether to announce one. Returns
+        the run log's event records (a switch)."""
+        if not self.policy.on:
+            return []
+        c = self.coordinator
+        if c.pending is not None:
+            waited = t - (self._announced_at if self._announced_at is not None else t)
+            p = c.switch_ready(force=waited >= FORCE_AFTER)
+            if p is None:
+                return []
+            self.switches += 1
+            self._announced_at = None
+            _log.info("plan switch iteration=%d plan=%d code=%s reason=%s predicted_gain=%s ready=%d/%d", t, p.plan,
+                      p.code.spec, p.reason, p.detail.get("predicted_gain"), len(p.ready),
+                      len(c.members.connections))
+            return [{"event": "plan", "iteration": t, "plan": p.plan, "reason": p.reason, **p.detail,
+                     "announced_boundaries_before": waited, "ready_workers": sorted(p.ready),
+                     "workers": self.tracker.snapshot()}]
+        reason = self._due(t)
+        if reason is None:
+            return []
+        times = self.tracker.matrix()
+        current = c.code
+        choice = await asyncio.get_running_loop().run_in_executor(
+            None, lambda: plan(current, times, smax=self.smax, min_gain=self.policy.min_gain))
+        self.checks += 1
+        self._last_check = t
+        self._checked_speeds = self.tracker.chronic()
+        _log.debug("plan check iteration=%d reason=%s gain=%.3f switch=%s", t, reason, choice.gain, choice.switch)
+        if choice.switch and math.isfinite(choice.predicted_s):
+            c.announce(choice.code, reason, choice.as_dict())
+            self._announced_at = t
+        return []
+
+    def state(self) -> dict[str, Any]:
+        """What a checkpoint keeps of the adaptation: the plan in use (its id and spec)."""
+        return {"plan": self.coordinator.plan, "code": self.coordinator.code.spec}
+
+    def restore(self, saved: dict[str, Any]) -> None:
+        """Resume under the plan a checkpoint was written with (so a resumed job runs the same code)."""
+        c = self.coordinator
+        number, spec = int(saved.get("plan", 0)), saved.get("code")
+        if number > 0 and isinstance(spec, str):
+            c.use_plan(number, parse_code(spec, c.code.n))
+            _log.info("resumed plan=%d code=%s", number, spec)

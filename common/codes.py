@@ -384,7 +384,8 @@ def weighted_code(blocks: tuple[int, ...] | list[int], ring: tuple[int, ...] | l
     block, then the blocks of ring[p-1], ring[p-2], ..., ring[p-smax] (cyclically), and after each block
     sends that block's uncoded sum as the message of level l = 0, 1, ..., smax. Every block is held by
     smax + 1 distinct slots, so any smax unresponsive slots leave a holder of each block: 1 is in the span
-    (exact, cond 1: the rows are indicators of disjoint or equal blocks, `Laminar`). With no straggler
+    (exact; the rows are indicators of disjoint or equal blocks, `Laminar`, decoded with weights 1/c per
+    copy and no solve; the stated worst cond is the bound sqrt((smax + 1) max c / min c)). With no straggler
     every slot stops after its own block, so sizing blocks in proportion to speed balances level 0.
     """
     n = len(blocks)
@@ -411,8 +412,12 @@ def weighted_code(blocks: tuple[int, ...] | list[int], ring: tuple[int, ...] | l
             prefix[level, i] = len(seq)
             B[level, i, list(part)] = 1.0
         order.append(tuple(seq))
+    # B_F holds each received block b as c_b equal indicator rows (1 <= c_b <= smax + 1): its singular values
+    # are sqrt(c_b |b|), so cond(B_F) <= sqrt((smax + 1) max|b| / min|b|); the decoder needs no solve for it
+    # (laminar rows: weight 1/c_b per copy)
+    bound = math.sqrt((smax + 1) * max(blocks) / min(blocks))
     code = _finish("weighted", n, levels, order, prefix, B, ("weighted-blocks",) * len(levels),
-                   (1.0,) * len(levels))
+                   (bound,) * len(levels))
     spec = (f"weighted:blocks={'+'.join(map(str, blocks))},ring={'+'.join(map(str, ring))},smax={smax}")
     return _replace(code, spec=spec)
 

@@ -1,0 +1,186 @@
+"""Tests of adaptive placement's pure parts: split codes, the weighted family and the planner (docs/design.md
+§2.10). Exactness first: every plan decodes every straggler set it claims, within its stated cond."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from flexgc.common.analysis import decode_times
+from flexgc.common.codes import parse_code, split_partitions, weighted_code
+from flexgc.common.decoder import Decoder
+from flexgc.common.errors import ConfigError
+from flexgc.common.planner import RING_RULES, candidate, chronic_speeds, plan, predicted_latency, speed_blocks
+from flexgc.common.quality import check_code
+
+
+def _two_class(n: int, W: int, seed: int, slow: tuple[int, ...], factor: float = 4.5) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    f = np.ones(n)
+    f[list(slow)] = factor
+    return (1 + rng.exponential(1 / 20, (W, n))) * f * 0.3
+
+
+# -- split=M --------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("spec", "n"), [("uncoded", 5), ("crc:s=1", 5), ("nested:levels=0,1,2", 6),
+                                          ("nested-frc:groups=1,2", 4), ("multimessage:smax=2", 5),
+                                          ("ignore:s=1", 4), ("frc:s=1", 5)])
+@pytest.mark.parametrize("m", [2, 3])
+def test_split_keeps_decodability_and_weights(spec: str, n: int, m: int) -> None:
+    coarse = parse_code(spec, n)
+    fine = parse_code(f"{spec}{',' if ':' in spec else ':'}split={m}", n)
+    assert fine.k == m * coarse.k and fine.levels == coarse.levels
+    assert fine.spec == parse_code(fine.spec, n).spec  # canonical round trip
+    assert fine.order[0][:m] == tuple(coarse.order[0][0] * m + t for t in range(m))
+    assert np.array_equal(fine.prefix, coarse.prefix * m)
+    dc, df = Decoder(coarse), Decoder(fine)
+    for mask in range(1, 1 << coarse.n_messages, max(1, (1 << coarse.n_messages) // 300)):
+        a, b = dc.solve(mask), df.solve(mask)
+        assert (a is None) == (b is None), mask
+        if a is not None and b is not None:
+            assert a.messages == b.messages
+            # rows scale by sqrt(m) for unit-norm rows, so weights are those of the coarse code over the scale
+            assert a.exact == b.exact
+
+
+def test_split_is_refused_beyond_its_range_and_for_weighted() -> None:
+    with pytest.raises(ConfigError, match="split=65"):
+        parse_code("nested:levels=0,1,split=65", 4)
+    with pytest.raises(ConfigError, match="split is meaningless for weighted"):
+        parse_code("weighted:blocks=1+1,ring=0+1,smax=1,split=2", 2)
+    assert split_partitions(parse_code("uncoded", 3), 1).k == 3
+
+
+# -- the weighted family --------------------------------------------------------------------------
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(2, 9).flatmap(lambda n: st.tuples(
+    st.lists(st.integers(1, 6), min_size=n, max_size=n), st.permutations(list(range(n))), st.integers(0, n - 1))))
+def test_weighted_code_decodes_every_claimed_straggler_set(case: tuple[list[int], list[int], int]) -> None:
+    blocks, ring, smax = case
+    code = weighted_code(blocks, ring, smax)
+    assert code.k == sum(blocks) and code.s_max == smax
+    report = check_code(code, max_exhaustive=600, samples=200)
+    assert not report["failures"], report["failures"][:3]
+    assert report["ok"] and report["worst_rel_err_float64"] <= 1e-12
+    assert report["worst_cond"] <= code.worst_cond[0] * (1 + 1e-9)  # the stated bound holds
+    # each block is held by smax + 1 distinct slots, and a slot's level-0 message is its own block
+    for i in range(len(blocks)):
+        assert code.prefix[0, i] == blocks[i]
+        assert len(set(code.order[i])) == len(code.order[i])
+
+
+def test_weighted_spec_round_trips_and_names_bad_fields() -> None:
+    code = weighted_code((3, 1, 2), (2, 0, 1), 1)
+    again = parse_code(code.spec, 3)
+    assert again.spec == code.spec and again.order == code.order
+    for spec, words in [("weighted:blocks=1+1+1,ring=0+1+1,smax=1", "permutation"),
+                        ("weighted:blocks=1+0+1,ring=0+1+2,smax=1", ">= 1"),
+                        ("weighted:blocks=1+1,ring=0+1,smax=1", "one per slot"),
+                        ("weighted:ring=0+1+2,smax=1", "blocks="),
+                        ("weighted:blocks=1+1+1,ring=0+1+2,smax=1,decoder=per-level", "any-span")]:
+        with pytest.raises(ConfigError, match=words):
+            parse_code(spec, 3)
+
+
+def test_weighted_decodes_at_level_zero_when_nobody_straggles_in_speed_proportional_time() -> None:
+    speeds = np.array([1.0, 1.0, 4.0, 4.0])
+    blocks = speed_blocks(20, speeds)
+    code = weighted_code(blocks, (0, 1, 2, 3), 1)
+    durations = np.repeat((speeds / code.k)[None, :, None], max(len(o) for o in code.order), axis=2)
+    result = decode_times(code, durations)
+    # the slowest own block ends the iteration: max(c_i t_i) / k, with the blocks of the min-max allocation
+    assert result.latency[0] == pytest.approx(max(b * t for b, t in zip(blocks, speeds)) / code.k)
+    assert result.level[0] == 0
+
+
+# -- speed blocks and the planner -----------------------------------------------------------------
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.floats(0.1, 10.0), min_size=2, max_size=8), st.integers(1, 6))
+def test_speed_blocks_are_the_min_max_allocation(speeds: list[float], m: int) -> None:
+    t = np.array(speeds)
+    k = m * len(t)
+    blocks = speed_blocks(k, t)
+    assert sum(blocks) == k and min(blocks) >= 1
+    best = max(b * s for b, s in zip(blocks, t))
+    # no single move of one partition from the slowest-ending slot to another ends sooner
+    worst = int(np.argmax([b * s for b, s in zip(blocks, t)]))
+    for j in range(len(t)):
+        if j != worst and blocks[worst] > 1:
+            moved = list(blocks)
+            moved[worst] -= 1
+            moved[j] += 1
+            assert max(b * s for b, s in zip(moved, t)) >= best - 1e-12
+
+
+def test_speed_blocks_refuse_fewer_partitions_than_slots() -> None:
+    with pytest.raises(ConfigError, match="k >= n"):
+        speed_blocks(3, np.ones(4))
+
+
+def test_chronic_speeds_are_medians_and_a_silent_slot_is_slowest() -> None:
+    times = np.array([[1.0, 2.0, math.inf], [3.0, 2.0, math.inf], [2.0, 50.0, math.inf]])
+    out = chronic_speeds(times)
+    assert out[0] == 2.0 and out[1] == 2.0
+    assert out[2] > 10 * out.max(initial=0, where=np.isfinite(out) & (np.arange(3) < 2))
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_planner_finds_the_two_class_gain_and_keeps_tolerance(seed: int) -> None:
+    n = 10
+    current = parse_code("nested:levels=0,1,2,3,split=4", n)
+    times = _two_class(n, 30, seed, (0, 5, 6, 7, 8))
+    choice = plan(current, times)
+    assert choice.switch and choice.gain > 0.4
+    assert choice.code.family == "weighted" and choice.code.s_max == 3 and choice.code.k == current.k
+    assert choice.predicted_s < 0.5 * predicted_latency(parse_code("uncoded:split=4", n), times)
+    # the slow slots get the small blocks
+    assert all(choice.code.prefix[0, i] < choice.code.prefix[0, j] for i in (0, 5, 6, 7, 8) for j in (1, 2, 3, 4, 9))
+    assert not check_code(choice.code, max_exhaustive=2000)["failures"]
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_planner_does_not_switch_on_noise(seed: int) -> None:
+    n = 10
+    rng = np.random.default_rng(seed)
+    times = (1 + rng.exponential(1.0, (30, n))) * 0.2  # homogeneous, heavy transient noise
+    for spec in ("nested:levels=0,1,2,3,split=4", "uncoded:split=4"):
+        choice = plan(parse_code(spec, n), times)
+        assert not choice.switch, (spec, choice.gain)
+
+
+def test_planner_sizes_a_dead_slot_to_one_partition_and_decodes_without_it() -> None:
+    n = 6
+    times = _two_class(n, 12, 0, ())
+    times[:, 2] = math.inf
+    current = parse_code("nested:levels=0,1,2,split=4", n)
+    choice = plan(current, times)
+    assert choice.code.prefix[0, 2] == 1
+    assert math.isfinite(choice.predicted_s)
+
+
+def test_every_ring_rule_builds_an_exact_code() -> None:
+    speeds = np.array([1.0, 3.0, 2.0, 5.0, 1.5])
+    for rule in RING_RULES:
+        code = candidate(rule, 15, 2, speeds)
+        assert not check_code(code)["failures"]
+    with pytest.raises(ConfigError, match="iterations >= 2"):
+        plan(parse_code("uncoded:split=2", 5), np.ones((1, 5)))
+
+
+def test_planner_is_a_pure_function_of_its_inputs() -> None:
+    times = _two_class(8, 20, 3, (1, 2))
+    current = parse_code("nested:levels=0,1,split=3", 8)
+    a, b = plan(current, times), plan(current, times.copy())
+    assert a.code.spec == b.code.spec and a.gain == b.gain and a.as_dict() == b.as_dict()
+    for slots in itertools.combinations(range(8), 1):
+        alive = sum(1 << a.code.message_id(level, i) for level in range(a.code.n_levels) for i in range(8)
+                    if i not in slots)
+        assert Decoder(a.code).solve(alive) is not None

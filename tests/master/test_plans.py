@@ -1,0 +1,124 @@
+"""Plan switches in the coordinator, in process (docs/design.md §2.10): announced ahead, used only from an
+iteration boundary once every worker holds the plan, never mixed within an iteration, late results checked
+against their own plan."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from flexgc.common import wire
+from flexgc.common.codes import parse_code, weighted_code
+from flexgc.v1 import coordinator_pb2 as pb
+from tests.master.jobs import Job, N, assert_exact, drain, run
+
+SPLIT = "nested:levels=0,1,split=2"      # k = 6 on N = 3 slots
+PLAN = weighted_code((1, 2, 3), (2, 1, 0), 1)
+
+
+def _msg(item: object) -> pb.MasterMessage:
+    return item.message if isinstance(item, wire.Preserialized) else item  # type: ignore[return-value]
+
+
+def _plans(conn_items: list[object]) -> list[wire.Plan]:
+    events = [wire.master_event(_msg(m), 6) for m in conn_items]
+    return [e for e in events if isinstance(e, wire.Plan)]
+
+
+def test_a_plan_is_announced_then_used_from_the_next_boundary_once_every_worker_holds_it() -> None:
+    async def scenario() -> None:
+        job = Job(code=SPLIT)
+        conns, it0 = job.begin()
+        drain_all = [drain(c) for c in conns]
+        assert all(not _plans(items) for items in drain_all)
+        pending = job.c.announce(PLAN, "test")
+        assert pending.plan == 1
+        for conn in conns:
+            (plan,) = _plans(drain(conn))
+            assert plan.plan == 1 and plan.slot_code.partitions == PLAN.order[conn.slot]
+        # not while iteration 0 collects, and not before every worker is ready
+        assert job.c.switch_ready() is None
+        for level, slot in [(0, 0), (0, 1), (0, 2)]:
+            job.deliver(conns[slot], 0, level)
+        assert_exact(it0, job.expected(0))
+        job.finish_and_ack(it0, conns)
+        job.c.on_message(conns[0], wire.PlanReady(1))
+        job.c.on_message(conns[1], wire.PlanReady(1))
+        assert job.c.switch_ready() is None, "a worker without the plan's data"
+        job.c.on_message(conns[2], wire.PlanReady(1))
+        assert job.c.switch_ready() is pending
+        assert job.c.code is PLAN and job.c.plan == 1 and job.c.pending is None
+        it1 = job.start(1)
+        assert it1.code is PLAN and it1.plan == 1
+        task = [_msg(m) for m in drain(conns[0]) if _msg(m).HasField("task")]
+        assert task and task[0].task.plan == 1
+        # decoded with the new plan's rows: slot 2's own block (3 partitions) + slot 1's (2) + slot 0's (1)
+        job.code = PLAN  # coded messages of the new plan
+        for slot in range(N):
+            job.deliver(conns[slot], 1, 0)
+        assert_exact(it1, job.expected(1))
+
+    run(scenario)
+
+
+def test_switch_is_forced_after_the_wait_even_without_plan_ready() -> None:
+    async def scenario() -> None:
+        job = Job(code=SPLIT)
+        conns, it0 = job.begin()
+        for slot in range(N):
+            job.deliver(conns[slot], 0, 0)
+        job.finish_and_ack(it0, conns)
+        job.c.announce(PLAN, "test")
+        assert job.c.switch_ready() is None
+        assert job.c.switch_ready(force=True) is not None and job.c.plan == 1
+
+    run(scenario)
+
+
+def test_a_worker_whose_join_predates_the_switch_is_sent_the_plan_when_its_stream_opens() -> None:
+    async def scenario() -> None:
+        job = Job(code=SPLIT)
+        grant = job.join("w0", 0)
+        assert grant.plan == 0
+        job.c.announce(PLAN, "test")
+        job.c.switch_ready(force=True)
+        conn = job.open_stream(grant.slot, "w0", grant.session_id)
+        job.c.stream_opened(conn)
+        (plan,) = _plans(drain(conn))
+        assert plan.plan == 1 and plan.slot_code.partitions == PLAN.order[0]
+
+    run(scenario)
+
+
+def test_a_late_result_is_checked_against_the_plan_of_its_own_iteration() -> None:
+    async def scenario() -> None:
+        job = Job(code=SPLIT)
+        conns, it0 = job.begin()
+        for slot in (0, 1):
+            job.deliver(conns[slot], 0, 1)  # level 1 of two slots decodes
+        assert_exact(it0, job.expected(0))
+        job.c.announce(weighted_code((2, 2, 2), (0, 1, 2), 0), "test")  # one level only
+        job.c.switch_ready(force=True)
+        assert job.c.code.n_levels == 1
+        # slot 2's level-1 result of iteration 0 arrives now: level 1 exists in iteration 0's plan, so it is
+        # a stale result (counted, dropped), not a malformed one
+        before = job.discarded("stale")
+        job.deliver(conns[2], 0, 1)
+        assert job.discarded("stale") == before + 3  # its 3 chunks
+        job.c.start_iteration(1, np.zeros(5))
+        with pytest.raises(Exception, match="level"):
+            job.c.on_result(conns[2], job.chunks(1, 1, 2)[0])
+
+    run(scenario)
+
+
+def test_plan_messages_round_trip_on_the_wire() -> None:
+    sc = wire.SlotCode((3, 4, 5), (3,), (0,), np.ones((1, 3)), "push")
+    msg = wire.master_message(wire.Plan(7, sc))
+    back = wire.master_event(pb.MasterMessage.FromString(msg.SerializeToString()), 6)
+    assert isinstance(back, wire.Plan) and back.plan == 7 and back.slot_code.partitions == (3, 4, 5)
+    with pytest.raises(Exception, match="partitions"):
+        wire.master_event(msg, 4)  # partition 5 does not exist at k = 4
+    ready = wire.worker_event(wire.worker_message(wire.PlanReady(7)), 0, 3)
+    assert ready == wire.PlanReady(7)
+    assert parse_code(SPLIT, N).k == 6

@@ -1,0 +1,96 @@
+"""Adaptive placement with real processes (docs/design.md §2.10): the plan follows measured speed, every
+iteration stays exact, a switch costs no iteration, and a master killed after a switch resumes under the
+same plan with the same parameters as centralized gradient descent."""
+
+from __future__ import annotations
+
+import json
+import socket
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from flexgc.common.codes import parse_code
+from flexgc.harness.local import LocalCluster
+from flexgc.master.accounting import read_run_events
+from tests.helpers import centralized_params, job_config, read_records, run_job, wait_for
+
+pytestmark = pytest.mark.slow
+
+SLOW = (0, 3, 4)
+TWO_CLASS = f"shifted-exp:a=1,mu=20,unit_s=0.15/slow:workers={'+'.join(map(str, SLOW))},factor=4.5"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _assert_exact_and_centralized(cfg: object, records: list[dict], params: np.ndarray) -> None:
+    assert records and all(r["outcome"] == "EXACT" for r in records)
+    assert all(r["residual"] <= 1e-9 for r in records)
+    reference = centralized_params(cfg)  # type: ignore[arg-type]
+    assert np.linalg.norm(params - reference) <= 1e-12 * np.linalg.norm(reference)
+
+
+def test_two_class_cluster_gets_a_speed_plan_and_stays_exact(tmp_path: Path) -> None:
+    cfg = job_config(tmp_path, workers=6, code="nested:levels=0,1,2", iterations=20, adapt="speed",
+                     replan_every=5, delay=TWO_CLASS, samples=1200, momentum=0.0)
+    summary, records, params = run_job(cfg, timeout_s=180)
+
+    _assert_exact_and_centralized(cfg, records, params)
+    switches = read_run_events(tmp_path / "run.jsonl", "plan")
+    assert switches, "no plan switch on a two-class cluster"
+    first = switches[0]
+    code = parse_code(first["code"], 6)
+    assert code.family == "weighted" and code.s_max == 2 and code.k == 6 * cfg.adapt_split
+    # the slow slots own the small blocks
+    own = [int(code.prefix[0, i]) for i in range(6)]
+    assert max(own[i] for i in SLOW) < min(own[i] for i in range(6) if i not in SLOW)
+    assert first["predicted_gain"] >= 0.05 and first["t_stat"] >= 3
+    # plans only change at boundaries: before the switch plan 0, from it on the new plan, never mixed
+    plans = [r["plan"] for r in records]
+    assert plans == sorted(plans) and plans[0] == 0
+    assert plans[first["iteration"]] == first["plan"] and plans[first["iteration"] - 1] < first["plan"]
+    # every worker loaded its new partitions before the switch (none made the plan wait past its boundaries)
+    assert sorted(first["ready_workers"]) == list(range(6))
+    assert summary["adapt"]["switches"] == len(switches) and summary["adapt"]["code"] == switches[-1]["code"]
+
+
+def test_adapt_off_keeps_the_static_code(tmp_path: Path) -> None:
+    cfg = job_config(tmp_path, workers=4, iterations=6, delay=TWO_CLASS.replace("0+3+4", "0"))
+    summary, records, params = run_job(cfg, timeout_s=120)
+    _assert_exact_and_centralized(cfg, records, params)
+    assert summary["adapt"] is None and not read_run_events(tmp_path / "run.jsonl", "plan")
+    assert all(r["plan"] == 0 for r in records)
+
+
+def test_master_killed_after_a_switch_resumes_under_the_same_plan(tmp_path: Path) -> None:
+    cfg = job_config(tmp_path, workers=6, code="nested:levels=0,1,2", iterations=24, adapt="speed",
+                     replan_every=5, delay=TWO_CLASS, samples=1200, checkpoint_every=2, port=_free_port(),
+                     momentum=0.0)
+    out = tmp_path
+    with LocalCluster(cfg) as cluster:
+        cluster.start_master()
+        cluster.start_workers(reconnect_max_s=0.2)
+
+        def switched_and_checkpointed() -> bool:
+            events = read_run_events(out / "run.jsonl", "plan")
+            return bool(events) and len(read_records(out)) >= events[0]["iteration"] + 3
+        wait_for(switched_and_checkpointed, 90, "a plan switch and a checkpoint after it")
+        assert cluster.master is not None
+        cluster.master.kill()
+        cluster.master.join(10)
+        with np.load(out / "checkpoint.npz") as ckpt:
+            saved = json.loads(str(ckpt["extra"]))["adapt"]
+            resumed_from = int(ckpt["iteration"])
+        assert saved["plan"] >= 1 and saved["code"].startswith("weighted:")
+        cluster.start_master()  # same port and run directory; the workers reconnect by themselves
+        assert cluster.wait_master(150) == 0
+    records = read_records(out)
+    assert [r["iteration"] for r in records] == list(range(cfg.iterations))
+    # the resumed master started under the checkpointed plan: no iteration after the resume ran plan 0
+    assert all(r["plan"] >= saved["plan"] for r in records[resumed_from:])
+    _assert_exact_and_centralized(cfg, records, np.load(out / "params.npy"))

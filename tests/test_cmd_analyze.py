@@ -65,7 +65,7 @@ def test_analyze_json_has_no_infinities(capsys: pytest.CaptureFixture[str]) -> N
     (["--code", "nested:levels=3,1"], ["levels=3,1", "increasing"]),
     (["--code", "warp:s=1"], ["'warp'", "nested"]),
     (["--delay", "shifted-exp:mu=-1"], ["delay", "mu=-1", "> 0"]),
-    (["--delay", "lognormal"], ["delay", "'lognormal'", "shifted-exp"]),
+    (["--delay", "gamma"], ["delay", "'gamma'", "shifted-exp"]),  # (lognormal is a delay model now)
     (["--delay", "shifted-exp/dead:workers=12"], ["delay", "slot 12", "0..9"]),
     (["--trials", "0"], ["trials=0"]),
     (["--workers", "0"], ["workers=0"]),

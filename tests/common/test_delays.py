@@ -3,15 +3,26 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from flexgc.common.analysis import decode_times
 from flexgc.common.codes import parse_code
-from flexgc.common.delays import DelayModel, dead_slots, parse_delay, realize, sample_durations
+from flexgc.common.delays import (
+    PRESETS,
+    DelayModel,
+    dead_slots,
+    parse_delay,
+    realize,
+    realized_durations,
+    sample_durations,
+)
 from flexgc.common.errors import ConfigError
+from flexgc.common.traces import load_factors
 
 # -- grammar ------------------------------------------------------------------------------------
 
@@ -89,6 +100,28 @@ def test_canonical_spec_round_trips(kind: str, a: float, mu: float, p: float, un
     ("shifted-exp/dead:workers=1,speed=3", ["unknown option speed", "workers"]),
     ("shifted-exp/pareto", ["'pareto' after '/'", "slow, dead"]),
     ("shifted-exp/fast:workers=1", ["'fast' after '/'", "slow, dead"]),
+    # trace
+    ("trace", ["trace needs file=NAME", "bytedance-se, bytedance-ar"]),
+    ("trace:loop=1", ["trace needs file=NAME"]),
+    ("trace:file=missing.csv", ["trace file 'missing.csv'", "shipped traces: bytedance-se"]),
+    ("trace:file=bytedance-se,loop=2", ["loop=2", "allowed: 0", "1 (wrap around)"]),
+    ("trace:file=bytedance-se,seed=-1", ["seed=-1", ">= 0"]),
+    ("trace:file=bytedance-se,scale=0", ["scale=0", "> 0"]),
+    ("trace:file=bytedance-se,scale=1,unit_s=2", ["scale and unit_s are the same key"]),
+    ("trace:file=bytedance-se,mu=1", ["unknown option mu", "file, loop, p, scale, seed, unit_s"]),
+    ("trace:file=bytedance-se/fast:workers=1", ["'fast' after '/'", "slow, dead"]),
+    # lognormal
+    ("lognormal:preset=cloud", ["preset='cloud'", "allowed: gpu-dp, serverless, two-class"]),
+    ("lognormal:ph=0.2,rho=0.1", ["rho=0.1 must be >= ph=0.2"]),
+    ("lognormal:preset=gpu-dp,ph=0.6", ["rho=0.5 must be >= ph=0.6"]),
+    ("lognormal:rho=1", ["rho=1.0", "[0, 1)"]),
+    ("lognormal:ph=1", ["ph=1.0", "[0, 1)"]),
+    ("lognormal:fh=0.5", ["fh=0.5", ">= 1"]),
+    ("lognormal:fq=0", ["fq=0", ">= 1"]),
+    ("lognormal:q=1.5", ["q=1.5", "<= 1"]),
+    ("lognormal:sigma_u=-0.1", ["sigma_u=-0.1", ">= 0"]),
+    ("lognormal:b=x", ["b='x'", "not a number"]),
+    ("lognormal:mu=1", ["unknown option mu", "a, b, fh, fq, p, ph, preset, q, rho, sigma_e, sigma_u, unit_s"]),
 ])
 def test_bad_specs_name_field_value_and_allowed(text: str, needles: list[str]) -> None:
     with pytest.raises(ConfigError) as info:
@@ -270,3 +303,255 @@ def test_random_dead_slots_depend_on_the_seed_only() -> None:
         dead_slots(10, 3, "ring")
     with pytest.raises(ConfigError, match=r"dead workers r=11; allowed 0\.\.10"):
         dead_slots(10, 11)
+
+
+# -- trace replay ---------------------------------------------------------------------------------
+
+SE = load_factors("bytedance-se")  # 43 steps x 32 ranks
+
+
+def _trace_file(tmp_path: Path, rows: list[list[float]]) -> str:
+    path = tmp_path / "sub dir" / "t.csv"
+    path.parent.mkdir()
+    path.write_text("# test trace\n" + ",".join(f"w{j}" for j in range(len(rows[0]))) + "\n"
+                    + "".join(",".join(map(str, r)) + "\n" for r in rows), encoding="utf-8")
+    return str(path)
+
+
+def test_parse_trace_canonical_and_scale_alias() -> None:
+    model = parse_delay("trace:file=bytedance-se,scale=0.3/slow:workers=1,factor=2")
+
+    assert (model.kind, model.trace, model.loop, model.trace_seed, model.unit_s) == ("trace", "bytedance-se", True,
+                                                                                     0, 0.3)
+    assert model.spec == "trace:file=bytedance-se,loop=1,seed=0,p=0,unit_s=0.3/slow:workers=1,factor=2"
+    assert parse_delay(model.spec) == model
+    assert parse_delay("trace:file=bytedance-se,unit_s=0.3/slow:workers=1,factor=2") == model
+
+
+def test_trace_path_may_hold_slashes(tmp_path: Path) -> None:
+    path = _trace_file(tmp_path, [[1.0, 2.0]])
+
+    model = parse_delay(f"trace:file={path},loop=0,seed=4/dead:workers=1")
+
+    assert model.trace == path and not model.loop and model.trace_seed == 4 and model.dead == (1,)
+    assert parse_delay(model.spec) == model
+
+
+def test_malformed_trace_file_is_refused_at_parse(tmp_path: Path) -> None:
+    path = _trace_file(tmp_path, [[1.0, 2.0], [1.0, -3.0]])
+
+    with pytest.raises(ConfigError, match=r"^delay: trace file .*t\.csv': line 4, column 2: factor '-3.0'"):
+        parse_delay(f"trace:file={path}")
+
+
+def test_realize_replays_the_matrix_in_order() -> None:
+    model = parse_delay("trace:file=bytedance-se,scale=0.3")
+
+    for t in range(43):
+        for w in range(32):
+            real = realize(model, 5, t, w, (w, (w + 1) % 32), 32)
+            assert real.x == SE[t, w]
+            assert np.array_equal(real.durations_s, np.full(2, SE[t, w] / 32 * 0.3)), (t, w)
+
+
+def test_trace_loop_wraps_and_loop0_refuses_past_the_end() -> None:
+    looped = parse_delay("trace:file=bytedance-se")
+    strict = parse_delay("trace:file=bytedance-se,loop=0")
+
+    assert realize(looped, 0, 43 + 5, 3, (3,), 32).x == SE[5, 3] == realize(looped, 0, 5, 3, (3,), 32).x
+    assert realize(strict, 0, 42, 3, (3,), 32).x == SE[42, 3]
+    with pytest.raises(ConfigError, match=r"iteration 43 is past the end of the trace \(43 rows: iterations "
+                                          r"0\.\.42\); use loop=1"):
+        realize(strict, 0, 43, 3, (3,), 32)
+    strict.check_iterations(43)
+    with pytest.raises(ConfigError, match="iteration 49 is past the end"):
+        strict.check_iterations(50)
+    looped.check_iterations(10_000)
+    with pytest.raises(ConfigError, match="past the end"):
+        sample_durations(strict, parse_code("uncoded", 32), 44, np.random.default_rng(0))
+
+
+def test_columns_beyond_the_width_are_a_seeded_permutation() -> None:
+    def columns(seed: int, n: int) -> list[int]:
+        model = parse_delay(f"trace:file=bytedance-se,seed={seed}")
+        return [int(np.flatnonzero(SE[0] == realize(model, 0, 0, w, (w,), n).x)[0]) for w in range(n)]
+
+    first = columns(1, 96)
+
+    assert first[:32] == list(range(32))  # n <= width: columns 0..n-1
+    assert sorted(first[32:64]) == list(range(32)) == sorted(first[64:])  # every column once per block
+    assert first[32:64] != first[64:]
+    assert columns(1, 96) == first  # same seed, same columns
+    assert columns(1, 40) == first[:40]  # a slot's column does not depend on n
+    assert columns(2, 96)[32:] != first[32:]
+
+
+def test_trace_sample_durations_equal_realize() -> None:
+    model = parse_delay("trace:file=bytedance-se,seed=3,scale=0.5")
+    code = parse_code("crc:s=1", 40)  # 8 slots beyond the width
+
+    for start, trials in [(0, 43), (30, 60)]:  # the second wraps around
+        d = sample_durations(model, code, trials, np.random.default_rng(0), start=start)
+        live = realized_durations(code, model, seed=9, iterations=list(range(start, start + trials)))
+
+        assert d.shape == (trials, 40, 2)
+        assert np.allclose(d * 0.5, live, rtol=1e-12, atol=0)
+
+
+def test_trace_with_modifiers_and_unresponsive_workers() -> None:
+    model = parse_delay("trace:file=bytedance-se,p=0.2/slow:workers=1,factor=3/dead:workers=2")
+    code = parse_code("uncoded", 32)
+
+    d = sample_durations(model, code, 43 * 40, np.random.default_rng(0))[:, :, 0]
+    live = [realize(model, 1, t, 0, (0,), 32) for t in range(2000)]
+
+    assert np.all(np.isinf(d[:, 2]))
+    alive = np.isfinite(d)
+    assert abs(1 - alive[:, 3:].mean() - 0.2) < 0.01
+    assert np.allclose(d[:, 1][alive[:, 1]], 3 * np.tile(SE[:, 1], 40)[alive[:, 1]] / 32)
+    assert abs(np.mean([r.unresponsive for r in live]) - 0.2) < 0.03
+    assert all(r.durations_s[0] == SE[t % 43, 0] / 32 for t, r in enumerate(live) if not r.unresponsive)
+
+
+def test_trace_order_statistics_of_bytedance_se() -> None:
+    # Prepare: the 43 trials are exactly the 43 steps of the matrix (trial t = iteration t)
+    model = parse_delay("trace:file=bytedance-se")
+    codes = ["uncoded", "crc:s=1,decoder=per-level", "crc:s=3,decoder=per-level",
+             "nested:levels=0,1,2,3,decoder=per-level", "ignore:s=3"]
+
+    # Execute
+    means = {}
+    for spec in codes:
+        code = parse_code(spec, 32)
+        durations = sample_durations(model, code, 43, np.random.default_rng(0))
+        means[spec] = float(decode_times(code, durations).latency.mean())
+
+    # Assert: relative to uncoded, the order statistics of the matrix (docs/traces.md)
+    ratio = {spec: mean / means["uncoded"] for spec, mean in means.items()}
+    expected = [1.0, 1.86, 3.50, 1.00, 0.88]
+    for spec, value in zip(codes, expected):
+        assert ratio[spec] == pytest.approx(value, rel=0.03), spec
+    sorted_se = np.sort(SE, axis=1)
+    assert means["uncoded"] == pytest.approx(sorted_se[:, -1].mean() / 32)
+    assert means["crc:s=1,decoder=per-level"] == pytest.approx(2 * sorted_se[:, -2].mean() / 32)
+
+
+# -- lognormal ------------------------------------------------------------------------------------
+
+
+def test_lognormal_presets_parse_and_round_trip() -> None:
+    for name in PRESETS:
+        model = parse_delay(f"lognormal:preset={name}")
+
+        for key, value in {"rho": model.ph, **PRESETS[name]}.items():
+            assert getattr(model, key) == value, (name, key)
+        assert "preset" not in model.spec  # the canonical spec spells every value out
+        assert parse_delay(model.spec) == model
+
+
+def test_lognormal_defaults_and_overrides() -> None:
+    plain = parse_delay("lognormal")
+    independent = parse_delay("lognormal:ph=0.1,fh=3")
+    overridden = parse_delay("lognormal:preset=gpu-dp,ph=0,unit_s=0.01")
+
+    assert plain.spec == "lognormal:a=0,b=1,sigma_u=0,sigma_e=0.1,ph=0,fh=1,rho=0,q=0,fq=1,p=0"
+    assert independent.rho == 0.1  # rho defaults to ph: no persistence
+    assert (overridden.ph, overridden.sigma_u, overridden.unit_s) == (0.0, 0.06, 0.01)
+
+
+@settings(max_examples=40, deadline=None)
+@given(a=st.floats(0, 5), b=st.floats(0, 5), sigma_u=st.floats(0, 1), sigma_e=st.floats(0, 1),
+       ph=st.floats(0, 0.5), extra=st.floats(0, 0.49), fh=st.floats(1, 20), q=st.floats(0, 1), fq=st.floats(1, 10),
+       p=st.floats(0, 0.99))
+def test_lognormal_canonical_spec_round_trips(a: float, b: float, sigma_u: float, sigma_e: float, ph: float,
+                                              extra: float, fh: float, q: float, fq: float, p: float) -> None:
+    text = (f"lognormal:a={a!r},b={b!r},sigma_u={sigma_u!r},sigma_e={sigma_e!r},ph={ph!r},fh={fh!r},"
+            f"rho={min(ph + extra, 0.99)!r},q={q!r},fq={fq!r},p={p!r}")
+
+    model = parse_delay(text)
+    again = parse_delay(model.spec)
+
+    assert again.spec == model.spec
+
+
+def test_lognormal_persistent_speed_per_slot() -> None:
+    model = parse_delay("lognormal:sigma_u=0.3,sigma_e=0")
+
+    x = np.array([[realize(model, 4, t, w, (w,), 10).x for w in range(3000)] for t in (0, 7)])
+
+    assert np.array_equal(x[0], x[1])  # drawn once per (seed, slot), not per iteration
+    assert np.std(np.log(x[0])) == pytest.approx(0.3, rel=0.05)
+    assert np.median(x[0]) == pytest.approx(1.0, abs=0.03)
+    assert realize(model, 5, 0, 0, (0,), 10).x != x[0, 0]  # another seed, another cluster
+
+
+def test_lognormal_transient_speed_per_iteration() -> None:
+    model = parse_delay("lognormal:sigma_u=0.2,sigma_e=0.1")
+
+    logs = np.log([[realize(model, 4, t, w, (w,), 10).x for t in range(200)] for w in range(30)])
+
+    transient = logs - logs.mean(axis=1, keepdims=True)
+    assert np.std(transient) == pytest.approx(0.1, rel=0.06)
+    assert np.std(logs.mean(axis=1)) == pytest.approx(0.2, rel=0.3)  # 30 slots: a loose check
+
+
+def test_lognormal_heavy_chain_stationary_probability_and_persistence() -> None:
+    # Prepare: factor 1 or fh exactly
+    model = parse_delay("lognormal:sigma_e=0,ph=0.1,fh=3,rho=0.6")
+
+    # Execute: a long run of realize, and the Monte Carlo over as many trials
+    heavy = np.array([[realize(model, 2, t, w, (w,), 10).x == 3.0 for t in range(2000)] for w in range(10)])
+    code = parse_code("uncoded", 10)
+    mc = sample_durations(model, code, 20_000, np.random.default_rng(1))[:, :, 0].T > 0.2
+
+    # Assert: P(heavy) = ph, P(heavy next | heavy now) = rho, in both
+    for chain in (heavy, mc):
+        assert chain.mean() == pytest.approx(0.1, abs=0.01)
+        assert (chain[:, 1:] & chain[:, :-1]).sum() / chain[:, :-1].sum() == pytest.approx(0.6, abs=0.04)
+
+
+def test_lognormal_heavy_chain_is_a_pure_function_of_its_iteration() -> None:
+    model = parse_delay("lognormal:sigma_e=0,ph=0.3,fh=4,rho=0.995")  # look-backs of ~140 iterations
+    points = [(t, w) for w in range(3) for t in range(0, 3000, 7)]
+
+    forward = [realize(model, 1, t, w, (w,), 10).x for t, w in points]
+    backward = [realize(model, 1, t, w, (w,), 10).x for t, w in reversed(points)]
+
+    assert forward == backward[::-1]
+    assert 0 < forward.count(4.0) < len(forward)
+
+
+def test_lognormal_two_class_fraction() -> None:
+    model = parse_delay("lognormal:sigma_e=0,q=0.3,fq=4")
+
+    slow = np.array([realize(model, 6, 0, w, (w,), 10).x == 4.0 for w in range(4000)])
+    again = np.array([realize(model, 6, 9, w, (w,), 10).x == 4.0 for w in range(4000)])
+    mc = sample_durations(model, parse_code("uncoded", 20), 2000, np.random.default_rng(0))
+
+    assert np.array_equal(slow, again)  # the class is persistent
+    assert slow.mean() == pytest.approx(0.3, abs=0.02)
+    assert (mc > 0.1).mean() == pytest.approx(0.3, abs=0.01)  # 4 / 20 vs 1 / 20
+
+
+def test_lognormal_fixed_cost_is_paid_once_with_the_first_partition() -> None:
+    model = parse_delay("lognormal:a=2,b=0.5,sigma_e=0,unit_s=0.1")
+    code = parse_code("crc:s=2", 10)
+
+    real = realize(model, 0, 0, 3, (3, 4, 5), 10)
+    d = sample_durations(model, code, 5, np.random.default_rng(0))
+
+    assert np.allclose(real.durations_s, np.array([2 + 0.05, 0.05, 0.05]) * 0.1)
+    assert np.allclose(d, [2.05, 0.05, 0.05])
+
+
+def test_lognormal_realize_matches_sample_durations() -> None:
+    model = parse_delay("lognormal:preset=gpu-dp,p=0")
+    code = parse_code("uncoded", 10)
+
+    mc = sample_durations(model, code, 20_000, np.random.default_rng(0)).ravel()
+    live = np.array([realize(model, seed, t, w, (w,), 10).durations_s[0]
+                     for seed in range(40) for t in range(50) for w in range(10)])
+
+    assert np.mean(live) == pytest.approx(np.mean(mc), rel=0.05)
+    for q in (0.5, 0.9, 0.99):
+        assert np.quantile(live, q) == pytest.approx(np.quantile(mc, q), rel=0.05), q

@@ -10,11 +10,13 @@ Run log schema (one JSON object per iteration, `schema: "flexgc.run.v1"`):
     cancel_sent_ms is null unless a Cancel crossed the flag, and then cancel_ack_ms is the flag's
     arrival), partitions_done, finished, load,
     compute_ms[p], delay_ms[p], bytes_up, bytes_down, slot; `plan`: the id of the plan (code) the
-    iteration ran under (0: the job's code; docs/design.md §2.10).
+    iteration ran under (0: the job's code; docs/design.md §2.10); `started_ms`: when the iteration started,
+    in ms since the first iteration this master process ran started (a resumed master starts again at 0),
+    on the same monotonic clock, so started_ms + latency_ms is the decode's wall-clock instant.
 Event records carry `event` instead of an iteration: ``resume`` (a resumed master runs on from
 `from_iteration`) and ``plan`` (an adaptive plan switch: iteration, plan, code, reason, predicted_gain,
 current_ms, predicted_ms, speeds_s, workers); `read_run_log` applies the first and skips the others.
-All *_ms times are relative to the iteration's start on the master's monotonic clock.
+All other *_ms times are relative to the iteration's start on the master's monotonic clock.
 """
 
 from __future__ import annotations
@@ -43,8 +45,9 @@ def _r(x: float | None, nd: int = 3) -> float | None:
 
 
 def iteration_record(code: Code, it: Iteration, outcome: Outcome, loss: float | None,
-                     verify_rel_err: float | None = None) -> dict[str, Any]:
-    """The run-log record of one finished iteration (schema flexgc.run.v1, see above)."""
+                     verify_rel_err: float | None = None, origin: float | None = None) -> dict[str, Any]:
+    """The run-log record of one finished iteration (schema flexgc.run.v1, see above); `origin`: the
+    perf_counter instant started_ms counts from (None: started_ms is null)."""
     dec = outcome.decoding
     used = set(dec.messages) if dec is not None else set()
     rows_used = ([[code.message_of(m)[1], code.message_of(m)[0], float(w)] for m, w in
@@ -87,6 +90,7 @@ def iteration_record(code: Code, it: Iteration, outcome: Outcome, loss: float | 
         "duplicates": it.duplicates,
         "verify_rel_err": verify_rel_err,
         "plan": it.plan,
+        "started_ms": _r((it.started - origin) * 1e3) if origin is not None else None,
         "workers": workers,
     }
 
@@ -155,6 +159,7 @@ class RunLog:
         self.path = out / "run.jsonl" if out else None
         self.records: list[dict[str, Any]] = []
         self._pending: dict[int, tuple[Iteration, Outcome, float | None, float | None]] = {}
+        self._origin: float | None = None  # the first iteration's start in this process (started_ms = 0)
         if self.path is None:
             return
         try:
@@ -183,6 +188,8 @@ class RunLog:
 
     def add(self, it: Iteration, outcome: Outcome, loss: float | None, verify: float | None) -> None:
         """Queue a finished iteration; its record is written once it is settled (see flush)."""
+        if self._origin is None:
+            self._origin = it.started
         self._pending[it.number] = (it, outcome, loss, verify)
 
     def flush(self, code: Code, force: bool = False, newest: int | None = None) -> list[dict[str, Any]]:
@@ -193,7 +200,7 @@ class RunLog:
             if not (force or it.settled or (newest is not None and number <= newest - 2)):
                 break  # records stay in iteration order: later ones wait for this one
             del self._pending[number]
-            rec = iteration_record(it.code, it, outcome, loss, verify)  # the plan it ran under
+            rec = iteration_record(it.code, it, outcome, loss, verify, self._origin)  # the plan it ran under
             self.records.append(slim(rec))
             out.append(rec)
             if self.path is not None:

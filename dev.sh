@@ -7,7 +7,8 @@
 #   ./dev.sh demo [ARGS]    run the local demo cluster (master + workers on loopback)
 #   ./dev.sh test [ARGS]    lint, type-check and run the test suite (what .ci/run calls)
 #   ./dev.sh bench SUITE [ARGS]  a BENCHMARKS.md table: codes (flexgc bench) or a script of benchmarks/:
-#                           signaling, limits, overhead, scale, analysis, models (JAX CNN, BENCHMARKS.md §8)
+#                           signaling, limits, overhead, scale, analysis, models (JAX CNN, BENCHMARKS.md §8),
+#                           adapt (adaptive placement, BENCHMARKS.md §10)
 #   ./dev.sh flexgc ARGS    any flexgc command, e.g. ./dev.sh flexgc analyze --workers 10 ...
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -61,8 +62,8 @@ case "$cmd" in
     suite=${1:-codes}; shift || true
     case "$suite" in
       codes) exec flexgc bench "$@" ;;
-      signaling|limits|overhead|scale|analysis|models) exec python "benchmarks/bench_$suite.py" "$@" ;;
-      *) echo "usage: ./dev.sh bench codes|signaling|limits|overhead|scale|analysis|models [ARGS]" >&2; exit 2 ;;
+      signaling|limits|overhead|scale|analysis|models|adapt) exec python "benchmarks/bench_$suite.py" "$@" ;;
+      *) echo "usage: ./dev.sh bench codes|signaling|limits|overhead|scale|analysis|models|adapt [ARGS]" >&2; exit 2 ;;
     esac ;;
   flexgc) exec flexgc "$@" ;;
   *) echo "usage: ./dev.sh demo|test|bench|flexgc [ARGS]" >&2; exit 2 ;;

@@ -24,6 +24,7 @@ what n worker processes cost on this machine's cores is visible.
 from __future__ import annotations
 
 import argparse
+import math
 import asyncio
 import json
 import multiprocessing as mp
@@ -115,7 +116,8 @@ class Job:
 
 
 def run_job(n: int, d: int, iterations: int, warmup: int, code: str = "uncoded", poll_s: float = 0.02,
-            sample_s: float = 0.5, timeout_s: float = 1800.0, slots_per_process: int = 1) -> Job:
+            sample_s: float = 0.5, timeout_s: float = 1800.0, slots_per_process: int = 1, adapt: str = "off",
+            rows_per_slot: int = 1) -> Job:
     """Run one LocalCluster job and watch its processes; returns the run log and the process figures.
     With `slots_per_process` > 1 the n slots run in ceil(n / K) `flexgc worker --slots K` processes."""
     import subprocess
@@ -128,9 +130,9 @@ def run_job(n: int, d: int, iterations: int, warmup: int, code: str = "uncoded",
     with tempfile.TemporaryDirectory(prefix="flexgc-overhead-") as tmp:
         runlog = Path(tmp) / "run.jsonl"
         cfg = master_config(host="127.0.0.1", port=0, workers=n, code=code, iterations=iterations,
-                            model="least-squares", samples=n, features=d, dtype="float32", out=tmp,
-                            checkpoint_every=0, delay="none", deadline_s=120.0, on_deadline="fail",
-                            join_timeout_s=timeout_s)
+                            model="least-squares", samples=n * rows_per_slot, features=d, dtype="float32",
+                            out=tmp, checkpoint_every=0, delay="none", deadline_s=120.0, on_deadline="fail",
+                            join_timeout_s=timeout_s, adapt=adapt)
         started = time.monotonic()
         procs: list[subprocess.Popen[bytes]] = []
         with LocalCluster(cfg) as cluster:
@@ -275,7 +277,8 @@ def figures(job: Job, warmup: int) -> dict[str, Any]:
     sent = [r for r in recs if all(w["task_sent_ms"] is not None for w in r["workers"])]
 
     def worst(key: str) -> list[float]:
-        return [max(w[key] for w in r["workers"]) for r in sent]
+        # a coded job's cancelled workers may have sent nothing (first_byte_ms None)
+        return [max((w[key] for w in r["workers"] if w[key] is not None), default=math.nan) for r in sent]
 
     compute = [max(sum(c for c in w["compute_ms"] if c is not None) for w in r["workers"]) for r in recs]
     arrivals = [max(x for w in r["workers"] for x in w["result_arrival_ms"] if x is not None) for r in recs]
@@ -310,6 +313,9 @@ def main() -> None:
     parser.add_argument("--malloc", choices=("on", "off"), default="on")
     parser.add_argument("--slots-per-process", type=int, default=1,
                         help="worker slots per worker process (flexgc worker --slots K; 1: a process each)")
+    parser.add_argument("--adapt", default="off", help="the master's --adapt (BENCHMARKS.md §10: its CPU cost)")
+    parser.add_argument("--rows-per-slot", type=int, default=1,
+                        help="rows of the dataset per worker slot (>= 4 with --adapt: k = 4n partitions)")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     ns = [int(x) for x in args.n.split(",")]
@@ -338,7 +344,8 @@ def main() -> None:
               "  decode  MB/it  cpu_ms/it master+workers (wall)  startup_s")
         for n in ns:
             rows = [figures(run_job(n, d, iterations, args.warmup, args.code,
-                                    slots_per_process=args.slots_per_process), args.warmup)
+                                    slots_per_process=args.slots_per_process, adapt=args.adapt,
+                                    rows_per_slot=args.rows_per_slot), args.warmup)
                     for _ in range(args.repeats)]
             row = min(rows, key=lambda r: abs(r["overhead_ms"] - statistics.median(x["overhead_ms"] for x in rows)))
             row["repeats_overhead_ms"] = [x["overhead_ms"] for x in rows]  # the row shown is the median job

@@ -101,6 +101,13 @@ def speed_blocks(k: int, speeds: np.ndarray) -> tuple[int, ...]:
     return tuple(blocks)
 
 
+def blocks_unchanged(current: Code, times: np.ndarray) -> bool:
+    """Whether the speed blocks for these measured times are the current code's level-0 loads: then no
+    plan can follow speed better than the code in use does, and the planner need not run (a homogeneous
+    cluster, where speed differences stay below the grain of 1/k)."""
+    return speed_blocks(current.k, chronic_speeds(times)) == tuple(int(x) for x in current.prefix[0])
+
+
 RING_RULES = ("fast-first", "slow-first", "slots")
 """Who backs up whom: the ring ordered by speed (fastest first or slowest first) or by slot."""
 

@@ -28,7 +28,7 @@ import numpy as np
 from flexgc.common.codes import Code, parse_code
 from flexgc.common.config import ADAPT_MODES, MasterConfig
 from flexgc.common.errors import ConfigError
-from flexgc.common.planner import MIN_GAIN, plan
+from flexgc.common.planner import MIN_GAIN, blocks_unchanged, plan
 from flexgc.master.coordinator import Coordinator
 from flexgc.master.speeds import SpeedTracker, per_unit_times
 
@@ -96,6 +96,12 @@ class Adapter:
         self.tracker.observe(per_unit_times(self.coordinator.code.k, record["workers"]),
                              {slot: conn.worker_id for slot, conn in members.items()})
 
+    def _export(self) -> None:
+        gauge = self.coordinator.metrics.worker_speed
+        for row in self.tracker.snapshot():
+            if row["chronic_s"] is not None:
+                gauge.labels(slot=str(row["slot"]), worker_id=str(row["worker_id"])).set(float(row["chronic_s"]))
+
     def _due(self, t: int) -> str | None:
         if self.tracker.observed < MIN_SAMPLES:
             return None
@@ -126,6 +132,8 @@ class Adapter:
                 return []
             self.switches += 1
             self._announced_at = None
+            c.metrics.plan.set(p.plan)
+            c.metrics.plan_switches.inc()
             _log.info("plan switch iteration=%d plan=%d code=%s reason=%s predicted_gain=%s ready=%d/%d", t, p.plan,
                       p.code.spec, p.reason, p.detail.get("predicted_gain"), len(p.ready),
                       len(c.members.connections))
@@ -137,11 +145,14 @@ class Adapter:
             return []
         times = self.tracker.matrix()
         current = c.code
-        choice = await asyncio.get_running_loop().run_in_executor(
-            None, lambda: plan(current, times, smax=self.smax, min_gain=self.policy.min_gain))
         self.checks += 1
         self._last_check = t
         self._checked_speeds = self.tracker.chronic()
+        self._export()
+        if blocks_unchanged(current, times):
+            return []  # speeds the grain cannot follow better than the code in use: nothing to plan
+        choice = await asyncio.get_running_loop().run_in_executor(
+            None, lambda: plan(current, times, smax=self.smax, min_gain=self.policy.min_gain))
         _log.debug("plan check iteration=%d reason=%s gain=%.3f switch=%s", t, reason, choice.gain, choice.switch)
         if choice.switch and math.isfinite(choice.predicted_s):
             c.announce(choice.code, reason, choice.as_dict())

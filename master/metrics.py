@@ -35,6 +35,11 @@ class Metrics:
                                  ["kind"], registry=r)
         self.connected = Gauge("flexgc_connected_workers", "workers with a live Work stream", registry=r)
         self.loss = Gauge("flexgc_loss", "mean loss at the current parameters", registry=r)
+        self.worker_speed = Gauge("flexgc_worker_chronic_seconds", "--adapt: a worker's chronic per-unit time "
+                                  "(seconds it needs for the whole dataset; median of its last 8 iterations)",
+                                  ["slot", "worker_id"], registry=r)
+        self.plan = Gauge("flexgc_plan", "--adapt: id of the plan (code) in use", registry=r)
+        self.plan_switches = Counter("flexgc_plan_switches_total", "--adapt: plan switches", registry=r)
         self.rejected_by_kind: dict[str, int] = {}  # for summary.json
 
     def reject(self, kind: str) -> None:

@@ -7,7 +7,7 @@ dataset (model A: a fraction x takes x times that). A slot cancelled before its 
 gives a lower bound (its time for one partition exceeds the time it was given); a slot that never
 answered gives inf.
 
-`SpeedTracker` keeps the last `window` per-unit times per slot and two estimates of each:
+`SpeedTracker` keeps the per-unit times of the last `window` iterations per slot and two estimates of each:
 
 * **chronic**: the median of its last `chronic_window` finite times: a persistent speed (a slow machine,
   a slow half of the cluster), which one-off stalls do not move;
@@ -20,8 +20,6 @@ worker, not to a slot. The planner (common/planner.py) reads `matrix()`.
 from __future__ import annotations
 
 import math
-from collections import deque
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -30,15 +28,10 @@ CHRONIC_WINDOW = 8
 FAST_ALPHA = 0.5
 
 
-@dataclass
-class _Slot:
-    worker_id: str = ""
-    times: deque[float] = field(default_factory=deque)
-    log_recent: float | None = None
-
-
 class SpeedTracker:
-    """Rolling per-unit times per slot, and chronic and recent speed estimates from them."""
+    """Rolling per-unit times per slot (a ``(window, n)`` ring of iterations; nan: no measurement, inf: no
+    answer), and chronic and recent speed estimates from them. Vectorized: the master updates it once per
+    iteration and reads it once per check."""
 
     def __init__(self, n: int, window: int = 30, chronic_window: int = CHRONIC_WINDOW,
                  fast_alpha: float = FAST_ALPHA) -> None:
@@ -46,65 +39,77 @@ class SpeedTracker:
         self.window = window
         self.chronic_window = chronic_window
         self.fast_alpha = fast_alpha
-        self._slots = [_Slot() for _ in range(n)]
+        self._ring = np.full((window, n), math.nan)
+        self._log_recent = np.full(n, math.nan)
+        self._worker_ids = [""] * n
         self.observed = 0               # iterations observed
 
     def observe(self, per_unit_s: dict[int, float], worker_ids: dict[int, str]) -> None:
         """One iteration's per-unit seconds per slot that was sent the task (inf: never answered)."""
-        self.observed += 1
+        row = np.full(self.n, math.nan)
         for slot, value in per_unit_s.items():
-            s = self._slots[slot]
-            wid = worker_ids.get(slot, s.worker_id)
-            if wid != s.worker_id:
-                self._slots[slot] = s = _Slot(worker_id=wid)
-            s.times.append(float(value))
-            while len(s.times) > self.window:
-                s.times.popleft()
-            if math.isfinite(value) and value > 0:
-                x = math.log(value)
-                s.log_recent = x if s.log_recent is None else (1 - self.fast_alpha) * s.log_recent + self.fast_alpha * x
+            wid = worker_ids.get(slot, self._worker_ids[slot])
+            if wid != self._worker_ids[slot]:  # another worker holds the slot: its history starts anew
+                self._worker_ids[slot] = wid
+                self._ring[:, slot] = math.nan
+                self._log_recent[slot] = math.nan
+            row[slot] = value
+        self._ring[self.observed % self.window] = row
+        self.observed += 1
+        ok = np.isfinite(row) & (row > 0)
+        x = np.log(np.where(ok, row, 1.0))
+        fresh = ok & np.isnan(self._log_recent)
+        self._log_recent = np.where(fresh, x, self._log_recent)
+        upd = ok & ~fresh
+        self._log_recent[upd] = (1 - self.fast_alpha) * self._log_recent[upd] + self.fast_alpha * x[upd]
+
+    def _rows(self, count: int | None = None) -> np.ndarray:
+        """The last `count` observed rows (default: all kept), oldest first."""
+        kept = min(self.observed, self.window)
+        count = kept if count is None else min(count, kept)
+        idx = (np.arange(self.observed - count, self.observed)) % self.window
+        return self._ring[idx]
 
     def samples(self, slot: int) -> int:
-        """How many per-unit times slot `slot` has in its window."""
-        return len(self._slots[slot].times)
+        """How many measurements (finite or not) slot `slot` has in its window."""
+        return int(np.sum(~np.isnan(self._rows()[:, slot])))
 
     def chronic(self) -> np.ndarray:
-        """``(n,)`` chronic per-unit seconds (median of the last chronic_window finite times; nan: none)."""
+        """``(n,)`` chronic per-unit seconds: the median of the finite times among the last chronic_window
+        iterations (nan: none)."""
+        rows = self._rows(self.chronic_window)
+        finite = np.where(np.isfinite(rows), rows, np.nan)
         out = np.full(self.n, math.nan)
-        for i, s in enumerate(self._slots):
-            finite = [t for t in list(s.times)[-self.chronic_window:] if math.isfinite(t)]
-            if finite:
-                out[i] = float(np.median(finite))
+        known = ~np.all(np.isnan(finite), axis=0)
+        if known.any():
+            out[known] = np.nanmedian(finite[:, known], axis=0)
         return out
 
     def recent(self) -> np.ndarray:
         """``(n,)`` recent per-unit seconds (EWMA of the log; nan: none)."""
-        return np.array([math.exp(s.log_recent) if s.log_recent is not None else math.nan for s in self._slots])
+        return np.exp(self._log_recent)
 
     def matrix(self, rows: int | None = None) -> np.ndarray:
-        """``(W, n)`` the last W per-unit times of every slot (W: the shortest history, at most `rows`);
-        a slot with a shorter history than the others is padded at the front with its median."""
-        lengths = [len(s.times) for s in self._slots]
-        W = max(lengths) if lengths else 0
-        if rows is not None:
-            W = min(W, rows)
-        out = np.full((W, self.n), math.inf)
-        for i, s in enumerate(self._slots):
-            times = list(s.times)[-W:] if W else []
-            if len(times) < W:
-                finite = [t for t in times if math.isfinite(t)]
-                pad = float(np.median(finite)) if finite else math.inf
-                times = [pad] * (W - len(times)) + times
-            out[:, i] = times
+        """``(W, n)`` the last W iterations' per-unit times (at most `rows`); an iteration in which a slot was not
+        measured (it was not sent the task, or its history started later) holds that slot's median."""
+        out = self._rows(rows).copy()
+        finite = np.where(np.isfinite(out), out, np.nan)
+        known = ~np.all(np.isnan(finite), axis=0)
+        med = np.full(self.n, math.inf)
+        if known.any() and len(out):
+            med[known] = np.nanmedian(finite[:, known], axis=0)
+        gaps = np.isnan(out)
+        out[gaps] = np.broadcast_to(med, out.shape)[gaps]
         return out
 
-    def snapshot(self) -> list[dict[str, object]]:
+    def snapshot(self) -> list[dict[str, Any]]:
         """Per slot: worker id, chronic and recent per-unit seconds, samples (for the run log and metrics)."""
         chronic, recent = self.chronic(), self.recent()
-        return [{"slot": i, "worker_id": s.worker_id, "samples": len(s.times),
+        counts = np.sum(~np.isnan(self._rows()), axis=0)
+        return [{"slot": i, "worker_id": self._worker_ids[i], "samples": int(counts[i]),
                  "chronic_s": None if math.isnan(chronic[i]) else round(float(chronic[i]), 6),
                  "recent_s": None if math.isnan(recent[i]) else round(float(recent[i]), 6)}
-                for i, s in enumerate(self._slots)]
+                for i in range(self.n)]
 
 
 def per_unit_times(k: int, workers: list[dict[str, Any]]) -> dict[int, float]:

@@ -4,11 +4,14 @@ against their own plan."""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 
 from flexgc.common import wire
 from flexgc.common.codes import parse_code, weighted_code
+from flexgc.master.speeds import SpeedTracker, per_unit_times
 from flexgc.v1 import coordinator_pb2 as pb
 from tests.master.jobs import Job, N, assert_exact, drain, run
 
@@ -122,3 +125,35 @@ def test_plan_messages_round_trip_on_the_wire() -> None:
     ready = wire.worker_event(wire.worker_message(wire.PlanReady(7)), 0, 3)
     assert ready == wire.PlanReady(7)
     assert parse_code(SPLIT, N).k == 6
+
+
+# -- speed estimates ------------------------------------------------------------------------------
+
+def _worker(slot: int, compute: list[float], delay: list[float], sent: float | None = 0.0,
+            cancel: float | None = None, ack: float | None = None, done: float | None = None) -> dict[str, object]:
+    return {"slot": slot, "task_sent_ms": sent, "compute_ms": compute, "delay_ms": delay, "cancel_sent_ms": cancel,
+            "cancel_ack_ms": ack, "task_done_ms": done}
+
+
+def test_per_unit_times_from_a_record() -> None:
+    workers = [_worker(0, [1.0, 1.0], [9.0, 9.0], done=25.0),            # 10 ms per partition
+               _worker(1, [], [], cancel=30.0, ack=31.0),                   # cancelled before its first one
+               _worker(2, [], []),                                         # never answered
+               _worker(3, [], [], sent=None)]                              # not sent the task
+    out = per_unit_times(8, workers)
+    assert out == {0: pytest.approx(0.08), 1: pytest.approx(0.24), 2: math.inf}
+
+
+def test_speed_tracker_chronic_is_robust_to_a_stall_and_follows_a_persistent_change() -> None:
+    tracker = SpeedTracker(2, window=30)
+    for t in range(20):
+        tracker.observe({0: 1.0, 1: 50.0 if t == 10 else 2.0}, {0: "a", 1: "b"})
+    assert tracker.chronic() == pytest.approx([1.0, 2.0])       # one stall does not move the median
+    for _ in range(5):
+        tracker.observe({0: 4.0, 1: 2.0}, {0: "a", 1: "b"})
+    assert tracker.chronic()[0] == pytest.approx(4.0)           # 5 of the last 8 at 4x: the median moved
+    assert tracker.recent()[0] == pytest.approx(4.0, rel=0.05)
+    tracker.observe({0: 9.0, 1: 2.0}, {0: "c", 1: "b"})         # another worker took slot 0: history anew
+    assert tracker.samples(0) == 1 and tracker.chronic()[0] == 9.0
+    assert tracker.matrix().shape == (26, 2) and tracker.matrix()[0, 0] == 9.0  # padded with its median
+    assert [row["worker_id"] for row in tracker.snapshot()] == ["c", "b"]

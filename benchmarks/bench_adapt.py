@@ -36,6 +36,9 @@ SCENARIOS: dict[str, dict[str, Any]] = {
                   "delay": "shifted-exp:a=1,mu=20,unit_s=0.3/slow:workers=0+5+6+7+8,factor=4.5"},
     # a good homogeneous cluster with transient noise: adapting must not make it slower
     "homogeneous": {"n": 10, "code": "nested:levels=0,1,2,3", "delay": "shifted-exp:a=1,mu=1,unit_s=0.2"},
+    # a worker that becomes 4x slower at iteration 30: detected and re-planned within 10 iterations?
+    "slowdown": {"n": 10, "code": "nested:levels=0,1,2,3", "delay":
+                 "shifted-exp:a=1,mu=20,unit_s=0.3/slow:workers=3,factor=4,from=30", "event_at": 30},
 }
 SPLIT = 4
 
@@ -97,7 +100,11 @@ def run_scenario(name: str, args: argparse.Namespace) -> dict[str, Any]:
              for s in runs}
     best_static = [min(runs["uncoded"][r]["mean_ms"], runs["nested"][r]["mean_ms"]) for r in range(args.repeats)]
     adapt_vs_best = statistics.median(runs["adapt"][r]["mean_ms"] / best_static[r] for r in range(args.repeats))
-    return {"scenario": name, **sc, "split": SPLIT, "iterations": args.iterations, "warmup": args.warmup,
+    detect = None
+    if "event_at" in sc:  # iterations from the change to the first switch after it, per repeat
+        detect = [next((s["iteration"] - sc["event_at"] for s in r["switches"] if s["iteration"] >= sc["event_at"]),
+                       None) for r in runs["adapt"]]
+    return {"scenario": name, **sc, "split": SPLIT, "switch_after_event": detect, "iterations": args.iterations, "warmup": args.warmup,
             "ratio_to_uncoded": ratio, "adapt_over_best_static": adapt_vs_best,
             "runs": {s: [{k: v for k, v in r.items() if k != "latencies_ms"} for r in rs] for s, rs in runs.items()}}
 
@@ -121,7 +128,8 @@ def main(argv: list[str] | None = None) -> int:
         results.append(res)
         r = res["ratio_to_uncoded"]
         print(f"{name}: mean latency / uncoded (iterations {args.warmup}..{args.iterations - 1}): nested "
-              f"{r['nested']:.2f}, adapt {r['adapt']:.2f}; adapt / best static {res['adapt_over_best_static']:.3f}")
+              f"{r['nested']:.2f}, adapt {r['adapt']:.2f}; adapt / best static {res['adapt_over_best_static']:.3f}"
+              + (f"; switched {res['switch_after_event']} iterations after the change" if "event_at" in res else ""))
     meta = {"machine": f"{os.cpu_count()} CPUs", "load_average": os.getloadavg(), "wall_s": round(time.time() - t0, 1)}
     Path(args.out).mkdir(parents=True, exist_ok=True)
     (Path(args.out) / "results.json").write_text(json.dumps({"meta": meta, "results": results}, indent=2) + "\n")

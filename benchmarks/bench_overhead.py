@@ -24,9 +24,9 @@ what n worker processes cost on this machine's cores is visible.
 from __future__ import annotations
 
 import argparse
-import math
 import asyncio
 import json
+import math
 import multiprocessing as mp
 import os
 import statistics

@@ -509,7 +509,7 @@ def simulate(code: Code, model: DelayModel, trials: int, seed: int,
     approximate = False
     chunk = chunk_trials(code.n, code.k)
     for start in range(0, trials, chunk):
-        durations = sample_durations(model, code, min(chunk, trials - start), rng)
+        durations = sample_durations(model, code, min(chunk, trials - start), rng, start=start)
         times = decode_times(code, durations, policy)
         latency.append(times.latency)
         level.append(times.level)

@@ -14,6 +14,7 @@ A spec is a base model, optionally followed by modifiers, joined with ``/``::
                                           factor * (a + b * x), factor = persistent * transient log-normal
                                           * heavy straggler (Markov) * slow class (docs/traces.md)
     .../slow:workers=0+3,factor=5         persistent slow slots: their times are multiplied by factor
+    .../slow:workers=3,factor=4,from=30   ... from iteration 30 on (a worker that becomes slow)
     .../dead:workers=7                    persistent dead slots: they never answer
 
 ``p`` is the probability that a worker is unresponsive in an iteration (it never answers). Every base
@@ -87,10 +88,12 @@ _MODIFIER_SPLIT = re.compile(r"/(?=\s*[A-Za-z][\w-]*\s*:)")
 
 @dataclass(frozen=True, slots=True)
 class SlowWorkers:
-    """Slots whose every duration is multiplied by `factor` (>= 1)."""
+    """Slots whose every duration is multiplied by `factor` (>= 1), from iteration `start` on (``from=T``:
+    a worker that becomes slow during the job)."""
 
     slots: tuple[int, ...]
     factor: float
+    start: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,13 +142,16 @@ class DelayModel:
         """True for ``shifted-exp`` without modifiers or unresponsive workers (the closed forms' setting)."""
         return self.kind == "shifted-exp" and self.p == 0.0 and not self.slow and not self.dead
 
-    def slot_factors(self, n: int) -> np.ndarray:
-        """Duration multiplier per slot, ``(n,)``; raises ConfigError if a modifier names a slot >= n."""
+    def slot_factors(self, n: int, iterations: np.ndarray | None = None) -> np.ndarray:
+        """Duration multiplier per slot, ``(n,)`` (the slowness in force from iteration 0 on), or per iteration
+        of `iterations` and slot, ``(len(iterations), n)``; raises ConfigError if a modifier names a slot >= n."""
         self.check_slots(n)
-        factors = np.ones(n)
+        its = np.zeros(1, dtype=np.int64) if iterations is None else np.asarray(iterations)
+        factors = np.ones((len(its), n))
         for group in self.slow:
-            factors[list(group.slots)] *= group.factor
-        return factors
+            on = its >= group.start
+            factors[np.ix_(on, list(group.slots))] *= group.factor
+        return factors[0] if iterations is None else factors
 
     def dead_mask(self, n: int) -> np.ndarray:
         """``(n,)`` bool, True for persistent dead slots."""
@@ -214,11 +220,12 @@ def parse_delay(text: str, field_name: str = "delay") -> DelayModel:
     for part in parts[1:]:
         mod = parse_spec(part, field_name)
         if mod.family == "slow":
-            reject_unknown(mod, {"workers", "factor"}, field_name)
+            reject_unknown(mod, {"workers", "factor", "from"}, field_name)
             slots = _slots(mod, field_name)
             if "factor" not in mod.params:
                 raise ConfigError(f"{field_name}={text!r}: slow needs factor=F (F >= 1)")
-            slow.append(SlowWorkers(slots, as_float(mod, "factor", field_name, minimum=1.0)))
+            start = as_int(mod, "from", field_name, minimum=0) if "from" in mod.params else 0
+            slow.append(SlowWorkers(slots, as_float(mod, "factor", field_name, minimum=1.0), start))
         elif mod.family == "dead":
             reject_unknown(mod, {"workers"}, field_name)
             dead.update(_slots(mod, field_name))
@@ -320,6 +327,8 @@ def _canonical(model: DelayModel) -> str:
     text = model.kind + (":" + ",".join(items) if items else "")
     for group in model.slow:
         text += f"/slow:workers={'+'.join(map(str, group.slots))},factor={group.factor:g}"
+        if group.start:
+            text += f",from={group.start}"
     if model.dead:
         text += f"/dead:workers={'+'.join(map(str, model.dead))}"
     return text
@@ -368,7 +377,7 @@ def realize(model: DelayModel, seed: int, iteration: int, slot: int, order: tupl
         x = float(_draw_x(model, rng, ()))
         per_part = np.full(m, (model.a + x) / k)
     unresponsive = slot in model.dead or (rng is not None and model.p > 0 and bool(rng.random() < model.p))
-    factor = math.prod(g.factor for g in model.slow if slot in g.slots)
+    factor = math.prod(g.factor for g in model.slow if slot in g.slots and iteration >= g.start)
     durations_s = np.full(m, math.inf) if unresponsive else per_part * (factor * model.unit_s)
     return Realization(durations_s.astype(np.float64), unresponsive, x)
 
@@ -398,7 +407,7 @@ def sample_durations(model: DelayModel, code: Code, trials: int, rng: np.random.
     n, k = code.n, code.k
     if trials < 1:
         raise ConfigError(f"trials={trials}; need >= 1")
-    factors = model.slot_factors(n)
+    factors = model.slot_factors(n, np.arange(start, start + trials))
     dead = model.dead_mask(n)
     max_parts = max(len(o) for o in code.order)
     idx = np.zeros((n, max_parts), dtype=np.int64)
@@ -423,7 +432,7 @@ def sample_durations(model: DelayModel, code: Code, trials: int, rng: np.random.
     else:
         x = _draw_x(model, rng, (trials, n))
         durations = np.repeat(((model.a + x) / k)[:, :, None], max_parts, axis=2)
-    durations *= factors[None, :, None]
+    durations *= factors[:, :, None]
     gone = np.broadcast_to(dead, (trials, n))
     if model.p > 0:
         gone = gone | (rng.random((trials, n)) < model.p)

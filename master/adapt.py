@@ -87,6 +87,7 @@ class Adapter:
         self._last_check = -1
         self._checked_speeds: np.ndarray | None = None
         self._announced_at: int | None = None
+        self._regime_from = 0   # observation index where the current speeds began (a detected change)
         self.switches = 0
         self.checks = 0
 
@@ -116,6 +117,9 @@ class Adapter:
                                                          | (ratio < 1 / self.policy.change_factor)))
             if moved.size:
                 i = int(moved[np.argmax(np.abs(np.log(ratio[moved])))])
+                # plan on the iterations of the new speeds only (the chronic window that showed the change):
+                # older iterations describe a cluster that is gone
+                self._regime_from = max(0, self.tracker.observed - self.tracker.chronic_window)
                 return f"slot {i} chronic speed changed {ratio[i]:.2f}x"
         return None
 
@@ -143,7 +147,7 @@ class Adapter:
         reason = self._due(t)
         if reason is None:
             return []
-        times = self.tracker.matrix()
+        times = self.tracker.matrix(self.tracker.observed - self._regime_from)
         current = c.code
         self.checks += 1
         self._last_check = t

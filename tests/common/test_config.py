@@ -361,7 +361,7 @@ def test_each_option_is_declared_once_on_its_config_field() -> None:
 
 @pytest.mark.parametrize(("overrides", "message"), [
     (dict(code="crcc:s=2"), "code='crcc:s=2': unknown family 'crcc'; allowed: uncoded, ignore, frc, crc, nested, "
-                            "nested-frc, multimessage"),
+                            "nested-frc, multimessage, weighted"),
     (dict(workers=3, code="nested:levels=0,1,2,3"), "code='nested:levels=0,1,2,3': levels=0,1,2,3; need strictly "
                                                     "increasing 0 <= s_0 < ... < s_L < n=3"),
     (dict(port=70000), "port=70000; must be <= 65535"),

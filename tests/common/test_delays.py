@@ -555,3 +555,20 @@ def test_lognormal_realize_matches_sample_durations() -> None:
     assert np.mean(live) == pytest.approx(np.mean(mc), rel=0.05)
     for q in (0.5, 0.9, 0.99):
         assert np.quantile(live, q) == pytest.approx(np.quantile(mc, q), rel=0.05), q
+
+
+def test_a_slow_modifier_from_an_iteration_on_applies_from_then_in_realize_and_sampling() -> None:
+    from flexgc.common.codes import parse_code
+    from flexgc.common.delays import parse_delay, realize, sample_durations
+
+    model = parse_delay("shifted-exp:a=1,mu=1000/slow:workers=1,factor=4,from=30")
+    assert parse_delay(model.spec).spec == model.spec and "from=30" in model.spec
+    before = realize(model, 0, 29, 1, (0,), 4).durations_s[0] / realize(model, 0, 29, 0, (0,), 4).durations_s[0]
+    after = realize(model, 0, 30, 1, (0,), 4).durations_s[0] / realize(model, 0, 30, 0, (0,), 4).durations_s[0]
+    assert before == pytest.approx(1.0, rel=0.01) and after == pytest.approx(4.0, rel=0.01)
+    code = parse_code("uncoded", 4)
+    d = sample_durations(model, code, 4, np.random.default_rng(0), start=28)  # iterations 28..31
+    ratio = d[:, 1, 0] / d[:, 0, 0]
+    assert ratio[:2] == pytest.approx([1.0, 1.0], rel=0.01) and ratio[2:] == pytest.approx([4.0, 4.0], rel=0.01)
+    with pytest.raises(ConfigError, match="from"):
+        parse_delay("shifted-exp/slow:workers=1,factor=2,from=-1")

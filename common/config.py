@@ -160,11 +160,15 @@ class MasterConfig(_Tls):
         parse_model(self.model)
         parse_optimizer(self.optimizer, self.lr, self.momentum)
         try:
-            parse_code(self.code, self.workers)
+            code = parse_code(self.code, self.workers)
         except ConfigError as exc:  # name the code once (it may be the default); its errors name n
             message = str(exc).removeprefix("code: ").removesuffix(f" (in {self.code!r})")
             shown = "" if message.startswith(f"code={self.code!r}") else f"code={self.code!r}: "
             raise ConfigError(f"{shown}{message}") from None
+        if self.adapt != "off" and code.family == "ignore":
+            raise ConfigError(f"adapt={self.adapt!r} with code={self.code!r}: ignore-s is approximate by design and an "
+                              f"adaptive plan keeps every gradient exact; allowed: an exact code (uncoded, nested, "
+                              f"...) or adapt='off'")
         parse_delay(self.delay, "delay").check_slots(self.workers)
 
     @classmethod

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from flexgc.common.analysis import decode_times
-from flexgc.common.codes import Code, weighted_code
+from flexgc.common.codes import Code, parse_code, weighted_code
 from flexgc.common.errors import ConfigError
 
 MIN_GAIN = 0.05
@@ -167,6 +167,8 @@ def plan(current: Code, times: np.ndarray, *, smax: int | None = None, min_gain:
     rule = min(RING_RULES, key=lambda r: float(np.mean(scores[r])))
     speeds = chronic_speeds(times)
     best = candidate(rule, k, smax, speeds)
+    if current.signaling != best.signaling:  # the plan keeps the job's signaling (push or notify)
+        best = parse_code(f"{best.spec},signaling={current.signaling}", n)
     best_s = float(np.mean(scores[rule]))
     now = latencies(current, times)
     current_s = float(np.mean(now))

@@ -383,3 +383,12 @@ def test_the_default_code_follows_n(workers: int, code: str) -> None:
     cfg = master_config(workers=workers)
 
     assert cfg.code == "auto" and parse_code(cfg.code, workers).spec.startswith(code)
+
+
+def test_adapt_refuses_an_approximate_code_and_names_the_field() -> None:
+    with pytest.raises(ConfigError, match=r"adapt='speed' with code='ignore:s=1'.*allowed: an exact code"):
+        master_config(code="ignore:s=1", adapt="speed")
+    with pytest.raises(ConfigError, match=r"adapt.*'fast'; allowed: off, speed"):
+        master_config(adapt="fast")
+    with pytest.raises(ConfigError, match="adapt_split=65; allowed 1..64"):
+        master_config(adapt="speed", adapt_split=65)

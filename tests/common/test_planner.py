@@ -184,3 +184,10 @@ def test_planner_is_a_pure_function_of_its_inputs() -> None:
         alive = sum(1 << a.code.message_id(level, i) for level in range(a.code.n_levels) for i in range(8)
                     if i not in slots)
         assert Decoder(a.code).solve(alive) is not None
+
+
+def test_a_plan_keeps_the_jobs_signaling() -> None:
+    current = parse_code("nested:levels=0,1,signaling=notify,split=3", 6)
+    choice = plan(current, _two_class(6, 20, 0, (0, 1)))
+    assert choice.switch and choice.code.signaling == "notify" and "signaling=notify" in choice.code.spec
+    assert parse_code(choice.code.spec, 6).signaling == "notify"

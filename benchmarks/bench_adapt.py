@@ -104,7 +104,8 @@ def run_scenario(name: str, args: argparse.Namespace) -> dict[str, Any]:
     if "event_at" in sc:  # iterations from the change to the first switch after it, per repeat
         detect = [next((s["iteration"] - sc["event_at"] for s in r["switches"] if s["iteration"] >= sc["event_at"]),
                        None) for r in runs["adapt"]]
-    return {"scenario": name, **sc, "split": SPLIT, "switch_after_event": detect, "iterations": args.iterations, "warmup": args.warmup,
+    return {"scenario": name, **sc, "split": SPLIT, "switch_after_event": detect, "iterations": args.iterations,
+            "warmup": args.warmup,
             "ratio_to_uncoded": ratio, "adapt_over_best_static": adapt_vs_best,
             "runs": {s: [{k: v for k, v in r.items() if k != "latencies_ms"} for r in rs] for s, rs in runs.items()}}
 

@@ -150,7 +150,7 @@ class DelayModel:
         factors = np.ones((len(its), n))
         for group in self.slow:
             on = its >= group.start
-            factors[np.ix_(on, list(group.slots))] *= group.factor
+            factors[np.ix_(on, np.asarray(group.slots, dtype=np.int64))] *= group.factor
         return factors[0] if iterations is None else factors
 
     def dead_mask(self, n: int) -> np.ndarray:

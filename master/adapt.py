@@ -35,6 +35,7 @@ from flexgc.master.speeds import SpeedTracker, per_unit_times
 _log = logging.getLogger(__name__)
 
 FORCE_AFTER = 3          # boundaries to wait for PlanReady before switching anyway
+TRIGGERED_CHECKS = 5     # checks a detected speed change may trigger before the periodic ones take over
 MIN_SAMPLES = 5          # iterations observed before the first check
 
 
@@ -85,9 +86,11 @@ class Adapter:
         self.smax = coordinator.code.s_max
         self.tracker = SpeedTracker(coordinator.code.n, window=policy.window)
         self._last_check = -1
-        self._checked_speeds: np.ndarray | None = None
+        self._checked_speeds: np.ndarray | None = None   # chronic speeds at the last check
+        self._planned_speeds: np.ndarray | None = None   # ... when the plan in use was chosen (or the first check)
         self._announced_at: int | None = None
         self._regime_from = 0   # observation index where the current speeds began (a detected change)
+        self._triggered = 0     # checks triggered by a speed change since the plan in use was chosen
         self.switches = 0
         self.checks = 0
 
@@ -103,6 +106,18 @@ class Adapter:
             if row["chronic_s"] is not None:
                 gauge.labels(slot=str(row["slot"]), worker_id=str(row["worker_id"])).set(float(row["chronic_s"]))
 
+    def _moved(self, reference: np.ndarray | None) -> tuple[int, float] | None:
+        """The slot whose chronic speed moved most beyond change_factor since `reference`, and by how much."""
+        if reference is None:
+            return None
+        ratio = self.tracker.chronic() / reference
+        moved = np.flatnonzero(np.isfinite(ratio) & ((ratio > self.policy.change_factor)
+                                                     | (ratio < 1 / self.policy.change_factor)))
+        if not moved.size:
+            return None
+        i = int(moved[np.argmax(np.abs(np.log(ratio[moved])))])
+        return i, float(ratio[i])
+
     def _due(self, t: int) -> str | None:
         if self.tracker.observed < MIN_SAMPLES:
             return None
@@ -110,18 +125,24 @@ class Adapter:
             return "first check"
         if t - self._last_check >= self.policy.replan_every:
             return f"every {self.policy.replan_every} iterations"
-        if self._checked_speeds is not None:
-            now = self.tracker.chronic()
-            ratio = now / self._checked_speeds
-            moved = np.flatnonzero(np.isfinite(ratio) & ((ratio > self.policy.change_factor)
-                                                         | (ratio < 1 / self.policy.change_factor)))
-            if moved.size:
-                i = int(moved[np.argmax(np.abs(np.log(ratio[moved])))])
-                # plan on the iterations of the new speeds only (the chronic window that showed the change):
-                # older iterations describe a cluster that is gone
-                self._regime_from = max(0, self.tracker.observed - self.tracker.chronic_window)
-                return f"slot {i} chronic speed changed {ratio[i]:.2f}x"
+        # a speed moved since the plan in use was sized: check again every other iteration while the new
+        # speeds' iterations accumulate (at most TRIGGERED_CHECKS times), not only every replan_every
+        moved = self._moved(self._planned_speeds)
+        if moved and t - self._last_check >= 2 and self._triggered < TRIGGERED_CHECKS:
+            self._triggered += 1
+            return f"slot {moved[0]} chronic speed changed {moved[1]:.2f}x"
         return None
+
+    def _regime_start(self, slot: int) -> int:
+        """Observation index where slot `slot`'s new speed began: its trailing run of times beyond
+        change_factor of the speed the plan in use was sized for."""
+        assert self._planned_speeds is not None
+        rows = self.tracker.matrix(self.tracker.observed - self._regime_from)[:, slot]
+        ratio = rows / self._planned_speeds[slot]
+        f = self.policy.change_factor
+        beyond = ((ratio > f) | (ratio < 1 / f))[::-1]  # newest first
+        run = len(beyond) if beyond.all() else int(np.argmin(beyond))  # the trailing run
+        return self.tracker.observed - max(run, 2)
 
     async def boundary(self, t: int) -> list[dict[str, Any]]:
         """Before iteration t starts: switch to an announced plan, or check whether to announce one. Returns
@@ -147,11 +168,18 @@ class Adapter:
         reason = self._due(t)
         if reason is None:
             return []
+        moved = self._moved(self._planned_speeds)
+        if moved is not None:
+            # a speed changed since the plan in use was sized: plan on the iterations of the new speeds only;
+            # older iterations describe a cluster that is gone
+            self._regime_from = max(self._regime_from, self._regime_start(moved[0]))
         times = self.tracker.matrix(self.tracker.observed - self._regime_from)
         current = c.code
         self.checks += 1
         self._last_check = t
         self._checked_speeds = self.tracker.chronic()
+        if self._planned_speeds is None:
+            self._planned_speeds = self._checked_speeds  # the first check: the job's code was sized for these
         self._export()
         if blocks_unchanged(current, times):
             return []  # speeds the grain cannot follow better than the code in use: nothing to plan
@@ -161,6 +189,8 @@ class Adapter:
         if choice.switch and math.isfinite(choice.predicted_s):
             c.announce(choice.code, reason, choice.as_dict())
             self._announced_at = t
+            self._planned_speeds = np.array(choice.speeds)  # what the plan was sized for
+            self._triggered = 0
         return []
 
     def state(self) -> dict[str, Any]:

@@ -142,7 +142,7 @@ def predicted_latency(code: Code, times: np.ndarray) -> float:
 
 
 def plan(current: Code, times: np.ndarray, *, smax: int | None = None, min_gain: float = MIN_GAIN,
-         min_t: float = MIN_T) -> PlanChoice:
+         min_t: float = MIN_T, iteration_s: float = 0.0) -> PlanChoice:
     """The best weighted code for the measured per-unit times (``(W, n)`` seconds, W >= 2), against `current`.
 
     The plan keeps the job's k partitions (so no data is re-cut) and its tolerance s_max (default: the
@@ -150,7 +150,9 @@ def plan(current: Code, times: np.ndarray, *, smax: int | None = None, min_gain:
     iterations and evaluated on the even ones, and the other way round, so blocks fitted to noise (a
     homogeneous cluster measured for a while always looks a little heterogeneous) predict no gain.
     `switch` is True only when that prediction saves at least `min_gain` against the code in use, and
-    significantly (`MIN_T`).
+    significantly (`MIN_T`). The saving is a fraction of the iteration: of the code in use's predicted
+    compute time, or of `iteration_s` (the measured mean iteration latency, communication included) when
+    that is longer, so that a plan which saves 30% of a compute time that is 2% of the iteration is no gain.
     """
     times = np.asarray(times, dtype=np.float64)
     n, k = current.n, current.k
@@ -173,7 +175,7 @@ def plan(current: Code, times: np.ndarray, *, smax: int | None = None, min_gain:
     now = latencies(current, times)
     current_s = float(np.mean(now))
     if math.isfinite(current_s) and current_s > 0:
-        gain = 1.0 - best_s / current_s
+        gain = (current_s - best_s) / max(current_s, iteration_s)
         diff = now - scores[rule]
         se = float(np.std(diff, ddof=1)) / math.sqrt(len(diff)) if np.all(np.isfinite(diff)) else math.nan
         t_stat = float(np.mean(diff)) / se if se > 0 else (math.inf if np.mean(diff) > 0 else 0.0)

@@ -20,6 +20,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import time
+from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,6 +38,7 @@ _log = logging.getLogger(__name__)
 
 FORCE_AFTER = 3          # boundaries to wait for PlanReady before switching anyway
 TRIGGERED_CHECKS = 5     # checks a detected speed change may trigger before the periodic ones take over
+PLAN_SHARE = 0.02        # the planner may use at most this share of the master's wall time
 MIN_SAMPLES = 5          # iterations observed before the first check
 
 
@@ -91,6 +94,9 @@ class Adapter:
         self._announced_at: int | None = None
         self._regime_from = 0   # observation index where the current speeds began (a detected change)
         self._triggered = 0     # checks triggered by a speed change since the plan in use was chosen
+        self._latency_ms: deque[float] = deque(maxlen=policy.window)  # measured iteration latencies
+        self._plan_s = 0.0          # wall time of the last planner run
+        self._checked_at = -math.inf
         self.switches = 0
         self.checks = 0
 
@@ -99,6 +105,8 @@ class Adapter:
         members = self.coordinator.members.connections
         self.tracker.observe(per_unit_times(self.coordinator.code.k, record["workers"]),
                              {slot: conn.worker_id for slot, conn in members.items()})
+        if record["outcome"] != "FAILED" and record["latency_ms"] is not None:
+            self._latency_ms.append(float(record["latency_ms"]))
 
     def _export(self) -> None:
         gauge = self.coordinator.metrics.worker_speed
@@ -123,6 +131,8 @@ class Adapter:
             return None
         if self._last_check < 0:
             return "first check"
+        if time.monotonic() - self._checked_at < self._plan_s / PLAN_SHARE:
+            return None  # fast iterations: planning at this pace would cost more than PLAN_SHARE of the master
         if t - self._last_check >= self.policy.replan_every:
             return f"every {self.policy.replan_every} iterations"
         # a speed moved since the plan in use was sized: check again every other iteration while the new
@@ -183,8 +193,12 @@ class Adapter:
         self._export()
         if blocks_unchanged(current, times):
             return []  # speeds the grain cannot follow better than the code in use: nothing to plan
+        iteration_s = float(np.mean(self._latency_ms)) / 1e3 if self._latency_ms else 0.0
+        started = time.monotonic()
         choice = await asyncio.get_running_loop().run_in_executor(
-            None, lambda: plan(current, times, smax=self.smax, min_gain=self.policy.min_gain))
+            None, lambda: plan(current, times, smax=self.smax, min_gain=self.policy.min_gain, iteration_s=iteration_s))
+        self._checked_at = time.monotonic()
+        self._plan_s = self._checked_at - started
         _log.debug("plan check iteration=%d reason=%s gain=%.3f switch=%s", t, reason, choice.gain, choice.switch)
         if choice.switch and math.isfinite(choice.predicted_s):
             c.announce(choice.code, reason, choice.as_dict())

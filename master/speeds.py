@@ -42,10 +42,12 @@ class SpeedTracker:
         self._ring = np.full((window, n), math.nan)
         self._log_recent = np.full(n, math.nan)
         self._worker_ids = [""] * n
+        self._chronic: np.ndarray | None = None   # cached until the next observation
         self.observed = 0               # iterations observed
 
     def observe(self, per_unit_s: dict[int, float], worker_ids: dict[int, str]) -> None:
         """One iteration's per-unit seconds per slot that was sent the task (inf: never answered)."""
+        self._chronic = None
         row = np.full(self.n, math.nan)
         for slot, value in per_unit_s.items():
             wid = worker_ids.get(slot, self._worker_ids[slot])
@@ -77,13 +79,16 @@ class SpeedTracker:
     def chronic(self) -> np.ndarray:
         """``(n,)`` chronic per-unit seconds: the median of the finite times among the last chronic_window
         iterations (nan: none)."""
+        if self._chronic is not None:
+            return self._chronic.copy()
         rows = self._rows(self.chronic_window)
         finite = np.where(np.isfinite(rows), rows, np.nan)
         out = np.full(self.n, math.nan)
         known = ~np.all(np.isnan(finite), axis=0)
         if known.any():
             out[known] = np.nanmedian(finite[:, known], axis=0)
-        return out
+        self._chronic = out
+        return out.copy()
 
     def recent(self) -> np.ndarray:
         """``(n,)`` recent per-unit seconds (EWMA of the log; nan: none)."""

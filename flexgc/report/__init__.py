@@ -12,8 +12,10 @@ from pathlib import Path
 _log = logging.getLogger(__name__)
 
 
-def write_report(run_dirs: Sequence[Path | str], out: Path | str, timeline_max: int | None = None) -> Path:
-    """Write the interactive report of `run_dirs` (same axes, one color per run) to `out`; returns its path."""
+def write_report(run_dirs: Sequence[Path | str], out: Path | str, timeline_max: int | None = None,
+                 target_loss: float | None = None) -> Path:
+    """Write the interactive report of `run_dirs` (same axes, one color per run) to `out`; returns its path.
+    `target_loss`: the time-to-target table's (default: flexgc.targets' rule over these runs)."""
     from flexgc.report.data import RunData
     from flexgc.report.page import page_data, render
 
@@ -21,7 +23,7 @@ def write_report(run_dirs: Sequence[Path | str], out: Path | str, timeline_max: 
     path = Path(out)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(render(page_data(runs, timeline_max=timeline_max)), encoding="utf-8")
+    tmp.write_text(render(page_data(runs, timeline_max=timeline_max, target_loss=target_loss)), encoding="utf-8")
     tmp.replace(path)
     return path
 
@@ -31,7 +33,7 @@ def run_dirs_below(folder: Path) -> list[Path]:
     return sorted((p.parent for p in folder.glob("*/run.jsonl")), key=lambda d: (d / "run.jsonl").stat().st_mtime)
 
 
-def write_report_if_available(run_dirs: Sequence[Path], out: Path) -> Path | None:
+def write_report_if_available(run_dirs: Sequence[Path], out: Path, target_loss: float | None = None) -> Path | None:
     """`write_report` for commands whose report is a bonus (bench, demo): None, with a warning, when the
     `report` extra is not installed or there is no run to show."""
     if importlib.util.find_spec("plotly") is None:
@@ -39,4 +41,4 @@ def write_report_if_available(run_dirs: Sequence[Path], out: Path) -> Path | Non
         return None
     if not run_dirs:
         return None
-    return write_report(run_dirs, out)
+    return write_report(run_dirs, out, target_loss=target_loss)

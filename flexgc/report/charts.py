@@ -28,8 +28,59 @@ def latency_chart(runs: Sequence[RunData], labels: Sequence[str]) -> Chart:
                              markers=True, group=g, text=text))
         if any(x is not None for x in run.ideal_ms):
             series.append(Series(f"{label} (model, same delays)", its, list(run.ideal_ms), dash="dash", group=g))
+    series += _plan_switches(runs, labels, series)
     return Chart("latency", "Iteration latency, measured and the model's ideal for the same delays",
-                 "iteration", "latency (ms)", series, note="click a point to show that iteration's timeline")
+                 "iteration", "latency (ms)", series, note="click a point to show that iteration's timeline; "
+                 "dotted verticals: adaptive plan switches (the first iteration under the new plan is to the right)")
+
+
+def _plan_switches(runs: Sequence[RunData], labels: Sequence[str], drawn: Sequence[Series]) -> list[Series]:
+    """A dotted vertical line in the run's color at each plan switch (a `plan` event of --adapt), half an
+    iteration before the first iteration that ran the new plan, over the range the latencies span."""
+    values = [y for s in drawn for y in s.y if isinstance(y, int | float) and math.isfinite(y)]
+    lo, hi = (min(values), max(values)) if values else (0.0, 1.0)
+    out = []
+    for g, (run, label) in enumerate(zip(runs, labels)):
+        xs: list[float | None] = []
+        ys: list[float | None] = []
+        text: list[str] = []
+        for event in run.plans:
+            x = float(event["iteration"]) - 0.5
+            gain = event.get("predicted_gain")
+            what = (f"plan {event.get('plan')} from iteration {event['iteration']}: {event.get('code')} "
+                    f"({event.get('reason')}{'' if gain is None else f', predicted gain {gain:.1%}'})")
+            xs += [x, x, None]
+            ys += [lo, hi, None]
+            text += [what, what, ""]
+        if xs:
+            out.append(Series(f"{label} plan switch", xs, ys, group=g, dash="dot", text=text))
+    return out
+
+
+def loss_time_chart(runs: Sequence[RunData], labels: Sequence[str], target: float | None) -> Chart:
+    """The full-batch loss of each run's parameters against wall-clock time (flexgc.targets); an approximate
+    iteration's loss, an estimate, as hollow markers; the target as a dotted line."""
+    series = []
+    tmax = 0.0
+    for g, (run, label) in enumerate(zip(runs, labels)):
+        points = run.loss_points()
+        tmax = max([tmax, *(p.time_s for p in points)])
+        for counted, name in ((True, label), (False, f"{label} (estimate: approximate iteration)")):
+            pick = [p for p in points if p.counted == counted]
+            if pick:
+                series.append(Series(name, [round(p.time_s, 3) for p in pick], [p.loss for p in pick],
+                                     kind="line" if counted else "markers", group=g,
+                                     symbol="circle" if counted else "circle-open",
+                                     markers=len(pick) <= 200,
+                                     text=[f"after {p.steps} iterations: loss {p.loss:.6g} ({p.source})"
+                                           for p in pick]))
+    if target is not None and series:
+        series.append(Series(f"target {target:.6g}", [0.0, round(tmax, 3)], [target, target], dash="dot",
+                             color="#555555"))
+    return Chart("loss_time", "Full-batch loss against wall-clock time since the first iteration started",
+                 "wall-clock time (s)", "loss", series,
+                 note="the loss of the parameters at the instant they existed (the previous iteration's decode); "
+                 "hollow: an approximate iteration's estimate, which never counts towards the target")
 
 
 def cdf_chart(runs: Sequence[RunData], labels: Sequence[str]) -> Chart:
@@ -99,13 +150,14 @@ def bytes_chart(runs: Sequence[RunData], labels: Sequence[str]) -> Chart:
                  series)
 
 
-def summary_charts(runs: Sequence[RunData], labels: Sequence[str]) -> list[Chart]:
-    """Every chart below the timeline, in page order."""
+def summary_charts(runs: Sequence[RunData], labels: Sequence[str], target: float | None = None) -> list[Chart]:
+    """Every chart below the timeline, in page order (`target`: the loss the time-to-target table uses)."""
     return [
         latency_chart(runs, labels),
         cdf_chart(runs, labels),
-        _per_iteration("loss", "Loss (full batch, at the iteration's parameters)", "loss", runs, labels,
-                       lambda r: r["loss"]),
+        loss_time_chart(runs, labels, target),
+        _per_iteration("loss", "Loss (full batch, at the iteration's parameters; an approximate iteration's: "
+                       "an estimate)", "loss", runs, labels, lambda r: r["loss"]),
         level_chart(runs, labels),
         load_chart(runs, labels),
         bytes_chart(runs, labels),

@@ -20,9 +20,10 @@ def register(sub: Any) -> None:
         "report", help="an interactive HTML report of one or more run directories (or static figures)",
         description="One self-contained HTML file (plotly.js inlined: opens offline) with the iteration "
         "timeline of every worker, latency against the model's ideal for the same delays, its CDF, loss, level "
-        "use, load per worker, bytes, cancel latency and stragglers. Several run directories share the axes "
-        "(e.g. the runs of `flexgc bench`). --format png|pdf|svg writes the same charts as static figures "
-        "(matplotlib) for papers.")
+        "use, load per worker, bytes, cancel latency and stragglers, the full-batch loss against wall-clock time "
+        "and the time to a target loss. Several run directories share the axes (e.g. the runs of `flexgc bench`, "
+        "in its --out's runs/); one alone also gets what CRC(s_max) and uncoded would have needed on its delays. "
+        "--format png|pdf|svg writes the same charts as static figures (matplotlib) for papers.")
     report.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="a master's --out folder (run.jsonl)")
     report.add_argument("--out", help="the HTML file (default: RUN_DIR/report.html for one run, report.html "
                         "for several), or the folder for --format png|pdf|svg (default: RUN_DIR/figures or figures)")
@@ -33,6 +34,10 @@ def register(sub: Any) -> None:
                         "keep the file small, ~25,600 slot-iterations in all)")
     report.add_argument("--iteration", default="slowest", metavar="N|slowest",
                         help="the iteration whose timeline a static format draws (default: the slowest)")
+    report.add_argument("--target-loss", type=float, default=None, metavar="X",
+                        help="the loss of the time-to-target table and the loss-over-time chart (default: 90%% of "
+                        "the way from the initial loss to the lowest full-batch loss of the runs shown, of those "
+                        "without approximate iterations when there are any; docs/report.md)")
     report.set_defaults(handler=run_report)
 
     view = sub.add_parser(
@@ -56,7 +61,7 @@ def run_report(args: argparse.Namespace) -> int:
         from flexgc.report import write_report
 
         path = write_report(args.run_dirs, args.out or _default_out(args.run_dirs, "report.html"),
-                            timeline_max=args.timeline_max)
+                            timeline_max=args.timeline_max, target_loss=args.target_loss)
         print(f"report: {path} ({path.stat().st_size / 1e6:.1f} MB)")
         return 0
     return _write_figures(args)
@@ -65,14 +70,15 @@ def run_report(args: argparse.Namespace) -> int:
 def _write_figures(args: argparse.Namespace) -> int:
     from flexgc.plots import save_static
     from flexgc.report.charts import summary_charts, timeline_chart
-    from flexgc.report.data import RunData, entry_extent_ms, run_labels
+    from flexgc.report.data import RunData, comparison_target, entry_extent_ms, run_labels
 
     runs = [RunData.open(p) for p in args.run_dirs]
     labels = run_labels(runs)
     out = Path(args.out) if args.out else _default_out(args.run_dirs, "figures")
     out.mkdir(parents=True, exist_ok=True)
     written = []
-    for chart in summary_charts(runs, labels):
+    target, _ = comparison_target(runs, args.target_loss)
+    for chart in summary_charts(runs, labels, target):
         written.append(out / f"{chart.key}.{args.format}")
         save_static(chart, written[-1])
     first = runs[0]

@@ -26,6 +26,15 @@ import numpy as np
 from flexgc.common.codes import Code, parse_code
 from flexgc.common.delays import DelayModel, parse_delay
 from flexgc.common.errors import ConfigError, FlexgcError
+from flexgc.targets import (
+    TARGET_FRACTION,
+    LossPoint,
+    SnapshotLosses,
+    TimeToTarget,
+    default_target,
+    loss_points,
+    time_to_target,
+)
 
 _log = logging.getLogger(__name__)
 
@@ -57,6 +66,8 @@ class RunData:
     ideal_ms: list[float | None] = field(default_factory=list)
     model_note: str = "the job's identity (job.json or summary.json) is not there yet"
     generation: int = 0  # +1 whenever run.jsonl was rewritten rather than appended to
+    plans: list[dict[str, Any]] = field(default_factory=list)  # the adaptive plan switches (`plan` events)
+    snapshots: SnapshotLosses | None = None  # full-batch losses of the parameter snapshots, evaluated once
     _offset: int = 0
     _inode: int | None = None
     _mtimes: dict[str, float] = field(default_factory=dict)
@@ -99,7 +110,7 @@ class RunData:
             changed = changed or bool(self.records)
             self.generation += self._inode is not None
             self._inode, self._offset = st.st_ino, 0
-            self.records, self.durations_s, self.ideal_ms = [], [], []
+            self.records, self.durations_s, self.ideal_ms, self.plans = [], [], [], []
         if st.st_size == self._offset:
             return changed
         with log.open("rb") as fh:
@@ -115,6 +126,7 @@ class RunData:
             # a resumed master's marker supersedes the records it runs again: the log's own rule applies
             from flexgc.master.accounting import apply_record
 
+            self.plans += [rec for rec in new if rec.get("event") == "plan"]
             records = list(self.records)
             for rec in new:
                 apply_record(records, rec)
@@ -183,11 +195,35 @@ class RunData:
         from flexgc.common.analysis import decode_times
         from flexgc.common.delays import realized_durations
 
-        iters = [int(r["iteration"]) for r in new]
-        durations = realized_durations(self.code, self.delay, self.seed, iters)
-        ideal = decode_times(self.code, durations).latency * 1e3
-        self.durations_s += list(durations)
-        self.ideal_ms += [_round(float(x), 3) for x in ideal]
+        codes = self.plan_codes()
+        durations_s: list[np.ndarray | None] = [None] * len(new)
+        ideal_ms: list[float | None] = [None] * len(new)
+        for plan in sorted({int(r.get("plan") or 0) for r in new}):  # each iteration under the code it ran
+            code = codes.get(plan)
+            rows = [j for j, r in enumerate(new) if int(r.get("plan") or 0) == plan]
+            if code is None:
+                continue
+            durations = realized_durations(code, self.delay, self.seed, [int(new[j]["iteration"]) for j in rows])
+            ideal = decode_times(code, durations).latency * 1e3
+            for j, d, x in zip(rows, durations, ideal):
+                durations_s[j], ideal_ms[j] = d, _round(float(x), 3)
+        self.durations_s += durations_s
+        self.ideal_ms += ideal_ms
+
+    def plan_codes(self) -> dict[int, Code]:
+        """The code of every plan the run used: 0 is the job's first code, then each plan event's (the last
+        event of a plan id wins: a resumed master may announce an id again)."""
+        codes: dict[int, Code] = {} if self.code is None else {0: self.code}
+        for event in self.plans:
+            try:
+                codes[int(event["plan"])] = parse_code(str(event["code"]), self.code.n if self.code else self.n)
+            except (KeyError, TypeError, ValueError, FlexgcError):
+                continue
+        return codes
+
+    def code_of(self, index: int) -> Code | None:
+        """The code records[index] ran under."""
+        return self.plan_codes().get(int(self.records[index].get("plan") or 0)) if self.plans else self.code
 
     # -- derived ------------------------------------------------------------------------------------------
 
@@ -215,6 +251,10 @@ class RunData:
         if s.get("interrupted"):
             outcome += " (interrupted)"
         pairs.append(("outcome", outcome))
+        adapt = s.get("adapt")
+        if isinstance(adapt, dict):
+            pairs.append(("adapt", f"{adapt.get('mode')}: {adapt.get('switches')} plan switches in "
+                          f"{adapt.get('checks')} checks; last plan {adapt.get('code')}"))
         return pairs
 
     def stats(self) -> dict[str, Any]:
@@ -240,6 +280,33 @@ class RunData:
             "final_loss": _round(losses[-1], 6) if losses else None,
         }
 
+    @property
+    def scheme(self) -> str | None:
+        """The code spec, with "+adapt" when the master adapted its placement (the summary's adapt entry)."""
+        code = self.info.get("code")
+        return None if code is None else f"{code}+adapt" if self.summary.get("adapt") else str(code)
+
+    @property
+    def approximate(self) -> bool:
+        """Whether any iteration stepped on an approximate gradient (ignore:s, or --on-deadline approximate)."""
+        return any(r["outcome"] == "APPROXIMATE" for r in self.records)
+
+    def evaluated_losses(self) -> dict[int, float]:
+        """L(theta_t) of the parameter snapshots the run kept (`--snapshot-every`), on the whole data."""
+        if self.snapshots is None:
+            self.snapshots = SnapshotLosses(self.path)
+        return self.snapshots.update()
+
+    def loss_points(self) -> list[LossPoint]:
+        """The loss of the run's parameters against wall-clock time (flexgc.targets): the exact records', and
+        the snapshots' evaluated on the whole data."""
+        return loss_points(self.records, self.evaluated_losses(), full_batch=not self.info.get("batch_size"))
+
+    def time_to_target(self, target: float) -> TimeToTarget:
+        """When the run's full-batch loss first reached `target` (flexgc.targets)."""
+        return time_to_target(self.records, target, self.evaluated_losses(),
+                              full_batch=not self.info.get("batch_size"))
+
     def timeline_entry(self, index: int) -> dict[str, Any]:
         """records[index] in the compact form the page draws its Gantt from (see `layout_slot`).
 
@@ -250,13 +317,14 @@ class RunData:
         """
         rec = self.records[index]
         durations = self.durations_s[index] if index < len(self.durations_s) else None
+        code = self.code_of(index)
         slots = []
         for w in rec["workers"]:
             done = len(w["compute_ms"])
             planned: float | None = None
             slot = int(w["slot"])
-            if durations is not None and self.code is not None and w["task_sent_ms"] is not None \
-                    and not w["finished"] and done < self.code.max_partitions(slot):
+            if durations is not None and code is not None and w["task_sent_ms"] is not None \
+                    and not w["finished"] and done < code.max_partitions(slot):
                 d = float(durations[slot, done])
                 planned = _round(d * 1e3) if math.isfinite(d) else -1
             slots.append([_round(w["task_sent_ms"]), _round(w["first_byte_ms"]),
@@ -266,7 +334,8 @@ class RunData:
         used: list[float] = []
         for slot, level, weight in rec["rows_used"]:
             used += [slot, level, round(float(weight), 3)]
-        return {"i": rec["iteration"], "lat": _round(rec["latency_ms"]), "ideal": self.ideal_ms[index],
+        return {"i": rec["iteration"], "plan": int(rec.get("plan") or 0), "lat": _round(rec["latency_ms"]),
+                "ideal": self.ideal_ms[index],
                 "outcome": rec["outcome"], "level": rec["level"], "stragglers": rec["stragglers"],
                 "used": used, "w": slots}
 
@@ -276,6 +345,76 @@ class RunData:
         return {"iteration": [r["iteration"] for r in self.records],
                 "latency": [_round(r["latency_ms"]) for r in self.records],
                 "outcome": [r["outcome"] for r in self.records]}
+
+
+def comparison_target(runs: Sequence[RunData], target_loss: float | None = None) -> tuple[float | None, str]:
+    """The target loss of a page (given, or flexgc.targets' default rule over these runs) and how it was set."""
+    if target_loss is not None:
+        return target_loss, "given (--target-loss)"
+    target = default_target([(run.loss_points(), run.approximate) for run in runs])
+    if target is None:
+        return None, "no run has a full-batch loss (no exact iteration, no parameter snapshot)"
+    return target, (f"default: {TARGET_FRACTION:.0%} of the way from the initial loss to the lowest full-batch loss "
+                    "these runs reached, counting only runs without approximate iterations where there are any")
+
+
+def model_comparison(code: Code, delay: DelayModel, seed: int,
+                     iterations: Sequence[int]) -> list[tuple[str, np.ndarray]]:
+    """What `code`, CRC(s_max) and uncoded need per iteration, in ms (inf: they could never decode it), on
+    exactly the delays a run with `seed` injected (the model's decode instant, analysis.ideal_latencies_ms):
+    the demo's rows. A CRC(s_max) that cannot be built at this n is left out."""
+    from flexgc.common.analysis import ideal_latencies_ms
+
+    codes = {code.spec: code}
+    for spec in ([f"crc:s={code.s_max}"] if code.s_max else []) + ["uncoded"]:  # CRC(0) is uncoded
+        try:
+            other = parse_code(spec, code.n)
+        except FlexgcError as exc:
+            _log.info("model row left out spec=%s reason=%s", spec, exc)
+            continue
+        codes.setdefault(other.spec, other)
+    return [(f"{c.spec} (model, same delays)", ideal_latencies_ms(c, delay, seed, list(iterations)))
+            for c in codes.values()]
+
+
+def latency_row(name: str, values_ms: np.ndarray) -> dict[str, Any]:
+    """A model row's figures: mean over the iterations it could decode, median (inf: more than half it could
+    not), and stalls: the iterations it could never decode."""
+    finite = values_ms[np.isfinite(values_ms)]
+    median = float(np.median(values_ms)) if values_ms.size else math.nan
+    return {"scheme": name, "mean_ms": _round(float(finite.mean())) if finite.size else None,
+            "median_ms": _round(median) if math.isfinite(median) else ("inf" if values_ms.size else None),
+            "stalls": int(values_ms.size - finite.size)}
+
+
+def saving_sentence(live_mean_ms: float, smax: int, crc_mean_ms: float) -> str:
+    """How the live mean latency compares with CRC(s_max)'s model on the same delays (the demo's last line)."""
+    gain = 100 * (1 - live_mean_ms / crc_mean_ms)
+    side = "below" if gain >= 0 else "above"
+    return (f"live mean latency {live_mean_ms:.1f} ms is {abs(gain):.0f}% {side} what CRC(s={smax}) needs on the "
+            f"same delays ({crc_mean_ms:.1f} ms, model)")
+
+
+def model_rows(run: RunData) -> dict[str, Any]:
+    """One run's answer to "how much did its code save here": its measured latency, and what it, CRC(s_max)
+    and uncoded need on exactly its delays (model); an adaptive run adds the model of the plans it ran.
+    {"rows": [latency_row, ...], "saving": saving_sentence or ""}; no rows without the job's identity."""
+    if run.code is None or run.delay is None or run.seed is None or not run.records:
+        return {"rows": [], "saving": ""}
+    measured = np.array([r["latency_ms"] if r["outcome"] != "FAILED" and r["latency_ms"] is not None else math.inf
+                         for r in run.records], dtype=float)
+    rows = [latency_row(f"{run.code.spec} (measured, live)", measured)]
+    if run.plans:
+        rows.append(latency_row("the plans it ran (model, same delays)",
+                                np.array([math.inf if x is None else x for x in run.ideal_ms], dtype=float)))
+    iterations = [int(r["iteration"]) for r in run.records]
+    models = model_comparison(run.code, run.delay, run.seed, iterations)
+    rows += [latency_row(name, values) for name, values in models]
+    crc = next((latency_row(name, v) for name, v in models if name.startswith(f"crc:s={run.code.s_max}")), None)
+    saving = ""
+    if crc is not None and crc["mean_ms"] and rows[0]["mean_ms"] is not None:
+        saving = saving_sentence(rows[0]["mean_ms"], run.code.s_max, crc["mean_ms"])
+    return {"rows": rows, "saving": saving}
 
 
 def layout_slot(slot: Sequence[Any]) -> dict[str, list[tuple[float, float, int]]]:
@@ -338,9 +477,9 @@ def select_iterations(runs: Sequence[RunData], budget_slots: int = TIMELINE_SLOT
 def run_labels(runs: Sequence[RunData]) -> list[str]:
     """Short labels: the identity fields that differ between the runs (the directory name if none do)."""
     if len(runs) == 1:
-        return [str(runs[0].info.get("code") or runs[0].path.name)]
+        return [str(runs[0].scheme or runs[0].path.name)]
     fields = ("code", "delay", "delay_seed", "n")
-    infos = [run.info for run in runs]
+    infos = [{**run.info, "code": run.scheme} for run in runs]
     differ = [f for f in fields if len({json.dumps(info.get(f)) for info in infos}) > 1]
     labels = []
     for run, info in zip(runs, infos):

@@ -9,7 +9,8 @@
   const PALETTE = DATA.palette;
   const POLL_MS = 500;
   const CHART_EVERY_MS = 1000; // live: redraw the charts at most this often (the timeline: every poll)
-  const state = { runs: DATA.runs, charts: DATA.charts, iteration: null, shown: [], renders: 0, version: DATA.version };
+  const state = { runs: DATA.runs, charts: DATA.charts, targets: DATA.targets, iteration: null, shown: [], renders: 0,
+    version: DATA.version };
   const $ = (id) => document.getElementById(id);
   const config = { responsive: true, displaylogo: false };
 
@@ -48,9 +49,59 @@
     });
     $("stats").innerHTML = `<tr>${head.map((h) => `<th>${h}</th>`).join("")}</tr>` +
       rows.map((row) => `<tr>${row.map((c) => `<td>${c}</td>`).join("")}</tr>`).join("");
+    renderTargets();
+    renderModelRows();
     $("timeline-note").textContent = DATA.timeline_note || "";
     $("footer").textContent = `flexgc ${DATA.live ? "view" : "report"}; schema flexgc.run.v1; ` +
       "all times in ms since the iteration started, on the master's clock.";
+  }
+
+  function table(head, rows, nameColumns) {
+    const cls = (j) => (j < nameColumns ? ' class="name"' : "");
+    return '<table class="figures">' + `<tr>${head.map((h, j) => `<th${cls(j)}>${h}</th>`).join("")}</tr>` +
+      rows.map((row) => `<tr>${row.map((c, j) => `<td${cls(j)}>${c}</td>`).join("")}</tr>`).join("") + "</table>";
+  }
+
+  // time to target (flexgc.targets): exact runs first, then by time; "never" when not within the run
+  function renderTargets() {
+    const t = state.targets;
+    const box = $("targets");
+    if (!t) {
+      box.innerHTML = "";
+      return;
+    }
+    if (t.target === null) {
+      box.innerHTML = `<h3>Time to target</h3><p class="help">${esc(t.rule)}</p>`;
+      return;
+    }
+    const head = ["rank", "run", "time to target s", "iterations to it", "best full-batch loss", "run s", "exact",
+      "approx.", "failed", "why never"];
+    const rows = t.rows.map((row, k) => [k + 1, (row.approximate ? "≈ " : "") + esc(row.label),
+      row.time_to_target_s === null ? "never" : fmt(row.time_to_target_s, 2),
+      row.target_iterations === null ? "-" : row.target_iterations, fmt(row.best_full_batch_loss, 6),
+      fmt(row.run_s, 2), row.exact, row.approximate_iterations, row.failed,
+      row.time_to_target_s === null ? esc(row.time_to_target_note) : ""]);
+    box.innerHTML = `<h3>Time to target loss ${fmt(t.target, 6)}</h3><p class="help">${esc(t.rule)}. Wall-clock ` +
+      "seconds from the first iteration until the full-batch loss first reached it (failed iterations count their " +
+      "time; an approximate iteration's loss is an estimate and never counts; a parameter snapshot's is evaluated " +
+      "on the whole data). ≈: the run stepped on approximate gradients, ranked after the exact runs.</p>" +
+      table(head, rows, 2);
+  }
+
+  // one run: what its code, CRC(s_max) and uncoded would have needed on its very delays (the demo's rows)
+  function renderModelRows() {
+    const box = $("model-rows");
+    const m = state.runs.length === 1 ? state.runs[0].model_rows : null;
+    if (!m || !m.rows.length) {
+      box.innerHTML = "";
+      return;
+    }
+    const rows = m.rows.map((r) => [esc(r.scheme), fmt(r.mean_ms, 1),
+      r.median_ms === "inf" ? "inf" : fmt(r.median_ms, 1), r.stalls || "-"]);
+    box.innerHTML = "<h3>The same delays under other schemes (model)</h3>" +
+      table(["scheme", "mean ms", "median ms", "stalls"], rows, 1) +
+      '<p class="help">stalls: iterations the scheme could never decode (a worker it cannot do without was ' +
+      "unresponsive); the mean is over the others. " + esc(m.saving) + "</p>";
   }
 
   function renderToggles() {
@@ -160,12 +211,19 @@
     return m;
   }
 
-  function levelName(run, level) {
-    return run.levels && level < run.levels.length ? `level ${level} (s=${run.levels[level]})` : `level ${level}`;
+  // the code an entry ran under: the run's, or (adaptive) its plan's partitions and levels
+  function planOf(run, e) {
+    const plan = e.plan && run.plans ? run.plans[e.plan] : null;
+    return plan || { order: run.order, levels: run.levels };
+  }
+
+  function levelName(code, level) {
+    return code.levels && level < code.levels.length ? `level ${level} (s=${code.levels[level]})` : `level ${level}`;
   }
 
   function timelineFigure(run, e, xmax) {
     const n = e.w.length;
+    const code = planOf(run, e);
     const lanes = Array.from({ length: n }, (_, s) => `slot ${s}`);
     const stragglers = new Set(e.stragglers);
     const used = new Map();
@@ -183,7 +241,7 @@
       for (const kind of Object.keys(kinds)) {
         const tr = traces[kinds[kind]];
         for (const [start, len, p] of bars[kind]) {
-          const part = run.order ? run.order[s][p] : p;
+          const part = code.order ? code.order[s][p] : p;
           tr.base.push(start);
           tr.x.push(Number.isFinite(len) ? len : Math.max(xmax - start, 0));
           tr.y.push(lanes[s]);
@@ -199,7 +257,7 @@
         const tr = traces[used.has(key) ? 3 : 4];
         tr.x.push(t);
         tr.y.push(lanes[s]);
-        tr.hovertext.push(`slot ${s}: ${levelName(run, level)} message at ${fmt(t, 2)} ms` +
+        tr.hovertext.push(`slot ${s}: ${levelName(code, level)} message at ${fmt(t, 2)} ms` +
           (used.has(key) ? `, used with weight ${used.get(key)}` : ", not used"));
       });
       [[5, "cancel sent"], [6, "cancel acknowledged"], [7, "whole task done (flagged)"]].forEach(([field, what]) => {
@@ -348,6 +406,7 @@
       state.runs[r] = meta;
     });
     state.charts = update.charts;
+    state.targets = update.targets || state.targets;
     state.version = update.version;
     renderHeader();
     scheduleCharts();

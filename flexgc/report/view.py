@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from flexgc.report.data import RunData, run_labels
-from flexgc.report.page import LIVE_TAIL, charts_payload, page_data, render, run_meta
+from flexgc.report.data import RunData, comparison_target, run_labels
+from flexgc.report.page import LIVE_TAIL, charts_payload, page_data, render, run_meta, targets_payload
 
 _log = logging.getLogger(__name__)
 
@@ -37,7 +37,7 @@ class Viewer:
         self.version = 1
         self._lock = threading.Lock()
         self._refreshed = time.monotonic()
-        self._charts: tuple[int, list[dict[str, Any]]] | None = None
+        self._charts: tuple[int, list[dict[str, Any]], dict[str, Any]] | None = None  # and the targets
 
     def refresh(self) -> None:
         with self._lock:
@@ -69,8 +69,11 @@ class Viewer:
                                     for j in range(start, len(run.records))}
                 metas.append(meta)
             if self._charts is None or self._charts[0] != self.version:
-                self._charts = (self.version, charts_payload(self.runs, labels))
-            return {"changed": True, "version": self.version, "runs": metas, "charts": self._charts[1]}
+                target, rule = comparison_target(self.runs)
+                self._charts = (self.version, charts_payload(self.runs, labels, target),
+                                targets_payload(self.runs, labels, target, rule))
+            return {"changed": True, "version": self.version, "runs": metas, "charts": self._charts[1],
+                    "targets": self._charts[2]}
 
     def timeline(self, r: int, iteration: int) -> dict[str, Any] | None:
         with self._lock:

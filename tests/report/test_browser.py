@@ -124,3 +124,16 @@ def test_live_view_follows_a_running_job(chromium: Any, tmp_path: Path) -> None:
         server.shutdown()
         server.server_close()
         thread.join(5)
+
+
+def test_one_run_shows_time_to_target_and_the_model_rows(chromium: Any, real_run: Path, tmp_path: Path) -> None:
+    page = write_report([real_run], tmp_path / "report.html")
+    open_page(chromium, page.as_uri())
+    targets = chromium.find_element("id", "targets").text
+    models = chromium.find_element("id", "model-rows").text
+    assert "Time to target loss" in targets and "nested:levels=0,1,2" in targets
+    assert "crc:s=2 (model, same delays)" in models and "uncoded (model, same delays)" in models
+    drawn = chromium.execute_script("const gd = document.getElementById('chart-loss_time');"
+                                    "return gd && gd.data ? gd.data.length : 0")
+    assert drawn >= 2  # the run's losses and the target line
+    assert console_errors(chromium) == []

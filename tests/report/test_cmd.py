@@ -35,8 +35,8 @@ def test_report_is_one_self_contained_file(real_run: Path, tmp_path: Path, capsy
     (run,) = data["runs"]
     assert run["iteration"] == [r["iteration"] for r in records]
     assert sorted(map(int, run["timeline"])) == run["iteration"]  # a short run keeps every timeline
-    assert {c["key"] for c in data["charts"]} == {"latency", "cdf", "loss", "levels", "load", "bytes", "cancel",
-                                                 "stragglers"}
+    assert {c["key"] for c in data["charts"]} == {"latency", "cdf", "loss_time", "loss", "levels", "load", "bytes",
+                                                 "cancel", "stragglers"}
     assert dict(run["identity"])["code"] == "nested:levels=0,1,2"
 
 
@@ -72,7 +72,8 @@ def test_static_figures_for_papers(real_run: Path, tmp_path: Path, fmt: str) -> 
     out = tmp_path / "figs"
     assert main(["report", str(real_run), "--format", fmt, "--out", str(out), "--iteration", "2"]) == 0
     names = sorted(p.name for p in out.iterdir())
-    assert f"latency.{fmt}" in names and f"timeline-run-2.{fmt}" in names and len(names) == 9
+    assert f"latency.{fmt}" in names and f"loss_time.{fmt}" in names and f"timeline-run-2.{fmt}" in names
+    assert len(names) == 10
     assert (out / f"cdf.{fmt}").read_bytes()[:4] == (b"%PDF" if fmt == "pdf" else b"\x89PNG")
 
 
@@ -136,3 +137,22 @@ def test_view_without_plotly_exits_naming_the_extra(tmp_path: Path, monkeypatch:
     assert "flexgc[report]" in capsys.readouterr().err
     monkeypatch.undo()
     plotly_js.cache_clear()
+
+
+def test_the_page_ranks_runs_by_time_to_target(real_run: Path, real_crc_run: Path, tmp_path: Path) -> None:
+    out = tmp_path / "both.html"
+    assert main(["report", str(real_run), str(real_crc_run), "--out", str(out), "--target-loss", "0.69"]) == 0
+    data = page_payload(out.read_text())
+    targets = data["targets"]
+    assert targets["target"] == 0.69 and "given" in targets["rule"]
+    times = [row["time_to_target_s"] for row in targets["rows"]]
+    assert len(times) == 2 and times == sorted(times)  # both exact: by time
+    loss_time = next(c for c in data["charts"] if c["key"] == "loss_time")
+    assert [t["name"] for t in loss_time["data"]][-1] == "target 0.69"
+    assert all("model_rows" not in run for run in data["runs"])  # several runs: each other's comparison
+
+    one = tmp_path / "one.html"
+    assert main(["report", str(real_run), "--out", str(one)]) == 0
+    (run,) = page_payload(one.read_text())["runs"]
+    assert [r["scheme"].split(" ")[0] for r in run["model_rows"]["rows"]] == ["nested:levels=0,1,2"] * 2 + \
+        ["crc:s=2", "uncoded"]

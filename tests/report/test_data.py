@@ -15,7 +15,15 @@ from flexgc.common.analysis import ideal_latencies_ms
 from flexgc.common.codes import parse_code
 from flexgc.common.delays import parse_delay
 from flexgc.common.errors import ConfigError, FlexgcError
-from flexgc.report.data import RunData, layout_slot, run_labels, select_iterations
+from flexgc.report.charts import latency_chart
+from flexgc.report.data import (
+    RunData,
+    comparison_target,
+    layout_slot,
+    model_rows,
+    run_labels,
+    select_iterations,
+)
 
 
 def test_entries_match_the_run_log(real_run: Path) -> None:
@@ -127,3 +135,63 @@ def test_labels_name_what_differs(real_run: Path, real_crc_run: Path) -> None:
     runs = [RunData.open(real_run), RunData.open(real_crc_run)]
     assert run_labels(runs) == ["nested:levels=0,1,2", "crc:s=2"]
     assert run_labels(runs[:1]) == ["nested:levels=0,1,2"]
+
+
+def _with_a_plan_switch(real_run: Path, out: Path, at: int = 4, code: str = "crc:s=2") -> Path:
+    """A copy of the real run whose records from `at` on name plan 1, announced by a `plan` event (what an
+    adaptive master writes)."""
+    out.mkdir(parents=True, exist_ok=True)
+    shutil.copy(real_run / "summary.json", out / "summary.json")
+    lines = []
+    for line in (real_run / "run.jsonl").read_text().splitlines():
+        rec = json.loads(line)
+        if rec["iteration"] == at:
+            lines.append(json.dumps({"schema": rec["schema"], "event": "plan", "iteration": at, "plan": 1,
+                                     "code": code, "reason": "first check", "predicted_gain": 0.2}))
+        rec["plan"] = int(rec["iteration"] >= at)
+        lines.append(json.dumps(rec))
+    (out / "run.jsonl").write_text("\n".join(lines) + "\n")
+    return out
+
+
+def test_each_iteration_gets_the_model_of_the_plan_it_ran(real_run: Path, tmp_path: Path) -> None:
+    run = RunData.open(_with_a_plan_switch(real_run, tmp_path / "adaptive"))
+    summary = json.loads((real_run / "summary.json").read_text())
+    iters = [r["iteration"] for r in run.records]
+    delay, seed = parse_delay(summary["delay"]), summary["delay_seed"]
+
+    assert [e["plan"] for e in run.plans] == [1] and run.plan_codes()[1].spec == "crc:s=2"
+    got = np.array([math.inf if x is None else x for x in run.ideal_ms])
+    np.testing.assert_allclose(got[:4], ideal_latencies_ms(run.plan_codes()[0], delay, seed, iters[:4]), atol=1e-3)
+    np.testing.assert_allclose(got[4:], ideal_latencies_ms(parse_code("crc:s=2", 4), delay, seed, iters[4:]),
+                               atol=1e-3)
+    latency = latency_chart([run], ["x"])
+    (marks,) = [s for s in latency.series if s.name == "x plan switch"]
+    assert marks.x[:2] == [3.5, 3.5] and "plan 1 from iteration 4: crc:s=2" in (marks.text or [""])[0]
+
+
+def test_one_run_answers_what_crc_and_uncoded_would_have_needed(real_run: Path) -> None:
+    run = RunData.open(real_run)
+    summary = json.loads((real_run / "summary.json").read_text())
+    iters = [r["iteration"] for r in run.records]
+
+    rows = model_rows(run)
+
+    assert [r["scheme"] for r in rows["rows"]] == ["nested:levels=0,1,2 (measured, live)",
+                                                   "nested:levels=0,1,2 (model, same delays)",
+                                                   "crc:s=2 (model, same delays)", "uncoded (model, same delays)"]
+    crc = ideal_latencies_ms(parse_code("crc:s=2", 4), parse_delay(summary["delay"]), summary["delay_seed"], iters)
+    assert rows["rows"][2]["mean_ms"] == pytest.approx(float(crc[np.isfinite(crc)].mean()), abs=0.01)
+    assert rows["rows"][2]["stalls"] == int((~np.isfinite(crc)).sum())
+    assert "what CRC(s=2) needs on the same delays" in rows["saving"]
+
+
+def test_a_real_runs_loss_points_are_its_exact_losses_in_wall_clock_order(real_run: Path) -> None:
+    run = RunData.open(real_run)
+    points = run.loss_points()
+    exact = [r for r in run.records if r["outcome"] == "EXACT"]
+    assert [p.loss for p in points if p.source == "exact"] == [r["loss"] for r in exact]
+    assert [p.time_s for p in points] == sorted(p.time_s for p in points) and points[0].time_s == 0.0
+    target, rule = comparison_target([run])
+    assert target is not None and "90%" in rule
+    assert run.time_to_target(target).reached

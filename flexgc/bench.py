@@ -1,21 +1,33 @@
 """`flexgc bench`: live clusters for a list of codes under identical seeded delay realizations.
 
-For every scenario (r dead workers, unresponsive probability p) and every code, a real master and n
-worker processes run K iterations on loopback with the same delay spec and seed, so every code faces
-the same per-worker delays (a pure function of (seed, iteration, slot)). From each run log we report
-mean / median / p90 iteration latency, mean load per worker, vectors uploaded per worker and iteration,
-cancel latency, and the model's ideal latency for the very same realization
-(`analysis.ideal_latencies_ms`), with the ratio measured / ideal.
+For every scenario (r dead workers, unresponsive probability p) and every scheme (a code, or a code with
+"+adapt": the master's --adapt speed), a real master and n worker processes run K iterations on loopback
+with the same delay spec and seed, so every code faces the same per-worker delays (a pure function of
+(seed, iteration, slot)). From each run log we report the outcomes (exact / approximate / failed
+iterations), the time to a target loss (flexgc.targets: wall-clock seconds from the first iteration until
+the full-batch loss first reaches it), mean / median / p90 iteration latency, mean load per worker,
+vectors uploaded per worker and iteration, cancel latency, and the model's ideal latency for the very
+same realization (`analysis.ideal_latencies_ms`, per plan for an adaptive run), with the ratio measured /
+ideal. Schemes are ranked per scenario: those without approximate iterations first, then by time to target.
+
+Every run keeps its directory, OUT/runs/r<r>-p<p>-<scheme>/ (a master's --out: `flexgc report` opens it),
+with a parameter snapshot per iteration so that the full-batch loss of every scheme's parameters,
+approximate ones included, is evaluated on the whole data. A previous bench's files in OUT move into
+OUT/previous-<UTC time>/ first (nothing is deleted). An interrupted bench (SIGINT, SIGTERM) stops the run
+in progress, writes the table, files and report of the runs it finished, and exits 130 (143 for SIGTERM).
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import datetime
+import hashlib
 import json
 import logging
 import math
-import tempfile
+import re
+import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,20 +35,27 @@ from typing import Any
 
 import numpy as np
 
-from flexgc.common.analysis import ideal_latencies_ms
-from flexgc.common.codes import parse_code
-from flexgc.common.config import master_config
+from flexgc.common.codes import Code, parse_code
+from flexgc.common.config import ADAPT_MODES, master_config
 from flexgc.common.delays import dead_slots, parse_delay
+from flexgc.common.errors import ConfigError
 from flexgc.harness.local import LocalCluster
-from flexgc.master.accounting import read_run_log
+from flexgc.master.adapt import AdaptPolicy
 from flexgc.master.rundir import check_out_dir
-from flexgc.report import run_dirs_below, write_report_if_available
+from flexgc.report import write_report_if_available
+from flexgc.report.data import RunData, comparison_target
+from flexgc.targets import rank_key
 
 _log = logging.getLogger(__name__)
 
 FULL_CODES = ("nested:levels=0,1,2,3", "nested:levels=0,1,2,3,decoder=per-level", "crc:s=3", "frc:s=1",
               "nested-frc:groups=1,2", "uncoded", "ignore:s=3", "multimessage:smax=3")
 QUICK_CODES = ("nested:levels=0,1,2,3", "nested:levels=0,1,2,3,decoder=per-level", "crc:s=3", "uncoded")
+ADAPT_SUFFIX = "+adapt"
+DEFAULT_SPLIT = AdaptPolicy().split  # the master's --adapt-split default
+RUNS = "runs"
+# what a bench writes in OUT: a new bench moves a previous one's aside
+BENCH_FILES = (RUNS, "bench.csv", "bench.json", "report.html", "latency_vs_dead_p*.png", "latency_cdf_p*.png")
 
 
 @dataclass(frozen=True)
@@ -49,6 +68,38 @@ class Scenario:
         return f"r={len(self.dead)},p={self.p:g}"
 
 
+@dataclass(frozen=True)
+class Scheme:
+    """A code and whether the master adapts its placement (--adapt)."""
+
+    code: Code
+    adapt: str = "off"
+
+    @property
+    def label(self) -> str:
+        return self.code.spec + (ADAPT_SUFFIX if self.adapt != "off" else "")
+
+
+def parse_schemes(texts: list[str], n: int, adapt: str, split: int) -> list[Scheme]:
+    """`--code` entries: a code spec, or SPEC+adapt for that code with --adapt speed (`adapt` applies to the
+    others). With any adaptive scheme every code runs on the same finer partitions (split=M, as the master's
+    --adapt does), so every scheme trains on the same rows (synthetic data is drawn per partition)."""
+    parsed = []
+    for text in texts:
+        spec, plus, suffix = text.partition("+")
+        if plus and "+" + suffix != ADAPT_SUFFIX:
+            raise ConfigError(f"code={text!r}: the only suffix is {ADAPT_SUFFIX} (that code with --adapt speed)")
+        parsed.append((spec, "speed" if plus else adapt))
+    adaptive = any(mode != "off" for _, mode in parsed)
+    schemes = []
+    for spec, mode in parsed:
+        code = parse_code(spec, n)  # fails early, naming the field
+        if adaptive and split > 1 and code.k == n and "split=" not in spec:
+            code = parse_code(code.spec + ("," if ":" in code.spec else ":") + f"split={split}", n)
+        schemes.append(Scheme(code, mode))
+    return schemes
+
+
 def delay_spec(base: str, scenario: Scenario) -> str:
     spec = base
     if scenario.p > 0:
@@ -58,25 +109,45 @@ def delay_spec(base: str, scenario: Scenario) -> str:
     return spec
 
 
-def run_one(code_spec: str, n: int, delay: str, seed: int, iterations: int, deadline_s: float,
-            workdir: Path, samples: int, features: int, **job: Any) -> dict[str, Any]:
-    """One live run; `job` holds further master options (model, data, optimizer, snapshot_every, ...)."""
-    code = parse_code(code_spec, n)
-    out = workdir / f"{code_spec.replace(':', '_').replace(',', '_').replace('=', '')}-{abs(hash(delay)) % 10**8}"
-    cfg = master_config(host="127.0.0.1", port=0, workers=n, code=code_spec, iterations=iterations, delay=delay,
-                        delay_seed=seed, out=str(out), samples=samples, features=features, checkpoint_every=0,
-                        deadline_s=deadline_s, on_deadline="fail", **{"join_timeout_s": 60.0, **job})
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9.-]+", "_", text).strip("_")
+
+
+def run_dir_name(scenario: Scenario, scheme: Scheme) -> str:
+    """OUT/runs/<this>: the scenario and the scheme, readable and safe as a file name."""
+    return f"r{len(scenario.dead)}-p{scenario.p:g}-{_slug(scheme.label)}"
+
+
+def run_one(scheme: Scheme | str, n: int, delay: str, seed: int, iterations: int, deadline_s: float,
+            workdir: Path, samples: int, features: int, name: str | None = None, **job: Any) -> dict[str, Any]:
+    """One live run into workdir/`name` (default: the scheme and a digest of the delay spec), its row of
+    figures; `job` holds further master options (model, data, optimizer, snapshot_every, ...)."""
+    if isinstance(scheme, str):
+        scheme = Scheme(parse_code(scheme, n))
+    if name is None:
+        name = f"{_slug(scheme.label)}-{hashlib.sha256(delay.encode()).hexdigest()[:8]}"
+    return _live_run(scheme, n, delay, seed, iterations, deadline_s, workdir / name, samples, features, **job)[0]
+
+
+def _live_run(scheme: Scheme, n: int, delay: str, seed: int, iterations: int, deadline_s: float, out: Path,
+              samples: int, features: int, **job: Any) -> tuple[dict[str, Any], RunData]:
+    """`run_one` into the run directory `out`: the row and the run read back."""
+    cfg = master_config(host="127.0.0.1", port=0, workers=n, code=scheme.code.spec, iterations=iterations,
+                        delay=delay, delay_seed=seed, out=str(out), samples=samples, features=features,
+                        checkpoint_every=0, deadline_s=deadline_s, on_deadline="fail", adapt=scheme.adapt,
+                        **{"join_timeout_s": 60.0, **job})
     with LocalCluster(cfg) as cluster:
         cluster.start_master()
         cluster.start_workers()
         rc = cluster.wait_master(iterations * (deadline_s + 2) + 60)
     if rc != 0:
-        raise RuntimeError(f"bench run {code_spec} / {delay}: master exit code {rc}")
-    records = read_run_log(out / "run.jsonl")
-    model = parse_delay(delay)
-    iters = [r["iteration"] for r in records]
-    ideal_ms = ideal_latencies_ms(code, model, seed, iters)
-    measured = np.array([r["latency_ms"] if r["outcome"] != "FAILED" else math.inf for r in records])
+        raise RuntimeError(f"bench run {scheme.label} / {delay}: master exit code {rc}")
+    run = RunData.open(out)
+    if run.summary.get("interrupted"):  # a signal reached the master alone (Ctrl-C reaches every process)
+        raise _Interrupted(str(run.summary.get("interrupted_by") or "SIGINT"))
+    records = run.records
+    ideal_ms = np.array([math.inf if x is None else x for x in run.ideal_ms], dtype=float)
+    measured = np.array([r["latency_ms"] if r["outcome"] != "FAILED" else math.inf for r in records], dtype=float)
     ok = np.isfinite(measured) & np.isfinite(ideal_ms)
     loads = [w["load"] for r in records for w in r["workers"] if w["task_sent_ms"] is not None
              and w["partitions_done"] is not None]
@@ -89,10 +160,11 @@ def run_one(code_spec: str, n: int, delay: str, seed: int, iterations: int, dead
     finite = measured[np.isfinite(measured)]
     mean_ideal = float(ideal_ms[ok].mean()) if ok.any() else math.nan
     mean_meas = float(measured[ok].mean()) if ok.any() else math.nan
+    outcomes = [r["outcome"] for r in records]
     return {
-        "code": code.spec, "decoder": code.decoder, "delay": delay, "iterations": len(records),
-        "failed": int((~np.isfinite(measured)).sum()),
-        "approximate": sum(r["outcome"] == "APPROXIMATE" for r in records),
+        "code": scheme.label, "decoder": scheme.code.decoder, "adapt": scheme.adapt, "delay": delay,
+        "iterations": len(records), "exact": outcomes.count("EXACT"), "approximate": outcomes.count("APPROXIMATE"),
+        "failed": outcomes.count("FAILED"), "plan_switches": len(run.plans),
         "mean_ms": float(finite.mean()) if finite.size else math.nan,
         "median_ms": float(np.median(finite)) if finite.size else math.nan,
         "p90_ms": float(np.percentile(finite, 90)) if finite.size else math.nan,
@@ -106,67 +178,138 @@ def run_one(code_spec: str, n: int, delay: str, seed: int, iterations: int, dead
         "compute_share": float(np.mean(shares)) if shares else math.nan,
         "latencies_ms": [float(x) for x in finite],
         "out": str(out),
-    }
+    }, run
+
+
+class _Interrupted(Exception):
+    """A signal stopped the bench (SIGTERM, raised in the main thread like KeyboardInterrupt for SIGINT) or
+    the master of the run in progress; args[0] names it."""
+
+
+def _raise_terminated(signum: int, frame: Any) -> None:
+    raise _Interrupted("SIGTERM")
+
+
+def _move_previous_bench(out: Path) -> Path | None:
+    """Move a previous bench's files in OUT into OUT/previous-<UTC time>/ (nothing is deleted); its path."""
+    held = sorted({p for pattern in BENCH_FILES for p in out.glob(pattern)})
+    if not held:
+        return None
+    aside = out / f"previous-{datetime.datetime.now(datetime.UTC):%Y%m%dT%H%M%S.%fZ}"
+    aside.mkdir()
+    for p in held:
+        p.rename(aside / p.name)
+    return aside
 
 
 def run_bench(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-
     n = args.workers
-    codes = args.code or (QUICK_CODES if args.quick else FULL_CODES)
+    split = args.adapt_split or DEFAULT_SPLIT
+    schemes = parse_schemes(args.code or list(QUICK_CODES if args.quick else FULL_CODES), n, args.adapt, split)
     rs = [int(x) for x in args.dead.split(",")] if args.dead else ([0, 2] if args.quick else [0, 1, 2, 3])
     ps = [float(x) for x in args.p.split(",")] if args.p else ([0.0] if args.quick else [0.0, 0.1])
     iterations = args.iterations or (10 if args.quick else 30)
-    for spec in codes:
-        parse_code(spec, n)  # fail early, with the field named
     base = args.delay
     parse_delay(base).check_slots(n)
     scenarios = [Scenario(dead_slots(n, r, "random", args.seed), p) for p in ps for r in rs]
     out = Path(args.out)
     check_out_dir(out)
+    aside = _move_previous_bench(out)
+    if aside is not None:
+        print(f"a previous bench's files in {out} moved to {aside}")
+    job: dict[str, Any] = {k: getattr(args, k, None) for k in ("model", "data", "optimizer", "replan_every")}
+    job = {k: v for k, v in job.items() if v}
+    if args.adapt_split:
+        job["adapt_split"] = args.adapt_split
+    if not args.no_snapshots:
+        job["snapshot_every"] = 1  # the full-batch loss of every step, approximate ones included
     rows: list[dict[str, Any]] = []
     started = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="flexgc-bench-") as tmp, \
-            tqdm(total=len(scenarios) * len(codes), unit="run", disable=args.no_progress) as bar:
-        for sc in scenarios:
-            delay = delay_spec(base, sc)
-            for spec in codes:
-                bar.set_postfix_str(f"{sc.label} {spec}")
-                code = parse_code(spec, n)
-                if len(sc.dead) > code.s_max:
-                    row: dict[str, Any] = {"code": code.spec, "decoder": code.decoder, "delay": delay,
-                                           "skipped": f"tolerates {code.s_max} < r={len(sc.dead)}"}
-                else:
-                    job = {k: getattr(args, k, None) for k in ("model", "data", "optimizer")}
-                    row = run_one(spec, n, delay, args.seed, iterations, args.deadline_s, Path(tmp),
-                                  args.samples, args.features, **{k: v for k, v in job.items() if v})
-                row.update(r=len(sc.dead), p=sc.p, n=n)
-                rows.append(row)
-                bar.update(1)
-        report = write_report_if_available(run_dirs_below(Path(tmp)), out / "report.html")  # all runs, one page
+    total = len(scenarios) * len(schemes)
+    interrupted: str | None = None
+    current: Path | None = None
+    try:
+        previous_term: Any = signal.signal(signal.SIGTERM, _raise_terminated)
+    except ValueError:  # not the main thread: SIGTERM keeps its handler
+        previous_term = None
+    try:
+        with tqdm(total=total, unit="run", disable=args.no_progress) as bar:
+            for sc in scenarios:
+                delay = delay_spec(base, sc)
+                for scheme in schemes:
+                    bar.set_postfix_str(f"{sc.label} {scheme.label}")
+                    if len(sc.dead) > scheme.code.s_max:
+                        row: dict[str, Any] = {"code": scheme.label, "decoder": scheme.code.decoder, "delay": delay,
+                                               "skipped": f"tolerates {scheme.code.s_max} < r={len(sc.dead)}"}
+                    else:
+                        current = out / RUNS / run_dir_name(sc, scheme)
+                        row, run = _live_run(scheme, n, delay, args.seed, iterations, args.deadline_s, current,
+                                             args.samples, args.features, **job)
+                        row["_run"] = run  # for the time to target, once every run is in
+                        current = None
+                    row.update(r=len(sc.dead), p=sc.p, n=n)
+                    rows.append(row)
+                    bar.update(1)
+    except KeyboardInterrupt:
+        interrupted = "SIGINT"
+    except _Interrupted as exc:
+        interrupted = str(exc.args[0])
+    finally:
+        if previous_term is not None:
+            signal.signal(signal.SIGTERM, previous_term)
     wall = time.perf_counter() - started
-    _write(out, rows, wall, args)
-    _print_table(rows)
-    print(f"\nwrote {out / 'bench.csv'}, {out / 'bench.json'} and plots in {out}; {wall:.0f} s")
+    target, rule = _rank(rows, args.target_loss)
+    runs = [row.pop("_run") for row in rows if "_run" in row]
+    report = write_report_if_available([run.path for run in runs], out / "report.html", args.target_loss)
+    _write(out, rows, wall, args, target, rule, interrupted)
+    _print_table(rows, target, rule)
+    print(f"\nwrote {out / 'bench.csv'}, {out / 'bench.json'} and plots in {out}; run directories in {out / RUNS}; "
+          f"{wall:.0f} s")
     if report is not None:
         print(f"report: {report} (every run on one page: flexgc report)")
+    if interrupted is not None:
+        left = f"; the unfinished run's files stay in {current}" if current is not None else ""
+        print(f"bench interrupted ({interrupted}) after {len(rows)} of {total} runs: the table, files and report "
+              f"above are theirs{left}")
+        return 128 + int(signal.Signals[interrupted])
     return 0
 
 
-_COLUMNS = ("r", "p", "code", "decoder", "iterations", "failed", "mean_ms", "median_ms", "p90_ms", "ideal_mean_ms",
-            "measured_over_ideal", "mean_load", "uploads_per_worker_iteration", "cancel_latency_ms_median",
-            "compute_ms_per_partition_median", "compute_share", "skipped")
+def _rank(rows: list[dict[str, Any]], target_loss: float | None) -> tuple[float | None, str]:
+    """Add each run's time to target and its rank within its scenario; the target and how it was set."""
+    runs = [row["_run"] for row in rows if "_run" in row]
+    target, rule = comparison_target(runs, target_loss)
+    for row in rows:
+        if "_run" in row and target is not None:
+            row.update(row["_run"].time_to_target(target).as_dict())
+    for scenario in dict.fromkeys((row["r"], row["p"]) for row in rows):
+        ranked = sorted((row for row in rows if (row["r"], row["p"]) == scenario and "skipped" not in row),
+                        key=lambda row: rank_key(row["approximate"] > 0, row.get("time_to_target_s"), row["mean_ms"]))
+        for k, row in enumerate(ranked, start=1):
+            row["rank"] = k
+    return target, rule
 
 
-def _write(out: Path, rows: list[dict[str, Any]], wall: float, args: argparse.Namespace) -> None:
+_COLUMNS = ("r", "p", "rank", "code", "decoder", "iterations", "exact", "approximate", "failed", "time_to_target_s",
+            "target_iterations", "target_loss", "best_full_batch_loss", "run_s", "mean_ms", "median_ms", "p90_ms",
+            "ideal_mean_ms", "measured_over_ideal", "mean_load", "uploads_per_worker_iteration",
+            "cancel_latency_ms_median", "compute_ms_per_partition_median", "compute_share", "plan_switches", "out",
+            "skipped")
+
+
+def _write(out: Path, rows: list[dict[str, Any]], wall: float, args: argparse.Namespace, target: float | None,
+           rule: str, interrupted: str | None) -> None:
     with (out / "bench.csv").open("w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=_COLUMNS, extrasaction="ignore")
         w.writeheader()
         for row in rows:
-            w.writerow({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()})
+            # losses keep every digit (two schemes' losses differ in the 5th); the rest 4 decimals
+            w.writerow({k: (round(v, 4) if isinstance(v, float) and "loss" not in k else v) for k, v in row.items()})
     meta = {"workers": args.workers, "delay": args.delay, "seed": args.seed, "wall_s": round(wall, 1),
-            "quick": args.quick}
+            "quick": args.quick, "adapt": args.adapt, "target_loss": target, "target_rule": rule,
+            "runs": str(out / RUNS), "interrupted": interrupted}
     (out / "bench.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1, default=str) + "\n")
     try:
         import matplotlib
@@ -204,20 +347,35 @@ def _save(plt: Any, fig: Any, ax: Any, xlabel: str, ylabel: str, title: str, pat
     plt.close(fig)
 
 
-def _print_table(rows: list[dict[str, Any]]) -> None:
-    head = (f"{'r':>2} {'p':>4}  {'code':42s} {'mean':>7} {'median':>7} {'p90':>7} {'ideal':>7} {'meas/ideal':>10} "
-            f"{'load':>6} {'uploads':>7} {'cancel':>7} {'failed':>6}")
-    print("mean, median, p90, ideal, cancel: ms; load: fraction of the data per worker; uploads: coded vectors"
-          " per worker and iteration")
+def _print_table(rows: list[dict[str, Any]], target: float | None, rule: str) -> None:
+    head = (f"{'r':>2} {'p':>4} {'#':>2}  {'code':44s} {'exact':>5} {'approx':>6} {'failed':>6} {'target s':>8} "
+            f"{'mean':>7} {'median':>7} {'p90':>7} {'ideal':>7} {'meas/ideal':>10} {'load':>6} {'uploads':>7} "
+            f"{'cancel':>7}")
+    if target is not None:
+        print(f"target s: wall-clock seconds from the first iteration until the full-batch loss first reached "
+              f"{target:.6g}; never: not within the run (target {rule})")
+    else:
+        print(f"target s: no target ({rule})")
+    print("#: rank within the scenario (schemes without approximate iterations first, then by time to target); "
+          "≈: approximate gradients (ignore:s), whose loss is measured on their own parameters")
+    print("exact / approx / failed: iterations; mean, median, p90, ideal, cancel: ms; load: fraction of the data per"
+          " worker; uploads: coded vectors per worker and iteration")
     print(head)
     print("-" * len(head))
-    for r in rows:
-        if "skipped" in r:
-            print(f"{r['r']:>2} {r['p']:>4g}  {r['code']:42s} skipped: {r['skipped']}")
-            continue
-        print(f"{r['r']:>2} {r['p']:>4g}  {r['code']:42s} {r['mean_ms']:7.1f} {r['median_ms']:7.1f} {r['p90_ms']:7.1f} "
-              f"{r['ideal_mean_ms']:7.1f} {r['measured_over_ideal']:10.3f} {r['mean_load']:6.3f} "
-              f"{r['uploads_per_worker_iteration']:7.2f} {_num(r['cancel_latency_ms_median'], 7, 2)} {r['failed']:6d}")
+    scenarios = dict.fromkeys((r["r"], r["p"]) for r in rows)
+    for scenario in scenarios:
+        group = [r for r in rows if (r["r"], r["p"]) == scenario]
+        for r in sorted(group, key=lambda r: r.get("rank", math.inf)):
+            if "skipped" in r:
+                print(f"{r['r']:>2} {r['p']:>4g} {'':>2}  {r['code']:44s} skipped: {r['skipped']}")
+                continue
+            name = ("≈ " if r["approximate"] else "") + r["code"]
+            seconds = r.get("time_to_target_s")
+            cell = "-" if target is None else "never" if seconds is None else f"{seconds:.2f}"
+            print(f"{r['r']:>2} {r['p']:>4g} {r['rank']:>2}  {name:44s} {r['exact']:5d} {r['approximate']:6d} "
+                  f"{r['failed']:6d} {cell:>8} {r['mean_ms']:7.1f} {r['median_ms']:7.1f} {r['p90_ms']:7.1f} "
+                  f"{r['ideal_mean_ms']:7.1f} {r['measured_over_ideal']:10.3f} {r['mean_load']:6.3f} "
+                  f"{r['uploads_per_worker_iteration']:7.2f} {_num(r['cancel_latency_ms_median'], 7, 2)}")
 
 
 def _num(x: float | None, width: int, digits: int) -> str:
@@ -225,10 +383,34 @@ def _num(x: float | None, width: int, digits: int) -> str:
 
 
 def register(sub: Any) -> None:
-    p = sub.add_parser("bench", help="live clusters for several codes on identical delay realizations")
+    p = sub.add_parser(
+        "bench", help="live clusters for several codes on identical delay realizations",
+        description="For every scenario (r dead workers, unresponsive probability p) and code, a master and n "
+        "worker processes on loopback run the same job on the same delays. The table ranks the schemes per "
+        "scenario by time to target: wall-clock seconds from the first iteration until the full-batch loss "
+        "first reaches the target loss, failed iterations counting their time; schemes with approximate "
+        "iterations (ignore:s, marked ≈) rank after the exact ones, their loss measured on the parameters "
+        "their approximate steps reached (a snapshot per iteration, evaluated on the whole data). Every run's "
+        "directory stays in OUT/runs/ (flexgc report opens it); Ctrl-C or SIGTERM keeps the runs finished so "
+        "far, writes their table and exits 130 (143).")
     p.add_argument("--quick", action="store_true", help="a short run (< 3 min on 2 cores)")
     p.add_argument("--workers", type=int, default=10)
-    p.add_argument("--code", action="append", help="code spec (repeatable; default: the full comparison)")
+    p.add_argument("--code", action="append",
+                   help=f"code spec, or SPEC{ADAPT_SUFFIX} for that code with the master's --adapt speed "
+                   "(repeatable; default: the full comparison)")
+    p.add_argument("--adapt", choices=ADAPT_MODES, default="off",
+                   help=f"the master's --adapt for every code without its own {ADAPT_SUFFIX}; with any adaptive "
+                   f"scheme every code runs on split=M partitions (--adapt-split) so all train on the same rows")
+    p.add_argument("--replan-every", type=int, default=None, help="the master's --replan-every (adaptive runs)")
+    p.add_argument("--adapt-split", type=int, default=None,
+                   help=f"the master's --adapt-split M (default {DEFAULT_SPLIT})")
+    p.add_argument("--target-loss", type=float, default=None, metavar="X",
+                   help="the loss of the time-to-target column (default: 90%% of the way from the initial loss to "
+                   "the lowest full-batch loss any run without approximate iterations reached; printed above the "
+                   "table and in bench.json)")
+    p.add_argument("--no-snapshots", action="store_true",
+                   help="keep no parameter snapshot per iteration (then only exact iterations' losses count, so "
+                   "an always-approximate scheme never reaches the target)")
     p.add_argument("--delay", default="shifted-exp:a=1,mu=1,unit_s=0.5",
                    help="base delay spec; r dead workers and p are added per scenario")
     p.add_argument("--dead", default=None, help="comma-separated dead-worker counts r (default 0,1,2,3)")
@@ -241,6 +423,7 @@ def register(sub: Any) -> None:
     p.add_argument("--model", default=None, help="model spec (default logistic; e.g. jax-cnn, needs flexgc[jax])")
     p.add_argument("--data", default=None, help="data source (default synthetic; e.g. sklearn:digits)")
     p.add_argument("--optimizer", default=None, help="optimizer spec (default gd)")
-    p.add_argument("--out", default="runs/bench")
+    p.add_argument("--out", default="runs/bench",
+                   help="the folder for bench.csv, bench.json, plots, report.html and runs/ (one directory per run)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(handler=run_bench)

@@ -16,7 +16,6 @@ from typing import Any
 
 import numpy as np
 
-from flexgc.common.analysis import ideal_latencies_ms
 from flexgc.common.codes import parse_code
 from flexgc.common.config import master_config
 from flexgc.common.delays import parse_delay
@@ -50,12 +49,14 @@ def run_demo(args: argparse.Namespace) -> int:
     jax = parse_model(model).needs_jax  # a JAX network trains on digits with Adam unless told otherwise
     data = getattr(args, "data", None) or ("sklearn:digits" if jax else "synthetic")
     optimizer = getattr(args, "optimizer", None) or ("adam:lr=3e-3" if jax else "gd")
+    adapt = getattr(args, "adapt", None) or "off"
     cfg = master_config(host="127.0.0.1", port=0, workers=n, code=code.spec, iterations=args.iterations,
                         delay=delay.spec, delay_seed=args.delay_seed, out=str(out), samples=20_000,
                         features=100, deadline_s=10.0 if not jax else 60.0, on_deadline="approximate",
-                        checkpoint_every=0, model=model, data=data, optimizer=optimizer)
+                        checkpoint_every=0, model=model, data=data, optimizer=optimizer, adapt=adapt)
     what = "logistic regression 20000x100" if (model, data) == ("logistic", "synthetic") else f"{model} on {data}"
-    print(f"flexgc demo: n={n} workers, code {code.spec} (tolerates {code.s_max} stragglers), "
+    adapting = "" if adapt == "off" else f"; --adapt {adapt}"
+    print(f"flexgc demo: n={n} workers, code {code.spec} (tolerates {code.s_max} stragglers{adapting}), "
           f"delay {delay.spec}, {args.iterations} iterations, {what}")
     workers: list[SpawnedChild] = []
     RunDir(out).clear_own_run(job_identity(cfg))  # a demo starts fresh, but never over another job's run
@@ -85,12 +86,12 @@ def run_demo(args: argparse.Namespace) -> int:
         print(f"demo interrupted ({by}) after {len(records)} of {args.iterations} iterations; what ran is in {out}",
               file=sys.stderr)
         return 128 + int(signal.Signals[by])
+    from flexgc.report.data import model_comparison, saving_sentence
+
     iters = [r["iteration"] for r in records]
     measured = np.array([r["latency_ms"] if r["outcome"] != "FAILED" else math.inf for r in records])
     smax = code.s_max
-    rows = [(f"{code.spec} (measured, live)", measured)]
-    for other in (code, parse_code(f"crc:s={smax}", n), parse_code("uncoded", n)):
-        rows.append((f"{other.spec} (model, same delays)", ideal_latencies_ms(other, delay, args.delay_seed, iters)))
+    rows = [(f"{code.spec} (measured, live)", measured), *model_comparison(code, delay, args.delay_seed, iters)]
     print()
     print(f"{'scheme':48s} {'mean ms':>8s} {'median':>8s} {'stalls':>8s}")
     for name, values in rows:
@@ -99,17 +100,17 @@ def run_demo(args: argparse.Namespace) -> int:
     print("(stalls: iterations the scheme could never decode, because a worker it cannot do without was "
           "unresponsive;\n the mean is over the other iterations)")
     lat = summary["latency_ms"]
-    crc_mean = float(np.mean(rows[2][1][np.isfinite(rows[2][1])]))
+    crc = next((v[np.isfinite(v)] for name, v in rows if name.startswith(f"crc:s={smax} ")), None)
     print()
     print(f"iterations: {summary['exact_iterations']} exact, {summary['approximate_iterations']} approximate, "
           f"{summary['failed_iterations']} failed; final loss {summary['final_loss']:.5f}; "
           f"mean load per worker {summary['mean_load']:.3f} (CRC(s={smax}) always {(smax + 1) / n:.3f}); "
           f"levels used {summary['level_use']}")
-    if lat["mean"] is not None:
-        gain = 100 * (1 - lat["mean"] / crc_mean)
-        side = "below" if gain >= 0 else "above"
-        print(f"live mean latency {lat['mean']:.1f} ms is {abs(gain):.0f}% {side} what CRC(s={smax}) needs on the "
-              f"same delays ({crc_mean:.1f} ms, model)")
+    if summary.get("adapt"):
+        print(f"adaptive placement: {summary['adapt']['switches']} plan switches in {summary['adapt']['checks']} "
+              f"checks, last plan {summary['adapt']['code']}")
+    if lat["mean"] is not None and crc is not None and crc.size:
+        print(saving_sentence(lat["mean"], smax, float(crc.mean())))
     print(f"run log: {out / 'run.jsonl'}  summary: {out / 'summary.json'}")
     from flexgc.report import write_report_if_available
 

@@ -6,10 +6,10 @@ before starting the next one. `boundary` does at most one of two things:
 
 * a plan was announced: switch to it once every connected worker has answered PlanReady (its partitions
   are loaded), or after `FORCE_AFTER` boundaries (a worker that is not ready then loads on the task);
-* otherwise, when a check is due (every `replan_every` iterations, or at once when some worker's chronic
-  speed moved by more than `change_factor` since the last check), run the planner
-  (common/planner.py, in a thread: it is pure and ~10 ms) on the measured per-unit times and announce its
-  plan when it is predicted to save at least `min_gain`.
+* otherwise, when a check is due (every `replan_every` iterations, or sooner when some worker's chronic
+  speed moved by more than `change_factor`), start the planner (common/planner.py, pure, ~5 ms) in a
+  thread on the measured per-unit times; a later boundary that finds its answer announces the plan when
+  it is predicted to save at least `min_gain`. Planning is never on an iteration's critical path.
 
 So a switch costs no iteration: the plan is announced while an iteration runs, the data moves off the
 critical path, and the next iteration is the first to use it, whole.
@@ -30,7 +30,7 @@ import numpy as np
 from flexgc.common.codes import Code, parse_code
 from flexgc.common.config import ADAPT_MODES, MasterConfig
 from flexgc.common.errors import ConfigError
-from flexgc.common.planner import MIN_GAIN, blocks_unchanged, plan
+from flexgc.common.planner import MIN_GAIN, PlanChoice, blocks_unchanged, plan
 from flexgc.master.coordinator import Coordinator
 from flexgc.master.speeds import SpeedTracker, per_unit_times
 
@@ -97,6 +97,7 @@ class Adapter:
         self._latency_ms: deque[float] = deque(maxlen=policy.window)  # measured iteration latencies
         self._plan_s = 0.0          # wall time of the last planner run
         self._checked_at = -math.inf
+        self._planning: asyncio.Future[tuple[str, PlanChoice, float]] | None = None
         self.switches = 0
         self.checks = 0
 
@@ -175,6 +176,11 @@ class Adapter:
             return [{"event": "plan", "iteration": t, "plan": p.plan, "reason": p.reason, **p.detail,
                      "announced_boundaries_before": waited, "ready_workers": sorted(p.ready),
                      "workers": self.tracker.snapshot()}]
+        if self._planning is not None:
+            if self._planning.done():  # a check started at an earlier boundary has its answer
+                self._conclude(t, *self._planning.result())
+                self._planning = None
+            return []
         reason = self._due(t)
         if reason is None:
             return []
@@ -194,18 +200,25 @@ class Adapter:
         if blocks_unchanged(current, times):
             return []  # speeds the grain cannot follow better than the code in use: nothing to plan
         iteration_s = float(np.mean(self._latency_ms)) / 1e3 if self._latency_ms else 0.0
-        started = time.monotonic()
-        choice = await asyncio.get_running_loop().run_in_executor(
-            None, lambda: plan(current, times, smax=self.smax, min_gain=self.policy.min_gain, iteration_s=iteration_s))
-        self._checked_at = time.monotonic()
-        self._plan_s = self._checked_at - started
+
+        def run() -> tuple[str, PlanChoice, float]:
+            started = time.monotonic()
+            return reason, plan(current, times, smax=self.smax, min_gain=self.policy.min_gain,
+                                iteration_s=iteration_s), time.monotonic() - started
+        # the planner runs in a thread while the next iterations run: it is never on their critical path
+        self._planning = asyncio.get_running_loop().run_in_executor(None, run)
+        return []
+
+    def _conclude(self, t: int, reason: str, choice: PlanChoice, seconds: float) -> None:
+        """A planner run finished: announce its plan if it is worth a switch (and still for the code in use)."""
+        c = self.coordinator
+        self._checked_at, self._plan_s = time.monotonic(), seconds
         _log.debug("plan check iteration=%d reason=%s gain=%.3f switch=%s", t, reason, choice.gain, choice.switch)
-        if choice.switch and math.isfinite(choice.predicted_s):
+        if choice.switch and math.isfinite(choice.predicted_s) and c.pending is None:
             c.announce(choice.code, reason, choice.as_dict())
             self._announced_at = t
             self._planned_speeds = np.array(choice.speeds)  # what the plan was sized for
             self._triggered = 0
-        return []
 
     def state(self) -> dict[str, Any]:
         """What a checkpoint keeps of the adaptation: the plan in use (its id and spec)."""

@@ -5,6 +5,7 @@ client tells e.g. a finished job apart without reading the message text."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -49,6 +50,7 @@ _STATUS: dict[type[BaseException], grpc.StatusCode] = {
 }
 _ERRORS = tuple(_STATUS)
 HELLO_TIMEOUT_S = 10.0
+READY_WAIT_S = 1.0  # how long a finished job's refusal waits for the Ready behind a hello
 
 class CoordinatorService(pb_grpc.CoordinatorServicer):
     """The Coordinator service of flexgc.v1 (Join, Work, FetchPartition) over one `Coordinator`."""
@@ -85,6 +87,12 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
         try:
             conn = c.members.open_stream(hello)
         except _ERRORS as exc:
+            if isinstance(exc, JobFinishedError):
+                # a worker sends its Ready right behind its hello: read it first, so that the refusal does not
+                # cross that write (gRPC then reports INTERNAL to the worker instead of this status, and the
+                # worker rejoins a master that is about to go instead of ending like at a Shutdown)
+                with contextlib.suppress(StopAsyncIteration, TimeoutError):
+                    await asyncio.wait_for(anext(aiter(request_iterator)), READY_WAIT_S)
             await self._abort(context, exc)
         c.stream_opened(conn)
         del first  # nothing of the request stays referenced by this frame

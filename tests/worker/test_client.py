@@ -473,7 +473,11 @@ class FinishedMaster(pb_grpc.CoordinatorServicer):
 
     async def Work(self, request_iterator: AsyncIterator[pb.WorkerMessage],
                    context: grpc.aio.ServicerContext) -> AsyncIterator[pb.MasterMessage]:
-        await anext(aiter(request_iterator))  # the hello
+        messages = aiter(request_iterator)
+        # the hello and the Ready the worker sends with it, as the master reads them before refusing: a write
+        # still in flight when the status arrives makes gRPC report INTERNAL instead (master/service.py Work)
+        await anext(messages)
+        await anext(messages)
         await context.abort(grpc.StatusCode.FAILED_PRECONDITION, "the job has finished; nothing to work on",
                             trailing_metadata=wire.error_metadata(self.kind) if self.kind else ())
         yield pb.MasterMessage()  # pragma: no cover (abort raised)

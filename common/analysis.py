@@ -207,8 +207,11 @@ def _decode_block(code: Code, durations: np.ndarray, policy: str) -> DecodeTimes
 def _arrivals(code: Code, finish: np.ndarray) -> np.ndarray:
     """``(trials, L, n)``: arrival of message (l, i) = finish[:, i, prefix[l, i] - 1]."""
     trials, n, width = finish.shape
-    at = (np.arange(n) * width + code.prefix - 1).ravel()  # (L * n,) positions in a trial's flat finish
-    return finish.reshape(trials, n * width).take(at, axis=1).reshape(trials, code.n_levels, n)
+    at = (np.arange(n) * width + np.maximum(code.prefix, 1) - 1).ravel()  # (L * n,) positions in a trial
+    arrival = finish.reshape(trials, n * width).take(at, axis=1).reshape(trials, code.n_levels, n)
+    if not code.prefix.all():  # a slot holding nothing (a removed slot of an elastic plan) sends nothing
+        arrival[:, code.prefix == 0] = np.inf
+    return arrival
 
 
 def _order_statistic(times: np.ndarray, m: int) -> np.ndarray:
@@ -444,7 +447,7 @@ def _load(code: Code, durations: np.ndarray, finish: np.ndarray, latency: np.nda
     with np.errstate(invalid="ignore", divide="ignore"):
         partial = np.clip((T - (np.take_along_axis(finish, nxt, axis=2)[:, :, 0] - d)) / d, 0.0, 1.0)
     partial = np.where(done < lengths, np.nan_to_num(partial, nan=0.0), 0.0)
-    responsive = np.isfinite(durations[:, :, 0])
+    responsive = np.isfinite(durations[:, :, 0]) & (lengths > 0)[None, :]  # removed slots hold no work
     per_worker = (done + partial) / code.k
     count = responsive.sum(axis=1)
     total = np.where(responsive, per_worker, 0.0).sum(axis=1)

@@ -379,47 +379,56 @@ def split_partitions(code: Code, m: int) -> Code:
 def weighted_code(blocks: tuple[int, ...] | list[int], ring: tuple[int, ...] | list[int], smax: int) -> Code:
     """The speed-weighted nested code (family ``weighted``, docs/design.md §2.10).
 
-    blocks[i] >= 1 is the number of partitions of slot i's own block (k = sum(blocks); the blocks are
-    consecutive ranges in slot order), ring a permutation of the slots. Slot ring[p] computes its own
-    block, then the blocks of ring[p-1], ring[p-2], ..., ring[p-smax] (cyclically), and after each block
-    sends that block's uncoded sum as the message of level l = 0, 1, ..., smax. Every block is held by
-    smax + 1 distinct slots, so any smax unresponsive slots leave a holder of each block: 1 is in the span
-    (exact; the rows are indicators of disjoint or equal blocks, `Laminar`, decoded with weights 1/c per
-    copy and no solve; the stated worst cond is the bound sqrt((smax + 1) max c / min c)). With no straggler
-    every slot stops after its own block, so sizing blocks in proportion to speed balances level 0.
+    blocks[i] is the number of partitions of slot i's own block (k = sum(blocks); the blocks are
+    consecutive ranges in slot order), ring a permutation of the slots. A slot with blocks[i] = 0 is
+    *removed* (elastic membership: its worker is gone): it holds nothing and the ring skips it. Each
+    other slot computes its own block, then the blocks of the smax slots before it on the ring (skipping
+    removed ones, cyclically), and after each block sends that block's uncoded sum as the message of
+    level l = 0, 1, ..., smax. Every block is held by smax + 1 distinct slots, so any smax unresponsive
+    slots leave a holder of each block: 1 is in the span (exact; the rows are indicators of disjoint or
+    equal blocks, `Laminar`, decoded with weights 1/c per copy and no solve; the stated worst cond is the
+    bound sqrt((smax + 1) max c / min c)). With no straggler every slot stops after its own block, so
+    sizing blocks in proportion to speed balances level 0.
     """
     n = len(blocks)
     if sorted(ring) != list(range(n)):
         raise ConfigError(f"weighted: ring={'+'.join(map(str, ring))} must be a permutation of the slots 0..{n - 1}")
-    if not blocks or min(blocks) < 1:
-        raise ConfigError(f"weighted: blocks={'+'.join(map(str, blocks))}; every slot needs a block of >= 1 "
-                          f"partitions")
-    if not 0 <= smax < n:
-        raise ConfigError(f"weighted: smax={smax}; need 0 <= smax < n={n}")
+    active = [slot for slot in ring if blocks[slot] > 0]
+    if not blocks or min(blocks) < 0 or not active:
+        raise ConfigError(f"weighted: blocks={'+'.join(map(str, blocks))}; every slot needs a block of >= 0 "
+                          f"partitions (0: removed), at least one slot >= 1")
+    if not 0 <= smax < len(active):
+        raise ConfigError(f"weighted: smax={smax}; need 0 <= smax < {len(active)} (the slots with a block)")
     k = int(sum(blocks))
     starts = list(itertools.accumulate([0, *blocks[:-1]]))
-    pos = {slot: p for p, slot in enumerate(ring)}
+    pos = {slot: p for p, slot in enumerate(active)}
     levels = tuple(range(smax + 1))
     B = np.zeros((smax + 1, n, k))
     prefix = np.zeros((smax + 1, n), dtype=np.int64)
-    order: list[tuple[int, ...]] = []
-    for i in range(n):
+    order: list[tuple[int, ...]] = [() for _ in range(n)]
+    for i in active:
         seq: list[int] = []
         for level in levels:
-            owner = ring[(pos[i] - level) % n]
+            owner = active[(pos[i] - level) % len(active)]
             part = range(starts[owner], starts[owner] + blocks[owner])
             seq.extend(part)
             prefix[level, i] = len(seq)
             B[level, i, list(part)] = 1.0
-        order.append(tuple(seq))
+        order[i] = tuple(seq)
     # B_F holds each received block b as c_b equal indicator rows (1 <= c_b <= smax + 1): its singular values
     # are sqrt(c_b |b|), so cond(B_F) <= sqrt((smax + 1) max|b| / min|b|); the decoder needs no solve for it
     # (laminar rows: weight 1/c_b per copy)
-    bound = math.sqrt((smax + 1) * max(blocks) / min(blocks))
+    sizes = [blocks[i] for i in active]
+    bound = math.sqrt((smax + 1) * max(sizes) / min(sizes))
     code = _finish("weighted", n, levels, order, prefix, B, ("weighted-blocks",) * len(levels),
                    (bound,) * len(levels))
     spec = (f"weighted:blocks={'+'.join(map(str, blocks))},ring={'+'.join(map(str, ring))},smax={smax}")
     return _replace(code, spec=spec)
+
+
+def removed_slots(code: Code) -> tuple[int, ...]:
+    """Slots that hold no partition (a `weighted` plan's removed slots: their workers are gone)."""
+    return tuple(i for i in range(code.n) if not code.order[i])
 
 
 def _weighted_from_spec(spec: Spec, n: int, smax: int, field_name: str) -> Code:

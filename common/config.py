@@ -24,7 +24,7 @@ from flexgc.common.optim import parse_optimizer
 
 DTYPES = ("float64", "float32")
 ON_DEADLINE = ("fail", "approximate")
-ADAPT_MODES = ("off", "speed")
+ADAPT_MODES = ("off", "speed", "elastic", "all")
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,9 +132,13 @@ class MasterConfig(_Tls):
     linger: bool = option(False, "after the job, keep serving health until SIGTERM")
     max_workers: int = option(0, "refuse joins beyond this many connected workers (0: = workers)", minimum=0)
     blas_threads: int = option(1, "BLAS threads in this process (several processes share the cores)", minimum=1)
-    adapt: str = option("off", "adaptive placement: speed = measure each worker's speed and re-plan the code at "
-                        "iteration boundaries so load follows speed, exactly and with the same tolerance "
-                        "(docs/design.md §2.10); off = the static code", choices=ADAPT_MODES)
+    adapt: str = option("off", "adaptive placement (docs/design.md §2.10): speed = measure each worker's speed and "
+                        "re-plan the code at iteration boundaries so load follows speed, exactly and with the same "
+                        "tolerance; elastic = re-plan for the workers that remain when one is gone longer than "
+                        "--replace-after-s (the tolerance is restored) and take a returning or new worker back "
+                        "in; all = both; off = the static code", choices=ADAPT_MODES)
+    replace_after_s: float = option(30.0, "with --adapt elastic|all: a slot whose worker has been gone this long is "
+                                    "removed from the plan", minimum=0.0)
     replan_every: int = option(10, "with --adapt: check for a better plan every K iterations (and at once when "
                                "a worker's chronic speed changes by more than 1.5x)", minimum=1)
     adapt_split: int = option(4, "with --adapt: partitions per worker slot (k = M n, the grain a plan moves load "

@@ -92,6 +92,8 @@ class Decoder:
         # indicator rows of a laminar family (uncoded, FRC, nested FRC): span test without linear algebra
         self._laminar = laminar_rows(code) if policy == "any-span" else None
         self._blocks = _partition_blocks(code)
+        # messages with a nonzero row (a removed slot of an elastic plan sends none that count)
+        self._nonzero = sum(1 << m for m in range(code.n_messages) if code.support_bits[m])
         self.hits = 0
         self.misses = 0
 
@@ -101,7 +103,7 @@ class Decoder:
 
         For an ``ignore`` code, n - s received messages give an approximate (rescaled) decoding.
         """
-        mask = received if isinstance(received, int) else mask_of(received)
+        mask = (received if isinstance(received, int) else mask_of(received)) & self._nonzero
         cached = self._cache.get(mask, _MISSING)
         if cached is not _MISSING:
             self.hits += 1

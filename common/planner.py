@@ -83,39 +83,42 @@ def chronic_speeds(times: np.ndarray) -> np.ndarray:
     return out
 
 
-def speed_blocks(k: int, speeds: np.ndarray) -> tuple[int, ...]:
-    """Integer block sizes (>= 1 each, summing to k) that minimize the slowest slot's time max_i c_i * t_i,
-    where t_i is slot i's per-unit time (greedy: each next partition goes where it ends soonest, optimal
-    for this min-max)."""
+def speed_blocks(k: int, speeds: np.ndarray, removed: frozenset[int] = frozenset()) -> tuple[int, ...]:
+    """Integer block sizes (>= 1 each, 0 for `removed` slots, summing to k) that minimize the slowest slot's
+    time max_i c_i * t_i, where t_i is slot i's per-unit time (greedy: each next partition goes where it
+    ends soonest, optimal for this min-max)."""
     t = np.asarray(speeds, dtype=np.float64)
     n = len(t)
-    if k < n:
-        raise ConfigError(f"planner: k={k} partitions for n={n} slots; need k >= n (split=M gives k = M*n)")
-    blocks = [1] * n
-    heap = [(2 * float(t[i]), i) for i in range(n)]
+    active = [i for i in range(n) if i not in removed]
+    if k < len(active) or not active:
+        raise ConfigError(f"planner: k={k} partitions for {len(active)} slots; need k >= slots >= 1 (split=M gives "
+                          f"k = M*n)")
+    blocks = [0 if i in removed else 1 for i in range(n)]
+    heap = [(2 * float(t[i]), i) for i in active]
     heapq.heapify(heap)
-    for _ in range(k - n):
+    for _ in range(k - len(active)):
         _, i = heapq.heappop(heap)
         blocks[i] += 1
         heapq.heappush(heap, ((blocks[i] + 1) * float(t[i]), i))
     return tuple(blocks)
 
 
-def blocks_unchanged(current: Code, times: np.ndarray) -> bool:
+def blocks_unchanged(current: Code, times: np.ndarray, removed: frozenset[int] = frozenset()) -> bool:
     """Whether the speed blocks for these measured times are the current code's level-0 loads: then no
     plan can follow speed better than the code in use does, and the planner need not run (a homogeneous
     cluster, where speed differences stay below the grain of 1/k)."""
-    return speed_blocks(current.k, chronic_speeds(times)) == tuple(int(x) for x in current.prefix[0])
+    return speed_blocks(current.k, chronic_speeds(times), removed) == tuple(int(x) for x in current.prefix[0])
 
 
 RING_RULES = ("fast-first", "slow-first", "slots")
 """Who backs up whom: the ring ordered by speed (fastest first or slowest first) or by slot."""
 
 
-def candidate(rule: str, k: int, smax: int, speeds: np.ndarray) -> Code:
-    """The weighted code sized for `speeds` (per-unit seconds per slot) with the ring of `rule`."""
+def candidate(rule: str, k: int, smax: int, speeds: np.ndarray, removed: frozenset[int] = frozenset()) -> Code:
+    """The weighted code sized for `speeds` (per-unit seconds per slot) with the ring of `rule`; `removed`
+    slots hold nothing (elastic membership)."""
     n = len(speeds)
-    blocks = speed_blocks(k, speeds)
+    blocks = speed_blocks(k, speeds, removed)
     fast_first = tuple(int(i) for i in np.argsort(speeds, kind="stable"))
     ring = {"fast-first": fast_first, "slow-first": fast_first[::-1], "slots": tuple(range(n))}[rule]
     return weighted_code(blocks, ring, smax)
@@ -142,13 +145,14 @@ def predicted_latency(code: Code, times: np.ndarray) -> float:
 
 
 def plan(current: Code, times: np.ndarray, *, smax: int | None = None, min_gain: float = MIN_GAIN,
-         min_t: float = MIN_T, iteration_s: float = 0.0) -> PlanChoice:
+         min_t: float = MIN_T, iteration_s: float = 0.0, removed: frozenset[int] = frozenset()) -> PlanChoice:
     """The best weighted code for the measured per-unit times (``(W, n)`` seconds, W >= 2), against `current`.
 
     The plan keeps the job's k partitions (so no data is re-cut) and its tolerance s_max (default: the
     current code's). Its predicted latency is out of sample: the blocks are sized on the odd measured
     iterations and evaluated on the even ones, and the other way round, so blocks fitted to noise (a
     homogeneous cluster measured for a while always looks a little heterogeneous) predict no gain.
+    `removed` slots get no block (their workers are gone: elastic membership).
     `switch` is True only when that prediction saves at least `min_gain` against the code in use, and
     significantly (`MIN_T`). The saving is a fraction of the iteration: of the code in use's predicted
     compute time, or of `iteration_s` (the measured mean iteration latency, communication included) when
@@ -164,11 +168,11 @@ def plan(current: Code, times: np.ndarray, *, smax: int | None = None, min_gain:
     for rule in RING_RULES:
         out = np.empty(len(times))
         for fit, test in (folds, folds[::-1]):
-            out[test] = latencies(candidate(rule, k, smax, chronic_speeds(times[fit])), times[test])
+            out[test] = latencies(candidate(rule, k, smax, chronic_speeds(times[fit]), removed), times[test])
         scores[rule] = out
     rule = min(RING_RULES, key=lambda r: float(np.mean(scores[r])))
     speeds = chronic_speeds(times)
-    best = candidate(rule, k, smax, speeds)
+    best = candidate(rule, k, smax, speeds, removed)
     if current.signaling != best.signaling:  # the plan keeps the job's signaling (push or notify)
         best = parse_code(f"{best.spec},signaling={current.signaling}", n)
     best_s = float(np.mean(scores[rule]))
@@ -184,3 +188,15 @@ def plan(current: Code, times: np.ndarray, *, smax: int | None = None, min_gain:
         t_stat = math.inf if math.isfinite(best_s) else 0.0
     switch = gain >= min_gain and t_stat >= min_t and best.spec != current.spec
     return PlanChoice(best, current_s, best_s, gain, switch, t_stat, tuple(float(s) for s in speeds))
+
+
+def membership_plan(current: Code, speeds: np.ndarray, removed: frozenset[int], smax: int) -> Code:
+    """The plan for a changed membership (docs/design.md §2.10): `removed` slots hold nothing, the others
+    share the k partitions by `speeds` (equal speeds: equal shares) with the tolerance `smax` over the
+    slots that remain (capped below their number). Taken whatever its predicted latency: it restores the
+    tolerance that gone workers were using up."""
+    active = current.n - len(removed)
+    code = candidate("fast-first", current.k, min(smax, active - 1), speeds, removed)
+    if current.signaling != code.signaling:
+        code = parse_code(f"{code.spec},signaling={current.signaling}", current.n)
+    return code

@@ -313,9 +313,10 @@ def slot_code_from_proto(msg: pb.SlotCode, k: int) -> SlotCode:
     parts = tuple(msg.partitions)
     prefix = tuple(msg.level_prefix)
     L, m = len(prefix), len(parts)
-    if not parts or len(set(parts)) != m or not all(0 <= j < k for j in parts):
+    standby = not parts and bool(prefix) and not any(prefix)  # a removed slot of an elastic plan: no work
+    if (not parts and not standby) or len(set(parts)) != m or not all(0 <= j < k for j in parts):
         raise WireError(f"slot code: partitions {parts} must be distinct in 0..{k - 1}")
-    if not prefix or list(prefix) != sorted(prefix) or prefix[0] < 1 or prefix[-1] > m:
+    if not standby and (not prefix or list(prefix) != sorted(prefix) or prefix[0] < 1 or prefix[-1] > m):
         raise WireError(f"slot code: level_prefix {prefix} must be increasing in 1..{m}")
     if len(msg.level_tolerance) != L:
         raise WireError("slot code: level_tolerance and level_prefix differ in length")

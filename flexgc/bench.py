@@ -135,7 +135,8 @@ def _live_run(scheme: Scheme, n: int, delay: str, seed: int, iterations: int, de
     cfg = master_config(host="127.0.0.1", port=0, workers=n, code=scheme.code.spec, iterations=iterations,
                         delay=delay, delay_seed=seed, out=str(out), samples=samples, features=features,
                         checkpoint_every=0, deadline_s=deadline_s, on_deadline="fail", adapt=scheme.adapt,
-                        **{"join_timeout_s": 60.0, **job})
+                        # new_run: a leftover run in `out` (a bench that crashed) moves aside, it is not resumed
+                        **{"join_timeout_s": 60.0, "new_run": True, **job})
     with LocalCluster(cfg) as cluster:
         cluster.start_master()
         cluster.start_workers()
@@ -191,10 +192,11 @@ def _raise_terminated(signum: int, frame: Any) -> None:
 
 
 def _move_previous_bench(out: Path) -> Path | None:
-    """Move a previous bench's files in OUT into OUT/previous-<UTC time>/ (nothing is deleted); its path."""
-    held = sorted({p for pattern in BENCH_FILES for p in out.glob(pattern)})
-    if not held:
+    """Move a previous bench's files in OUT (it wrote OUT/bench.json) into OUT/previous-<UTC time>/, nothing
+    deleted; its path."""
+    if not (out / "bench.json").exists():
         return None
+    held = sorted({p for pattern in BENCH_FILES for p in out.glob(pattern)})
     aside = out / f"previous-{datetime.datetime.now(datetime.UTC):%Y%m%dT%H%M%S.%fZ}"
     aside.mkdir()
     for p in held:

@@ -27,10 +27,10 @@ from typing import Any
 
 import numpy as np
 
-from flexgc.common.codes import Code, parse_code
+from flexgc.common.codes import Code, parse_code, removed_slots
 from flexgc.common.config import ADAPT_MODES, MasterConfig
 from flexgc.common.errors import ConfigError
-from flexgc.common.planner import MIN_GAIN, PlanChoice, blocks_unchanged, plan
+from flexgc.common.planner import MIN_GAIN, PlanChoice, blocks_unchanged, chronic_speeds, membership_plan, plan
 from flexgc.master.coordinator import Coordinator
 from flexgc.master.speeds import SpeedTracker, per_unit_times
 
@@ -52,6 +52,7 @@ class AdaptPolicy:
     min_gain: float = MIN_GAIN
     change_factor: float = 1.5
     window: int = 30
+    replace_after_s: float = 30.0
 
     def __post_init__(self) -> None:
         if self.mode not in ADAPT_MODES:
@@ -63,12 +64,22 @@ class AdaptPolicy:
     @classmethod
     def of(cls, cfg: MasterConfig) -> AdaptPolicy:
         """The policy a master's configuration asks for."""
-        return cls(cfg.adapt, cfg.replan_every, cfg.adapt_split)
+        return cls(cfg.adapt, cfg.replan_every, cfg.adapt_split, replace_after_s=cfg.replace_after_s)
 
     @property
     def on(self) -> bool:
         """Whether the master adapts at all."""
         return self.mode != "off"
+
+    @property
+    def speed(self) -> bool:
+        """Whether plans follow measured speed."""
+        return self.mode in ("speed", "all")
+
+    @property
+    def elastic(self) -> bool:
+        """Whether plans follow membership (gone workers removed, returning ones taken back in)."""
+        return self.mode in ("elastic", "all")
 
 
 def job_code(spec: str, n: int, policy: AdaptPolicy) -> Code:
@@ -98,6 +109,7 @@ class Adapter:
         self._plan_s = 0.0          # wall time of the last planner run
         self._checked_at = -math.inf
         self._planning: asyncio.Future[tuple[str, PlanChoice, float]] | None = None
+        self._gone_since: dict[int, float] = {}     # slot -> when its worker's stream was last seen gone
         self.switches = 0
         self.checks = 0
 
@@ -176,12 +188,16 @@ class Adapter:
             return [{"event": "plan", "iteration": t, "plan": p.plan, "reason": p.reason, **p.detail,
                      "announced_boundaries_before": waited, "ready_workers": sorted(p.ready),
                      "workers": self.tracker.snapshot()}]
+        changed = self._membership()
+        if changed is not None:
+            self._announce_membership(t, *changed)
+            return []
         if self._planning is not None:
             if self._planning.done():  # a check started at an earlier boundary has its answer
                 self._conclude(t, *self._planning.result())
                 self._planning = None
             return []
-        reason = self._due(t)
+        reason = self._due(t) if self.policy.speed else None
         if reason is None:
             return []
         moved = self._moved(self._planned_speeds)
@@ -197,17 +213,57 @@ class Adapter:
         if self._planned_speeds is None:
             self._planned_speeds = self._checked_speeds  # the first check: the job's code was sized for these
         self._export()
-        if blocks_unchanged(current, times):
+        removed = frozenset(removed_slots(current))
+        if blocks_unchanged(current, times, removed):
             return []  # speeds the grain cannot follow better than the code in use: nothing to plan
         iteration_s = float(np.mean(self._latency_ms)) / 1e3 if self._latency_ms else 0.0
 
         def run() -> tuple[str, PlanChoice, float]:
             started = time.monotonic()
             return reason, plan(current, times, smax=self.smax, min_gain=self.policy.min_gain,
-                                iteration_s=iteration_s), time.monotonic() - started
+                                iteration_s=iteration_s, removed=removed), time.monotonic() - started
         # the planner runs in a thread while the next iterations run: it is never on their critical path
         self._planning = asyncio.get_running_loop().run_in_executor(None, run)
         return []
+
+    def _membership(self) -> tuple[frozenset[int], str] | None:
+        """Under elastic adaptation: the slots a plan should hold nothing for now (their workers gone longer
+        than replace_after_s), with the reason, when that differs from the plan in use; else None."""
+        if not self.policy.elastic:
+            return None
+        c, now = self.coordinator, time.monotonic()
+        live = set(c.members.connections)
+        for slot in range(c.code.n):
+            if slot in live:
+                self._gone_since.pop(slot, None)
+            else:
+                self._gone_since.setdefault(slot, now)
+        current = frozenset(removed_slots(c.code))
+        gone = {s for s, since in self._gone_since.items() if now - since >= self.policy.replace_after_s}
+        back = {s for s in current if s in live}
+        removed = frozenset((current - back) | gone)
+        if removed == current or len(removed) >= c.code.n:
+            return None
+        why = [f"slot {s} gone {now - self._gone_since[s]:.1f} s: removed" for s in sorted(removed - current)]
+        why += [f"slot {s} has a worker again: taken in" for s in sorted(back)]
+        return removed, "; ".join(why)
+
+    def _announce_membership(self, t: int, removed: frozenset[int], reason: str) -> None:
+        """Announce the plan for the workers that exist (whatever its predicted latency: it restores the
+        tolerance gone workers were using up, or gives a returning worker its share)."""
+        c = self.coordinator
+        speeds = (chronic_speeds(self.tracker.matrix()) if self.policy.speed and self.tracker.observed
+                  else np.ones(c.code.n))
+        code = membership_plan(c.code, speeds, removed, self.smax)
+        if code.spec == c.code.spec:
+            return
+        if code.s_max < self.smax:
+            _log.warning("elastic plan: only %d slots remain, tolerance %d instead of %d", c.code.n - len(removed),
+                         code.s_max, self.smax)
+        _log.info("membership plan iteration=%d reason=%s", t, reason)
+        c.announce(code, reason, {"code": code.spec, "removed": sorted(removed), "s_max": code.s_max})
+        self._announced_at = t
+        self._planned_speeds = speeds if self.policy.speed and self.tracker.observed else self._planned_speeds
 
     def _conclude(self, t: int, reason: str, choice: PlanChoice, seconds: float) -> None:
         """A planner run finished: announce its plan if it is worth a switch (and still for the code in use)."""

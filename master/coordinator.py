@@ -257,6 +257,9 @@ class Coordinator:
         if code.n_messages != self.code.n_messages:
             self.buffer = ReceiveBuffer(code.n_messages, self.vector_len, self.dtype)
         self.code, self.decoder, self.plan, self.pending = code, Decoder(code), plan, None
+        for slot in range(code.n):
+            if not code.order[slot]:
+                self.members.release(slot)  # removed by an elastic plan: free for a worker that joins
 
     def _lost(self, conn: Connection) -> None:
         """A live connection ended (closed or replaced): what it owed is written off."""
@@ -318,6 +321,8 @@ class Coordinator:
     def _send_task(self, conn: Connection, it: Iteration) -> None:
         if conn.task_iteration >= it.number:
             return  # never the same task twice on one connection
+        if not it.code.order[conn.slot]:
+            return  # a removed slot of an elastic plan (docs/design.md §2.10): it stays ready, with nothing to do
         for msg in it.task:
             conn.outbox.put_nowait(msg)
         conn.ready_after = None

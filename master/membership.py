@@ -183,6 +183,17 @@ class Membership:
         _log.info("joined slot=%d worker_id=%s", slot, worker_id)
         return slot
 
+    def release(self, slot: int) -> None:
+        """Free a slot with no live connection at once, reservation or not (an elastic plan removed it: any
+        worker that joins may take it; its old owner, should it come back, joins like a new one)."""
+        if slot in self.connections or not 0 <= slot < self.n:
+            return
+        owner = self._slots[slot].owner
+        if owner is not None:
+            self._slot_of.pop(owner, None)
+        self._slots[slot] = _Slot()
+        self.slots_changed.set()
+
     def _take_join_token(self, peer: str) -> None:
         host = peer.rsplit(":", 1)[0] if peer else ""
         burst, rate = max(8.0, 2.0 * self.n), max(4.0, float(self.n))

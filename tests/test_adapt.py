@@ -4,9 +4,12 @@ same plan with the same parameters as centralized gradient descent."""
 
 from __future__ import annotations
 
+import functools
 import json
 import socket
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -94,3 +97,39 @@ def test_master_killed_after_a_switch_resumes_under_the_same_plan(tmp_path: Path
     # the resumed master started under the checkpointed plan: no iteration after the resume ran plan 0
     assert all(r["plan"] >= saved["plan"] for r in records[resumed_from:])
     _assert_exact_and_centralized(cfg, records, np.load(out / "params.npy"))
+
+
+def _at_least(count: Callable[[], list[Any]], n: int) -> bool:
+    return len(count()) >= n
+
+
+def test_elastic_removes_gone_workers_restores_tolerance_and_takes_a_newcomer_in(tmp_path: Path) -> None:
+    # enough iterations (about 12 s) that the removals and the newcomer's start fit in a loaded machine's job
+    cfg = job_config(tmp_path, workers=6, code="nested:levels=0,1,2", iterations=400, adapt="elastic",
+                     replace_after_s=0.3, delay="shifted-exp:a=1,mu=20,unit_s=0.1", samples=1200, momentum=0.0)
+    out = tmp_path
+
+    def removals() -> list[dict]:
+        return [e for e in read_run_events(out / "run.jsonl", "plan") if "removed" in e["reason"]]
+
+    with LocalCluster(cfg) as cluster:
+        cluster.start_master()
+        cluster.start_workers(reconnect_max_s=0.2)
+        wait_for(lambda: len(read_records(out)) >= 3, 60, "3 iterations")
+        # three workers die for good, one after the other: with s_max = 2 the third death would fail every
+        # iteration of a static code; each is removed (and the tolerance restored) before the next dies
+        for count, slot in enumerate((1, 3, 5), start=1):
+            cluster.workers[slot].kill()
+            wait_for(functools.partial(_at_least, removals, count), 60, f"removal {count} (slot {slot})")
+        before = len(read_records(out))
+        cluster.start_worker(1, worker_id="newcomer")
+        wait_for(lambda: any("taken in" in e["reason"] for e in read_run_events(out / "run.jsonl", "plan")), 60,
+                 "the newcomer taken in")
+        assert len(read_records(out)) < cfg.iterations, "the job ended before the newcomer was taken in"
+        assert cluster.wait_master(120) == 0
+    records = read_records(out)
+    _assert_exact_and_centralized(cfg, records, np.load(out / "params.npy"))
+    events = read_run_events(out / "run.jsonl", "plan")
+    last = parse_code(events[-1]["code"], 6)
+    assert last.s_max == 2 and sum(1 for o in last.order if o) == 4  # 3 removed, one taken back in
+    assert any(r["workers"][1]["task_sent_ms"] is not None for r in records[before:])  # the newcomer works

@@ -75,7 +75,9 @@ def test_bench_keeps_its_runs_ranks_them_and_marks_approximate_ones(tmp_path: Pa
 def test_a_second_bench_moves_the_first_aside(tmp_path: Path) -> None:
     args = ["bench", *TINY, "--code", "uncoded", "--dead", "0", "--iterations", "2", "--no-snapshots",
             "--out", str(tmp_path)]
+    (tmp_path / "runs" / "mine").mkdir(parents=True)  # not a bench's (no bench.json): left where it is
     assert main(args) == 0
+    assert (tmp_path / "runs" / "mine").is_dir() and not list(tmp_path.glob("previous-*"))
     first = json.loads((tmp_path / "bench.json").read_text())
 
     assert main(args) == 0

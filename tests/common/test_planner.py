@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from flexgc.common.analysis import decode_times
-from flexgc.common.codes import parse_code, split_partitions, weighted_code
+from flexgc.common.codes import parse_code, removed_slots, split_partitions, weighted_code
 from flexgc.common.decoder import Decoder
 from flexgc.common.errors import ConfigError
 from flexgc.common.planner import RING_RULES, candidate, chronic_speeds, plan, predicted_latency, speed_blocks
@@ -81,7 +81,8 @@ def test_weighted_spec_round_trips_and_names_bad_fields() -> None:
     again = parse_code(code.spec, 3)
     assert again.spec == code.spec and again.order == code.order
     for spec, words in [("weighted:blocks=1+1+1,ring=0+1+1,smax=1", "permutation"),
-                        ("weighted:blocks=1+0+1,ring=0+1+2,smax=1", ">= 1"),
+                        ("weighted:blocks=0+0+0,ring=0+1+2,smax=0", "at least one slot"),
+                        ("weighted:blocks=1+0+1,ring=0+1+2,smax=2", "the slots with a block"),
                         ("weighted:blocks=1+1,ring=0+1,smax=1", "one per slot"),
                         ("weighted:ring=0+1+2,smax=1", "blocks="),
                         ("weighted:blocks=1+1+1,ring=0+1+2,smax=1,decoder=per-level", "any-span")]:
@@ -121,7 +122,7 @@ def test_speed_blocks_are_the_min_max_allocation(speeds: list[float], m: int) ->
 
 
 def test_speed_blocks_refuse_fewer_partitions_than_slots() -> None:
-    with pytest.raises(ConfigError, match="k >= n"):
+    with pytest.raises(ConfigError, match="need k >= slots"):
         speed_blocks(3, np.ones(4))
 
 
@@ -191,3 +192,21 @@ def test_a_plan_keeps_the_jobs_signaling() -> None:
     choice = plan(current, _two_class(6, 20, 0, (0, 1)))
     assert choice.switch and choice.code.signaling == "notify" and "signaling=notify" in choice.code.spec
     assert parse_code(choice.code.spec, 6).signaling == "notify"
+
+
+@pytest.mark.parametrize(("blocks", "smax"), [((3, 0, 2, 0, 1), 1), ((0, 2, 2, 2), 2), ((1, 1, 0, 4, 0, 2), 2)])
+def test_a_removed_slot_holds_nothing_and_the_others_keep_the_tolerance(blocks: tuple[int, ...], smax: int) -> None:
+    code = weighted_code(blocks, tuple(range(len(blocks))), smax)
+    removed = [i for i, c in enumerate(blocks) if c == 0]
+    assert list(removed_slots(code)) == removed
+    assert all(code.order[i] == () and not code.B[:, i].any() for i in removed)
+    report = check_code(code)
+    assert report["ok"], report["failures"][:3]
+    active = [i for i in range(len(blocks)) if i not in removed]
+    for lost in itertools.combinations(active, smax):  # any smax of the slots that remain
+        alive = sum(1 << code.message_id(level, i) for level in range(code.n_levels) for i in active if i not in lost)
+        assert Decoder(code).solve(alive) is not None
+    # the analysis gives the removed slots no arrival and no load
+    durations = np.full((1, code.n, max(len(o) for o in code.order)), 0.01)
+    result = decode_times(code, durations)
+    assert result.latency[0] == pytest.approx(0.01 * max(blocks))

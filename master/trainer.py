@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from flexgc.common.codes import Code
+from flexgc.common.codes import Code, removed_slots
 from flexgc.common.config import MasterConfig
 from flexgc.common.models import build_model, full_gradient
 from flexgc.common.optim import make_optimizer
@@ -145,7 +145,17 @@ class Trainer:
                          "(use another --out, or raise --iterations to continue it)", cfg.out,
                          self.state.iteration, cfg.iterations)
             return
-        joined = await _until(c.members.wait_for_workers(self.code.n, cfg.join_timeout_s), stop)
+        # the slots with work under the plan in use (a resumed elastic plan holds nothing for removed slots)
+        holders = c.code.n - len(removed_slots(c.code))
+        if self.adapter is not None and self.adapter.policy.elastic:
+            # elastic: once an exact decode is possible, wait for the rest only --replace-after-s (a worker gone
+            # for good is removed from the plan that long after the start anyway)
+            joined = await _until(c.members.wait_for_workers(holders - c.code.s_max, cfg.join_timeout_s), stop)
+            if joined:
+                joined = await _until(c.members.wait_for_workers(
+                    holders, max(self.adapter.policy.replace_after_s, 1e-3)), stop)
+        else:
+            joined = await _until(c.members.wait_for_workers(holders, cfg.join_timeout_s), stop)
         if stop.is_set():
             return
         if not joined:
@@ -153,8 +163,8 @@ class Trainer:
             # restarts); while fewer than n - s_max answer, iterations end at --deadline-s by the policy
             _log.warning("join timeout connected=%d of n=%d after --join-timeout-s=%g (an exact decode needs %d); "
                          "starting anyway: iterations wait up to --deadline-s=%g for late workers, then "
-                         "--on-deadline %s", c.members.connected, self.code.n, cfg.join_timeout_s,
-                         self.code.n - self.code.s_max, cfg.deadline_s, cfg.on_deadline)
+                         "--on-deadline %s", c.members.connected, holders, cfg.join_timeout_s,
+                         holders - c.code.s_max, cfg.deadline_s, cfg.on_deadline)
         d = self.data.d
         for t in range(self.state.iteration, cfg.iterations):
             if stop.is_set():

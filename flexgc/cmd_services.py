@@ -12,6 +12,7 @@ import time
 from typing import Any
 
 from flexgc.common.config import (
+    ADAPT_MODES,
     MASTER_OPTIONS,
     WORKER_OPTIONS,
     MasterConfig,
@@ -57,7 +58,7 @@ def register(sub: Any) -> None:
                         "train on sklearn:digits with adam:lr=3e-3 unless --data / --optimizer say otherwise)")
     p.add_argument("--data", default=None, help="data source (default: synthetic, or sklearn:digits for jax-*)")
     p.add_argument("--optimizer", default=None, help="optimizer spec (default: gd, or adam:lr=3e-3 for jax-*)")
-    p.add_argument("--adapt", choices=("off", "speed"), default="off", help="the master's --adapt")
+    p.add_argument("--adapt", choices=ADAPT_MODES, default="off", help="the master's --adapt")
     p.set_defaults(handler=cmd_demo)
 
 

@@ -133,3 +133,14 @@ def test_elastic_removes_gone_workers_restores_tolerance_and_takes_a_newcomer_in
     last = parse_code(events[-1]["code"], 6)
     assert last.s_max == 2 and sum(1 for o in last.order if o) == 4  # 3 removed, one taken back in
     assert any(r["workers"][1]["task_sent_ms"] is not None for r in records[before:])  # the newcomer works
+
+
+def test_a_plan_switch_on_a_dataset_the_master_serves_loads_its_partitions_and_stays_exact(tmp_path: Path) -> None:
+    # the workers fetch a plan's partitions from the master (FetchPartition) before it is in use
+    cfg = job_config(tmp_path, workers=6, code="nested:levels=0,1,2", iterations=20, adapt="speed",
+                     replan_every=5, delay=TWO_CLASS, model="softmax", data="sklearn:digits", momentum=0.0)
+    summary, records, params = run_job(cfg, timeout_s=180)
+
+    _assert_exact_and_centralized(cfg, records, params)
+    switches = read_run_events(tmp_path / "run.jsonl", "plan")
+    assert switches and sorted(switches[0]["ready_workers"]) == list(range(6))

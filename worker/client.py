@@ -111,6 +111,7 @@ class Session:
         self.plan = grant.plan            # the plan (code) `compute` uses now (docs/design.md §2.10)
         self.plans: dict[int, wire.SlotCode] = {grant.plan: grant.slot_code}
         self._preparing: dict[int, asyncio.Task[None]] = {}
+        self._announced: dict[int, wire.SlotCode] = {}  # plans announced and not yet used: loaded on a task if need be
 
     def advance(self, to: WorkerState) -> None:
         """Move to `to`, or raise InvalidTransitionError if the table does not allow it."""
@@ -202,6 +203,7 @@ class Session:
         elif isinstance(event, wire.Pull):
             self._pull(event.iteration, event.level)
         elif isinstance(event, wire.Plan) and event.plan not in self.plans and event.plan not in self._preparing:
+            self._announced[event.plan] = event.slot_code
             self._preparing[event.plan] = asyncio.create_task(self._prepare(event))
 
     async def _prepare(self, plan: wire.Plan) -> None:
@@ -209,8 +211,14 @@ class Session:
         goes on computing meanwhile), then tell the master it is ready for that plan."""
         missing = [j for j in plan.slot_code.partitions if j not in self.compute.data]
         t0 = time.perf_counter()
-        self.compute.data.update(await load_partitions(self.stub, self.slot, self.grant.session_id, self.job,
-                                                       self.cfg, missing))
+        try:
+            self.compute.data.update(await load_partitions(self.stub, self.slot, self.grant.session_id, self.job,
+                                                           self.cfg, missing))
+        except (grpc.aio.AioRpcError, OSError, ValueError) as exc:
+            # no PlanReady: the master switches without this worker after a few boundaries, and its first task
+            # under the plan loads the partitions again (Session._switch)
+            _log.warning("plan %d: loading its partitions failed slot=%d: %s", plan.plan, self.slot, _one_line(exc))
+            return
         self.plans[plan.plan] = plan.slot_code
         _log.info("plan ready slot=%d plan=%d partitions=%d loaded=%d seconds=%.3f", self.slot, plan.plan,
                   len(plan.slot_code.partitions), len(missing), time.perf_counter() - t0)
@@ -220,10 +228,16 @@ class Session:
         """Compute under `plan` from this task on: its data is loaded (waiting for a load still running)."""
         preparing = self._preparing.pop(plan, None)
         if preparing is not None:
+            await preparing  # a load that failed is tried once more below, now that the task needs it
+        if plan not in self.plans and plan in self._announced:
+            slot_code = self._announced[plan]
+            missing = [j for j in slot_code.partitions if j not in self.compute.data]
             try:
-                await preparing
+                self.compute.data.update(await load_partitions(self.stub, self.slot, self.grant.session_id, self.job,
+                                                               self.cfg, missing))
             except (grpc.aio.AioRpcError, OSError, ValueError) as exc:
-                raise WireError(f"task under plan {plan}: loading its partitions failed: {exc}") from None
+                raise WireError(f"task under plan {plan}: loading its partitions failed: {_one_line(exc)}") from None
+            self.plans[plan] = slot_code
         if plan not in self.plans:
             raise WireError(f"task under plan {plan}, which this worker was never sent (it holds "
                             f"{sorted(self.plans)})")
@@ -231,6 +245,8 @@ class Session:
         self.plan = plan
         for old in [p for p in self.plans if p < plan]:
             del self.plans[old]  # plans only move forward
+        for old in [p for p in self._announced if p <= plan]:
+            del self._announced[old]
 
     def _start(self) -> None:
         assert self._header is not None and self._params is not None
@@ -524,6 +540,13 @@ async def run_worker(cfg: WorkerConfig, stop: asyncio.Event | None = None,
         if own_executor:
             executor.shutdown(wait=False, cancel_futures=True)
     return EXIT_OK
+
+
+def _one_line(exc: BaseException) -> str:
+    """An RPC failure as its status and details (an AioRpcError's str spans lines, debug string included)."""
+    if isinstance(exc, grpc.aio.AioRpcError):
+        return f"{exc.code().name}: {exc.details()}"
+    return str(exc)
 
 
 def _same_code(a: wire.SlotCode, b: wire.SlotCode) -> bool:

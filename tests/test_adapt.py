@@ -139,7 +139,7 @@ def test_a_plan_switch_on_a_dataset_the_master_serves_loads_its_partitions_and_s
     # the workers fetch a plan's partitions from the master (FetchPartition) before it is in use
     cfg = job_config(tmp_path, workers=6, code="nested:levels=0,1,2", iterations=20, adapt="speed",
                      replan_every=5, delay=TWO_CLASS, model="softmax", data="sklearn:digits", momentum=0.0)
-    summary, records, params = run_job(cfg, timeout_s=180)
+    _, records, params = run_job(cfg, timeout_s=180)
 
     _assert_exact_and_centralized(cfg, records, params)
     switches = read_run_events(tmp_path / "run.jsonl", "plan")

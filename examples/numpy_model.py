@@ -41,6 +41,10 @@ class HuberRegression:
         """Predictions (m,)."""
         return X @ params[:-1] + params[-1]
 
+    def unflatten(self, params: np.ndarray) -> dict[str, np.ndarray]:
+        """{"w": (features,), "b": ()}: what `flexgc.load_run(DIR).unflatten()` gives back."""
+        return {"w": params[:-1].copy(), "b": params[-1].copy()}
+
 
 def build(features: int, classes: int, delta: float = 1.0) -> HuberRegression:
     """The factory named on the command line: ``examples.numpy_model:build[,delta=...]``."""

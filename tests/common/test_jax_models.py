@@ -112,6 +112,21 @@ def test_predictions_and_accuracy() -> None:
     assert 0.0 <= accuracy(m, m.init_params(0), X, y) <= 1.0
 
 
+@pytest.mark.parametrize("model", ["jax-mlp:hidden=8,dtype=float64", "jax-cnn:channels=2,hidden=5,dtype=float64"])
+def test_unflatten_gives_the_equinox_module_of_the_parameters(model: str) -> None:
+    import equinox as eqx
+    import jax
+
+    m = build_model(_spec(model))
+    X, _ = _data()
+    params = np.random.default_rng(2).standard_normal(m.d)
+
+    module = m.unflatten(params)  # type: ignore[attr-defined]
+
+    assert isinstance(module, eqx.Module)
+    np.testing.assert_allclose(np.asarray(jax.vmap(module)(X)), m.predict(params, X), rtol=1e-12)  # type: ignore[attr-defined]
+
+
 def test_shapes_the_networks_cannot_take_are_refused() -> None:
     with pytest.raises(ConfigError, match="needs square single-channel images: features=15"):
         build_model(_spec("jax-cnn", features=15))

@@ -20,6 +20,7 @@ class HuberRegression:
     """Σ_rows huber_δ(x·w + b − y); parameters [w (features,), b]: d = features + 1."""
 
     row_chunks = True  # a sum over rows: the worker may split a partition into row chunks (cancel between them)
+    labels = "real"    # what it trains on, for a model handed over as an object (the factory says it below)
 
     def __init__(self, features: int, delta: float) -> None:
         self.features, self.delta = features, delta

@@ -454,39 +454,6 @@ class _Loop:
         return result[0]
 
 
-class _InProcessWorkers:
-    """Worker slots as tasks on one event loop in a thread of this process (`flexgc.worker.client`), each
-    with its own compute thread."""
-
-    def __init__(self, configs: Sequence[WorkerConfig]) -> None:
-        from flexgc.worker.client import run_worker
-
-        async def main(stop: asyncio.Event) -> list[int]:
-            return list(await asyncio.gather(*(run_worker(cfg, stop) for cfg in configs)))
-
-        self._loop = _Loop(main)
-        self.exit_codes: list[int] | None = None
-        self.error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name="flexgc-workers", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        try:
-            self.exit_codes = asyncio.run(self._loop.main())
-        except BaseException as exc:  # reported by stop()
-            self.error = exc
-
-    def stop(self, wait_s: float) -> None:
-        """Give the workers `wait_s` to end by themselves (the master told them), then stop them."""
-        self._thread.join(wait_s)
-        self._loop.stop()
-        self._thread.join(JOIN_STOP_S)
-        if self._thread.is_alive():
-            _log.warning("in-process workers still running %.0f s after they were told to stop", JOIN_STOP_S)
-        elif self.error is not None:
-            _log.warning("in-process workers ended with %s: %s", type(self.error).__name__, self.error)
-
-
 @contextlib.contextmanager
 def _blas_limits_restored() -> Iterator[None]:
     """The master and the workers limit BLAS threads for this process (docs/style.md §7); a library call
@@ -581,22 +548,26 @@ class Job:
         from flexgc.master.server import serve
 
         hooks = self._hooks()
-        try:
+
+        async def main(stop: asyncio.Event) -> dict[str, Any]:
             def started(port: int) -> None:
                 if workers is not None:
                     workers.start(port)
                 if on_port is not None:
                     on_port(port)
 
-            loop = _Loop(lambda stop: serve(cfg, on_port=started, stop=stop, on_record=hooks.on_record,
-                                            on_iteration=hooks.on_iteration))
             summary: dict[str, Any] | None = None
+            try:
+                summary = await serve(cfg, on_port=started, stop=stop, on_record=hooks.on_record,
+                                      on_iteration=hooks.on_iteration)
+                return summary
+            finally:
+                if workers is not None:  # told by a master that finished, they end by themselves
+                    await workers.stop(10.0 if summary is not None and not summary.get("interrupted") else 0.0)
+
+        try:
             with _blas_limits_restored():
-                try:
-                    summary = loop.run()
-                finally:
-                    if workers is not None:  # told by a master that finished, they end by themselves
-                        workers.stop(wait_s=10.0 if summary is not None and not summary.get("interrupted") else 0)
+                summary = _Loop(main).run()
             if hooks.error is not None:
                 raise hooks.error
             run = self._result(cfg, summary, hooks)
@@ -626,14 +597,18 @@ class Job:
 
 
 class _LocalWorkers:
-    """The workers of a local cluster: started once the master listens, stopped after it has ended."""
+    """The workers of a local cluster, started once the master listens and stopped after it ended: tasks on
+    the master's own event loop (`flexgc.worker.client.run_worker`, each slot computing in a thread of its
+    own; grpc.aio wants one event loop per process), or child processes."""
 
     def __init__(self, options: Mapping[str, Any], slots: Sequence[int], token: str | None, processes: bool) -> None:
         self.options, self.slots, self.token, self.processes = dict(options), list(slots), token, processes
-        self._threads: _InProcessWorkers | None = None
+        self._task: asyncio.Future[list[int]] | None = None
+        self._stop: asyncio.Event | None = None
         self._children: list[Any] = []
 
     def start(self, port: int) -> None:
+        """Start a worker for every slot (on the running loop, or as processes)."""
         from flexgc.harness.local import worker_process_main, worker_values
 
         per_slot = [worker_values(f"127.0.0.1:{port}", slot, token=self.token, **self.options) for slot in self.slots]
@@ -642,17 +617,28 @@ class _LocalWorkers:
 
             self._children = [SpawnedChild(worker_process_main, (values, "WARNING"), f"flexgc-worker-{values['slot']}")
                               for values in per_slot]
-        else:
-            self._threads = _InProcessWorkers([WorkerConfig.from_values(v) for v in per_slot])
+            return
+        from flexgc.worker.client import run_worker
 
-    def stop(self, wait_s: float) -> None:
+        self._stop = asyncio.Event()
+        self._task = asyncio.gather(*(run_worker(WorkerConfig.from_values(v), self._stop) for v in per_slot))
+
+    async def stop(self, wait_s: float) -> None:
         """Give them `wait_s` to end by themselves, then stop them (SIGTERM for child processes)."""
-        if self._threads is not None:
-            self._threads.stop(wait_s)
         if self._children:
             from flexgc.harness.processes import stop_all
 
-            stop_all(self._children, exit_wait_s=wait_s)
+            await asyncio.get_running_loop().run_in_executor(None, lambda: stop_all(self._children, exit_wait_s=wait_s))
+        if self._task is None or self._stop is None:
+            return
+        await asyncio.wait({self._task}, timeout=wait_s)
+        self._stop.set()
+        try:
+            await asyncio.wait_for(self._task, JOIN_STOP_S)
+        except TimeoutError:
+            _log.warning("in-process workers still running %.0f s after they were told to stop", JOIN_STOP_S)
+        except Exception as exc:  # the job's own outcome is what the caller wants; say it and go on
+            _log.warning("in-process workers ended with %s: %s", type(exc).__name__, exc)
 
 
 class Worker:

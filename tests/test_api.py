@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import threading
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -176,8 +178,10 @@ def test_an_exception_in_a_callback_ends_the_job_with_one_line(tmp_path: Path) -
         if info.iteration == 1:
             raise ValueError("no good\nat all")
 
+    started = time.monotonic()
     with pytest.raises(CallbackError) as caught:
         train(callbacks=[explode, recorder], out=str(tmp_path), **{**SMALL, "iterations": 50})
+    elapsed = time.monotonic() - started
 
     assert str(caught.value) == ("callback test_an_exception_in_a_callback_ends_the_job_with_one_line.<locals>."
                                  "explode raised ValueError at iteration 1: no good at all")
@@ -185,7 +189,7 @@ def test_an_exception_in_a_callback_ends_the_job_with_one_line(tmp_path: Path) -
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["iterations"] == 2 and summary["stopped_by_callback"] is True  # the job's files are written
     assert recorder.closed == 1 and recorder.ended == []
-    assert not [t for t in threading.enumerate() if t.name == "flexgc-workers"]  # the workers have ended
+    assert elapsed < SMALL["deadline_s"]        # it ended, workers included, without waiting for any deadline
 
 
 # ------------------------------------------------------------------------------------------------ evaluation
@@ -219,41 +223,49 @@ def test_validation_split_of_a_dataset_is_evaluated_and_read_back(tmp_path: Path
 # ------------------------------------------------------------------------------------------------ master and workers
 
 
-def test_the_real_master_and_workers_run_inside_python(tmp_path: Path) -> None:
+def _flexgc(*args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, "-m", "flexgc", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+
+
+def test_the_real_master_runs_inside_python_with_workers_anywhere(tmp_path: Path) -> None:
     options = {**SMALL, "workers": 2, "code": "crc:s=1", "host": "127.0.0.1", "port": 0, "out": str(tmp_path)}
-    ports: list[int] = []
-    listening = threading.Event()
-    results: dict[str, Any] = {}
+    workers: list[subprocess.Popen[str]] = []
 
-    def on_port(port: int) -> None:
-        ports.append(port)
-        listening.set()
+    def start_workers(port: int) -> None:  # `flexgc worker` processes, as on other machines
+        workers.extend(_flexgc("worker", "--master", f"127.0.0.1:{port}", "--worker-id", f"w{i}",
+                               "--join-timeout-s", "60") for i in range(2))
 
-    def master() -> None:
-        try:
-            results["run"] = Job(**options).serve(on_port=on_port)
-        except BaseException as exc:
-            results["error"] = exc
-            listening.set()
-
-    def worker(i: int) -> None:
-        results[f"w{i}"] = Worker(f"127.0.0.1:{ports[0]}", worker_id=f"py-{i}", join_timeout_s=60).run()
-
-    threads = [threading.Thread(target=master, daemon=True)]
-    threads[0].start()
     try:
-        assert listening.wait(60), "the master did not listen within 60 s"
-        assert "error" not in results, results.get("error")
-        threads += [threading.Thread(target=worker, args=(i,), daemon=True) for i in range(2)]
-        for t in threads[1:]:
-            t.start()
+        run = Job(**options).serve(on_port=start_workers)
+        codes = [w.wait(60) for w in workers]
     finally:
-        for t in threads:
-            t.join(120)
-    assert not any(t.is_alive() for t in threads)
-    assert results["w0"] == results["w1"] == 0
-    run = results["run"]
+        for w in workers:
+            if w.poll() is None:
+                w.kill()
+            w.communicate()
+    assert codes == [0, 0]                                          # the master told them the job ended
+    assert run.params is not None
     assert _relative_error(run.params, centralized_params(Job(**options).config)) <= 1e-12
+
+
+def test_a_real_worker_runs_inside_python(tmp_path: Path) -> None:
+    options = {**SMALL, "workers": 2, "code": "crc:s=1", "out": str(tmp_path)}
+    master = _flexgc("master", "--host", "127.0.0.1", "--port", "0",
+                     *[f"--{k.replace('_', '-')}={v}" for k, v in options.items()])
+    try:
+        assert master.stdout is not None
+        port = json.loads(master.stdout.readline())["port"]     # {"event": "listening", "port": ...}
+
+        code = Worker(f"127.0.0.1:{port}", worker_id="py", slots=2, join_timeout_s=60).run()
+
+        assert code == 0 and master.wait(60) == 0
+    finally:
+        if master.poll() is None:
+            master.kill()
+        master.communicate()
+    params = np.load(tmp_path / "params.npy")
+    assert _relative_error(params, centralized_params(Job(**options).config)) <= 1e-12
 
 
 def test_worker_options_are_checked_like_the_command_line() -> None:

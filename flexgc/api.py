@@ -434,21 +434,24 @@ class _Loop:
             return asyncio.run(self.main())
         result: list[Any] = []
         error: list[BaseException] = []
+        finished = threading.Event()  # not Thread.join: a KeyboardInterrupt inside it can leave the thread looking
+                                      # finished while it still runs (CPython gh-90882)
 
         def target() -> None:
             try:
                 result.append(asyncio.run(self.main()))
             except BaseException as exc:
                 error.append(exc)
+            finally:
+                finished.set()
 
-        thread = threading.Thread(target=target, name="flexgc-loop", daemon=True)
-        thread.start()
+        threading.Thread(target=target, name="flexgc-loop", daemon=True).start()
         try:
-            while thread.is_alive():
-                thread.join(0.5)
+            while not finished.wait(0.5):
+                pass
         except KeyboardInterrupt:
             self.stop()
-            thread.join()
+            finished.wait()
         if error:
             raise error[0]
         return result[0]

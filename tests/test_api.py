@@ -3,7 +3,9 @@ and workers in the user's process, reading a run back, and one option table shar
 
 from __future__ import annotations
 
+import _thread
 import argparse
+import asyncio
 import json
 import subprocess
 import sys
@@ -190,6 +192,28 @@ def test_an_exception_in_a_callback_ends_the_job_with_one_line(tmp_path: Path) -
     assert summary["iterations"] == 2 and summary["stopped_by_callback"] is True  # the job's files are written
     assert recorder.closed == 1 and recorder.ended == []
     assert elapsed < SMALL["deadline_s"]        # it ended, workers included, without waiting for any deadline
+
+
+def test_under_a_running_event_loop_the_job_runs_aside_and_stops_on_keyboard_interrupt(tmp_path: Path) -> None:
+    from threadpoolctl import threadpool_info
+
+    def interrupt(info: IterationInfo) -> None:  # the notebook's stop button: KeyboardInterrupt in the main thread
+        if info.iteration == 1:
+            _thread.interrupt_main()
+
+    async def notebook_cell() -> flexgc.Run:  # a kernel's loop runs; train() blocks the cell like any call
+        return train(callbacks=[interrupt], out=str(tmp_path), **{**SMALL, "iterations": 500})
+
+    blas_before = [lib["num_threads"] for lib in threadpool_info()]
+    loop = asyncio.new_event_loop()  # run_until_complete leaves SIGINT to Python: KeyboardInterrupt, as in Jupyter
+    try:
+        run = loop.run_until_complete(notebook_cell())
+    finally:
+        loop.close()
+
+    assert run.interrupted and 2 <= run.summary["iterations"] < 500
+    assert (tmp_path / "checkpoint.npz").exists()                # stopped like SIGINT stops flexgc master
+    assert [lib["num_threads"] for lib in threadpool_info()] == blas_before  # the caller's BLAS threads are back
 
 
 # ------------------------------------------------------------------------------------------------ evaluation

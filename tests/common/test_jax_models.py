@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 
@@ -121,10 +123,11 @@ def test_unflatten_gives_the_equinox_module_of_the_parameters(model: str) -> Non
     X, _ = _data()
     params = np.random.default_rng(2).standard_normal(m.d)
 
-    module = m.unflatten(params)  # type: ignore[attr-defined]
+    module: Any = m.unflatten(params)  # type: ignore[attr-defined]
 
+    scores = np.asarray(jax.vmap(module)(X))
     assert isinstance(module, eqx.Module)
-    np.testing.assert_allclose(np.asarray(jax.vmap(module)(X)), m.predict(params, X), rtol=1e-12)  # type: ignore[attr-defined]
+    np.testing.assert_allclose(scores, m.predict(params, X), rtol=1e-12)  # type: ignore[attr-defined]
 
 
 def test_shapes_the_networks_cannot_take_are_refused() -> None:

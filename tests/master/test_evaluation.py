@@ -48,7 +48,7 @@ def test_no_split_leaves_the_dataset_as_it_is() -> None:
 def test_a_split_must_leave_rows_to_train_on() -> None:
     X, y = _rows(3)
 
-    with pytest.raises(ConfigError, match="val_fraction=0.9: holds out 3 of the 3 rows"):
+    with pytest.raises(ConfigError, match=r"val_fraction=0\.9: holds out 3 of the 3 rows"):
         split_validation(X, y, 0.9, seed=0)
 
 

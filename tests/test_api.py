@@ -324,6 +324,26 @@ def test_load_run_applies_resume_markers_to_records_and_evaluations(tmp_path: Pa
     assert np.array_equal(run.unflatten()["W"], np.arange(6.0).reshape(2, 3))
 
 
+def test_load_run_gives_a_jax_models_parameters_back_as_its_equinox_module(tmp_path: Path) -> None:
+    eqx = pytest.importorskip("equinox", reason="JAX and Equinox (the optional extra flexgc[jax]) are not installed")
+    import jax
+
+    spec = "jax-mlp:hidden=4,dtype=float64"
+    (tmp_path / "summary.json").write_text(json.dumps({"model": spec, "features": 5, "classes": 3}))
+    d = 5 * 4 + 4 + 4 * 3 + 3
+    params = np.random.default_rng(0).standard_normal(d)
+    np.save(tmp_path / "params.npy", params)
+    X = np.random.default_rng(1).standard_normal((6, 5))
+
+    run = load_run(tmp_path)
+    module = run.unflatten()
+
+    assert run.model.d == d
+    scores = np.asarray(jax.vmap(module)(X))
+    assert isinstance(module, eqx.Module)
+    np.testing.assert_allclose(scores, run.model.predict(params, X), rtol=1e-12)  # type: ignore[attr-defined]
+
+
 def test_load_run_refuses_what_is_not_a_run(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="not a flexgc run"):
         load_run(tmp_path)

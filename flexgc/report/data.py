@@ -257,6 +257,11 @@ class RunData:
         if s.get("interrupted"):
             outcome += " (interrupted)"
         pairs.append(("outcome", outcome))
+        val = s.get("validation")
+        if isinstance(val, dict):
+            figures = ", ".join(f"{k} {val[k]:.4g}" for k in ("val_accuracy", "val_loss") if val.get(k) is not None)
+            pairs.append(("validation", f"{figures} after iteration {val.get('iteration')} "
+                          f"({val.get('val_samples')} held-out rows)"))
         adapt = s.get("adapt")
         if isinstance(adapt, dict):
             pairs.append(("adapt", f"{adapt.get('mode')}: {adapt.get('switches')} plan switches in "

@@ -113,7 +113,9 @@ def test_evaluations_are_read_with_resume_markers_and_charted(real_run: Path, tm
               {"event": "eval", "iteration": 2, "val_loss": 0.6, "val_accuracy": 0.6},
               {"event": "resume", "from_iteration": 2},
               {"event": "eval", "iteration": 2, "val_loss": 0.5, "val_accuracy": 0.7}]
-    shutil.copy(real_run / "summary.json", tmp_path / "summary.json")
+    summary = json.loads((real_run / "summary.json").read_text())
+    summary["validation"] = {"iteration": 2, "val_loss": 0.5, "val_accuracy": 0.7, "val_samples": 40}
+    (tmp_path / "summary.json").write_text(json.dumps(summary))
     (tmp_path / "run.jsonl").write_text("".join(lines[:3]) + "".join(
         json.dumps({"schema": "flexgc.run.v1", **e}) + "\n" for e in events))
     without = RunData.open(real_run)
@@ -125,6 +127,7 @@ def test_evaluations_are_read_with_resume_markers_and_charted(real_run: Path, tm
     assert [s.y for s in charts["val_accuracy"].series] == [[0.5, 0.7]]  # only the run that evaluated
     assert [s.x for s in charts["val_loss"].series] == [[0, 2]]
     assert not {"val_accuracy", "val_loss"} & {c.key for c in summary_charts([without], ["b"])}
+    assert ("validation", "val_accuracy 0.7, val_loss 0.5 after iteration 2 (40 held-out rows)") in run.identity()
 
 
 def test_open_refuses_a_folder_that_is_not_a_run(tmp_path: Path) -> None:

@@ -475,19 +475,22 @@ class Job:
     """One training job: a model and every option of ``flexgc master`` as keyword arguments.
 
     model: a model spec ('logistic', 'jax-cnn:channels=8', 'module:factory,key=value', ...) or an object
-    with ``d``, ``init_params(seed)`` and ``loss_and_grad(params, X, y)`` (docs/models.md); callbacks:
+    with ``d``, ``init_params(seed)`` and ``loss_and_grad(params, X, y)`` (docs/models.md); None: the
+    `config` file's, else logistic. Keyword arguments beat the file, as flags beat it; callbacks:
     functions of an `IterationInfo` or `Callback` objects (`TensorBoard`); config: a TOML file of option
     values (like ``--config``). Options are checked here, as the command line checks them: a bad value
     raises ConfigError naming the option and what is allowed. ``tensorboard=DIR`` adds a `TensorBoard`
     callback. The options (``help(flexgc.Job)`` lists them with their defaults):
     """
 
-    def __init__(self, model: Any = "logistic", *, callbacks: Sequence[Any] = (), config: str | None = None,
+    def __init__(self, model: Any = None, *, callbacks: Sequence[Any] = (), config: str | None = None,
                  **options: Any) -> None:
-        spec, self.model_object = _model_spec(model)
+        self.model_object = None
         self.given = dict(options)
+        if model is not None:  # None: the option's value from `config`, or its default (logistic)
+            self.given["model"], self.model_object = _model_spec(model)
         self.config: MasterConfig = MasterConfig.from_values(
-            _options(MASTER_OPTIONS, {**options, "model": spec}, config, "flexgc.Job (flexgc master)"))
+            _options(MASTER_OPTIONS, self.given, config, "flexgc.Job (flexgc master)"))
         self.callbacks = list(callbacks)
         _Hooks(self.callbacks)  # check them now, not at the first iteration
 
@@ -649,9 +652,10 @@ class Worker:
     (``help(flexgc.Worker)`` lists them); ``run()`` joins the master and works until the job ends. Options:
     """
 
-    def __init__(self, master: str = "127.0.0.1:50051", *, config: str | None = None, **options: Any) -> None:
+    def __init__(self, master: str | None = None, *, config: str | None = None, **options: Any) -> None:
+        given = {**options, "master": master} if master is not None else options  # None: config's, or the default
         self.config: WorkerConfig = WorkerConfig.from_values(
-            _options(WORKER_OPTIONS, {**options, "master": master}, config, "flexgc.Worker (flexgc worker)"))
+            _options(WORKER_OPTIONS, given, config, "flexgc.Worker (flexgc worker)"))
 
     @classmethod
     def from_config(cls, cfg: WorkerConfig) -> Worker:
@@ -672,7 +676,7 @@ class Worker:
             return int(_Loop(lambda stop: run_workers(self.config, stop)).run())
 
 
-def train(model: Any = "logistic", *, callbacks: Sequence[Any] = (), processes: bool = False,
+def train(model: Any = None, *, callbacks: Sequence[Any] = (), processes: bool = False,
           dead: Sequence[int] = (), worker_options: Mapping[str, Any] | None = None, config: str | None = None,
           **options: Any) -> Run:
     """Train `model` on a local cluster and return the `Run`: ``Job(model, callbacks=..., **options)``
@@ -683,7 +687,7 @@ def train(model: Any = "logistic", *, callbacks: Sequence[Any] = (), processes: 
 
 
 # help() and notebooks show every option with its default (the one table: flexgc.common.config)
-_MODEL = inspect.Parameter("model", inspect.Parameter.POSITIONAL_OR_KEYWORD, default="logistic")
+_MODEL = inspect.Parameter("model", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=None)
 _KW = inspect.Parameter.KEYWORD_ONLY
 _CALLBACKS = inspect.Parameter("callbacks", _KW, default=())
 _CONFIG = inspect.Parameter("config", _KW, default=None)
@@ -694,8 +698,8 @@ train.__signature__ = _signature(  # type: ignore[attr-defined]
                                inspect.Parameter("dead", _KW, default=()),
                                inspect.Parameter("worker_options", _KW, default=None), _CONFIG])
 Worker.__signature__ = _signature(  # type: ignore[attr-defined]
-    WORKER_OPTIONS, [inspect.Parameter("master", inspect.Parameter.POSITIONAL_OR_KEYWORD,
-                                       default="127.0.0.1:50051")], [_CONFIG])
+    WORKER_OPTIONS, [inspect.Parameter("master", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=None)],
+    [_CONFIG])
 Worker.__doc__ = f"{Worker.__doc__}\n{options_help(WORKER_OPTIONS)}\n"
 
 

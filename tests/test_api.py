@@ -119,6 +119,18 @@ def test_a_model_object_without_an_import_path_cannot_go_to_other_processes() ->
         Job(model, **SMALL).serve()
 
 
+def test_a_toml_file_gives_options_and_keyword_arguments_beat_it(tmp_path: Path) -> None:
+    (tmp_path / "job.toml").write_text('model = "softmax"\nclasses = 3\niterations = 7\n')
+    (tmp_path / "worker.toml").write_text('master = "10.0.0.1:9"\nrows_per_chunk = 64\n')
+
+    job = Job(config=str(tmp_path / "job.toml"), iterations=9)
+    worker = Worker(config=str(tmp_path / "worker.toml"))
+
+    assert (job.config.model, job.config.classes, job.config.iterations) == ("softmax", 3, 9)
+    assert (worker.config.master, worker.config.rows_per_chunk) == ("10.0.0.1:9", 64)
+    assert Job().config.model == "logistic" and Worker().config.master == "127.0.0.1:50051"
+
+
 @pytest.mark.parametrize(("kwargs", "message"), [
     ({"model": 42}, "model: got int; allowed: a model spec"),
     ({"iteration": 3}, "iteration: not an option of flexgc.Job .flexgc master.; did you mean iterations"),

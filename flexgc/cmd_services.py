@@ -1,9 +1,9 @@
-"""`flexgc master`, `flexgc worker`, `flexgc health` and `flexgc demo`."""
+"""`flexgc master`, `flexgc worker`, `flexgc health` and `flexgc demo`: a thin layer over the Python API
+(`flexgc.api`: `Job.serve`, `Worker.run`, `Job.run_local`), whose options are these commands' options."""
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import signal
@@ -68,15 +68,14 @@ def _master_config(args: argparse.Namespace) -> MasterConfig:
 
 
 def cmd_master(args: argparse.Namespace) -> int:
-    from flexgc.master.server import serve
+    from flexgc.api import Job
 
     cfg = _master_config(args)
 
     def report(port: int) -> None:
         print(json.dumps({"event": "listening", "port": port}), flush=True)
 
-    summary = asyncio.run(serve(cfg, on_port=report))
-    summary.pop("params", None)
+    summary = Job.from_config(cfg).serve(on_port=report).summary
     print(json.dumps({"event": "summary", **summary}), flush=True)
     if summary.get("interrupted_by"):
         return 128 + int(signal.Signals[summary["interrupted_by"]])
@@ -84,10 +83,10 @@ def cmd_master(args: argparse.Namespace) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    from flexgc.worker.client import run_workers
+    from flexgc.api import Worker
 
     values = resolve(WORKER_OPTIONS, vars(args), os.environ, args.config)
-    return asyncio.run(run_workers(WorkerConfig.from_values(values)))
+    return Worker.from_config(WorkerConfig.from_values(values)).run()
 
 
 def cmd_health(args: argparse.Namespace) -> int:

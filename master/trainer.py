@@ -31,6 +31,8 @@ from flexgc.master.accounting import RunLog
 from flexgc.master.adapt import Adapter
 from flexgc.master.coordinator import Coordinator, Outcome
 from flexgc.master.data import JobData
+from flexgc.master.evaluation import Validation
+from flexgc.master.hooks import IterationHook, iteration_info
 from flexgc.master.metrics import Metrics
 from flexgc.master.rundir import write_atomic
 
@@ -81,7 +83,7 @@ class Trainer:
 
     def __init__(self, cfg: MasterConfig, code: Code, data: JobData, coordinator: Coordinator,
                  metrics: Metrics, runlog: RunLog, on_record: Callable[[dict[str, Any]], None] | None = None,
-                 adapter: Adapter | None = None) -> None:
+                 adapter: Adapter | None = None, on_iteration: IterationHook | None = None) -> None:
         self.cfg, self.code, self.job_data, self.data = cfg, code, data, data.spec
         self.coordinator = coordinator
         self.metrics = metrics
@@ -95,6 +97,10 @@ class Trainer:
         self.state = TrainState(params, self.optimizer.init(params), self.optimizer.spec, 0, cfg.data_seed,
                                 cfg.delay_seed)
         self.stopped_early = False
+        self.on_iteration = on_iteration  # after every step; True stops the job (the Python API's callbacks)
+        self.stopped_by_callback = False
+        self.validation = Validation(self.data, data.validation) if data.validation is not None else None
+        self.last_validation: dict[str, Any] | None = None  # the latest evaluation's figures (the summary's)
         self.outcomes: Counter[str] = Counter()
         self._progress_at = -math.inf
         self.last_loss: float | None = None
@@ -208,6 +214,13 @@ class Trainer:
             self.metrics.connected.set(c.members.connected)
             self.runlog.add(it, outcome, loss, verify)
             self._progress(t, outcome, loss)
+            evaluated = None
+            if self.validation is not None and cfg.eval_every and (t + 1) % cfg.eval_every == 0:
+                evaluated = await self._evaluate(t)
+            if self.on_iteration is not None and self.on_iteration(
+                    iteration_info(it, outcome, loss, cfg.iterations, self.state.params, evaluated)):
+                self.stopped_by_callback = True
+                _log.info("stopped by a callback iteration=%d", t)
             if cfg.checkpoint_every and (t + 1) % cfg.checkpoint_every == 0:
                 # the run log must hold every iteration before the checkpoint, or a resume leaves a gap
                 self._emit(self.runlog.flush(self.code, force=True))
@@ -216,9 +229,25 @@ class Trainer:
                 self.stopped_early = True
                 _log.info("target loss reached iteration=%d loss=%.6g", t, loss)
                 break
+            if self.stopped_by_callback:
+                break
+        if self.validation is not None and self.state.iteration and not stop.is_set() and (
+                self.last_validation is None or self.last_validation["iteration"] != self.state.iteration - 1):
+            await self._evaluate(self.state.iteration - 1)  # the final parameters, once
         # give the last iteration's cancel acks a moment to arrive, for the accounting
         await _until(c.wait_settled(self.state.iteration - 1, ACK_WAIT_S), stop)
         self._emit(self.runlog.flush(self.code, force=True))
+
+    async def _evaluate(self, t: int) -> dict[str, Any]:
+        """The validation figures of the parameters after iteration t's step (off the event loop), also
+        appended to the run log as an ``eval`` event."""
+        assert self.validation is not None
+        figures = await asyncio.get_running_loop().run_in_executor(None, self.validation.evaluate,
+                                                                   self.state.params)
+        self.last_validation = {"iteration": t, **figures}
+        self.runlog.event({"event": "eval", **self.last_validation})
+        _log.info("evaluated iteration=%d %s", t, " ".join(f"{k}={v:.6g}" for k, v in figures.items()))
+        return figures
 
     def _progress(self, t: int, outcome: Outcome, loss: float | None) -> None:
         """One INFO line per iteration, or per PROGRESS_S when iterations are faster (whichever is rarer)."""

@@ -397,11 +397,12 @@ async def load_partitions(stub: pb_grpc.CoordinatorStub, slot: int, session_id: 
 EXIT_OK, EXIT_RUNTIME, EXIT_REFUSED = 0, 1, 2  # see `flexgc worker --help`
 
 
-async def run_workers(cfg: WorkerConfig) -> int:
+async def run_workers(cfg: WorkerConfig, stop: asyncio.Event | None = None) -> int:
     """`flexgc worker`: --slots worker slots in this process, each with its own identity (worker_id-i when
     there are several), stream, task state and cancels, sharing one event loop and a pool of
-    --compute-threads threads. Returns the worst exit code of the slots (see run_worker)."""
-    stop = asyncio.Event()
+    --compute-threads threads. Returns the worst exit code of the slots (see run_worker). Setting `stop`
+    ends them; SIGTERM/SIGINT set it (where this loop can handle signals)."""
+    stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):

@@ -218,7 +218,8 @@ class WorkerConfig(_Tls):
     slots: int = option(1, "worker slots in this process, each its own worker (id WORKER_ID-i when more than "
                         "one), sharing one event loop and the compute threads", minimum=1)
     compute_threads: int = option(0, "threads computing partial gradients for the slots of this process (0: "
-                                  "min(slots, CPUs))", minimum=0)
+                                  "min(slots, CPUs); a task with an injected --delay runs in a thread per slot "
+                                  "instead, so one slot's delay never holds up another's)", minimum=0)
     model_modules: str | None = option(None, "comma-separated modules (and their submodules) a master may name "
                                        "in --model MODULE:FACTORY; the worker imports no other (default: none)")
     blas_threads: int = option(1, "BLAS threads in this process (several workers share the cores)", minimum=1)

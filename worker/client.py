@@ -85,7 +85,8 @@ class Session:
     """One joined connection's Work stream."""
 
     def __init__(self, cfg: WorkerConfig, grant: wire.JoinGrant, job: wire.JobInfo, stub: pb_grpc.CoordinatorStub,
-                 compute: PartitionCompute, executor: concurrent.futures.Executor, instance_id: str = "") -> None:
+                 compute: PartitionCompute, executor: concurrent.futures.Executor, instance_id: str = "",
+                 delayed_executor: concurrent.futures.Executor | None = None) -> None:
         self.cfg = cfg
         self.instance_id = instance_id
         self.grant = grant
@@ -94,6 +95,9 @@ class Session:
         self.stub = stub
         self.compute = compute
         self.executor = executor
+        # tasks with an injected delay: the delay is served in the computing thread (an interruptible wait),
+        # so slots sharing a process must not queue behind each other's delays (each slot is its own worker)
+        self.delayed_executor = delayed_executor or executor
         self.delay = parse_delay(cfg.delay if cfg.delay is not None else job.delay_spec or "none")
         self.outbox: asyncio.Queue[_Outgoing | None] = asyncio.Queue()
         self.state = WorkerState.IDLE
@@ -282,7 +286,7 @@ class Session:
             future: asyncio.Future[None] = loop.create_future()
             future.set_result(None)
         elif idle:
-            future = loop.run_in_executor(self.executor, self.compute.run, task, emit)
+            future = loop.run_in_executor(self._executor_for(task), self.compute.run, task, emit)
         else:  # the last task's compute is still returning: this slot's tasks run in order (one partial buffer)
             assert previous is not None
             future = asyncio.ensure_future(self._after(previous, task, emit))
@@ -299,7 +303,10 @@ class Session:
                      emit: Callable[[int, np.ndarray], None]) -> None:
         with contextlib.suppress(Exception):
             await asyncio.shield(previous)
-        await asyncio.get_running_loop().run_in_executor(self.executor, self.compute.run, task, emit)
+        await asyncio.get_running_loop().run_in_executor(self._executor_for(task), self.compute.run, task, emit)
+
+    def _executor_for(self, task: TaskRun) -> concurrent.futures.Executor:
+        return self.delayed_executor if np.any(task.durations_s) else self.executor
 
     def _pull(self, iteration: int, level: int) -> None:
         task = self.task
@@ -411,12 +418,16 @@ async def run_workers(cfg: WorkerConfig, stop: asyncio.Event | None = None) -> i
         return await run_worker(cfg, stop)
     threads = cfg.compute_threads or min(cfg.slots, os.cpu_count() or 1)
     executor = concurrent.futures.ThreadPoolExecutor(max_workers=threads, thread_name_prefix="compute")
+    # a job with injected delays emulates a machine per slot: a thread each, so one slot's delay (a wait, no
+    # CPU) never holds up another's task (threads are started only when tasks overlap)
+    delayed = concurrent.futures.ThreadPoolExecutor(max_workers=max(threads, cfg.slots), thread_name_prefix="delayed")
     slots = [dataclasses.replace(cfg, worker_id=f"{cfg.identity}-{i}", slots=1,
                                  slot=cfg.slot + i if cfg.slot >= 0 else -1) for i in range(cfg.slots)]
     try:
-        codes = await asyncio.gather(*(run_worker(one, stop, executor) for one in slots))
+        codes = await asyncio.gather(*(run_worker(one, stop, executor, delayed) for one in slots))
     finally:
         executor.shutdown(wait=False, cancel_futures=True)
+        delayed.shutdown(wait=False, cancel_futures=True)
     return max(codes)
 
 
@@ -427,11 +438,12 @@ def reason_kind(reason: str) -> str:
 
 
 async def run_worker(cfg: WorkerConfig, stop: asyncio.Event | None = None,
-                     executor: concurrent.futures.Executor | None = None) -> int:
+                     executor: concurrent.futures.Executor | None = None,
+                     delayed_executor: concurrent.futures.Executor | None = None) -> int:
     """One worker slot: join and work until the master's Shutdown (exit 0), a refusal that retrying cannot
     fix (exit 2), no successful join within --join-timeout-s (exit 1), or `stop` (exit 0). Without `stop`
     it stops on SIGTERM/SIGINT itself; `executor` is a compute pool shared with other slots (else its own
-    thread)."""
+    thread), `delayed_executor` the pool for tasks with an injected delay (default: `executor`)."""
     if stop is None:
         stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -514,7 +526,7 @@ async def run_worker(cfg: WorkerConfig, stop: asyncio.Event | None = None,
                 if grant.session_id != session_id:
                     # a new master session (e.g. restarted from a checkpoint) may repeat iterations
                     session_id, last_iteration = grant.session_id, -1
-                session = Session(cfg, grant, job, stub, compute, executor, instance_id)
+                session = Session(cfg, grant, job, stub, compute, executor, instance_id, delayed_executor)
                 session.last_iteration = last_iteration
                 backoff = 0.05
                 run = asyncio.ensure_future(session.run())

@@ -317,7 +317,7 @@ def test_readme_states_what_each_kustomization_requests() -> None:
 
 
 def test_every_kustomization_fits_a_small_cluster() -> None:
-    # minikube's default node: 2 CPUs and 2.2 GB, of which its system pods request 0.75 CPU and 170 MiB
+    # one node of 2 CPUs and 2 GiB (minikube's default), of which its system pods request about 0.75 CPU
     for path, directory in REQUEST_TABLE.items():
         pods, cpu, memory = _requested(directory)
         assert cpu <= 1.25 and memory <= 1.25 * 2**30, (path, pods, cpu, memory / 2**30)

@@ -23,7 +23,6 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -33,8 +32,9 @@ import pytest
 
 from flexgc.common.config import master_config
 from tests.deploy.test_static import DEPLOY, _render, _yaml_documents
-from tests.helpers import centralized_params, read_records, wait_for
+from tests.helpers import centralized_params, read_records
 
+from .conftest import docker, wait_showing
 from .test_containers import _worker_ids
 
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(240)]
@@ -42,13 +42,6 @@ pytestmark = [pytest.mark.docker, pytest.mark.timeout(240)]
 OVERLAY = DEPLOY / "k8s" / "overlays" / "job"
 # a job that takes 10-20 s here, long enough to kill a worker in the middle (as tests/docker/test_containers.py)
 JOB = {"iterations": "100", "samples": "4000", "delay": '"shifted-exp:a=1,mu=4,unit_s=0.4"'}
-
-
-def _docker(*args: str, timeout_s: float = 60, check: bool = True) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run(["docker", *args], capture_output=True, text=True, timeout=timeout_s)
-    if check and result.returncode != 0:
-        raise AssertionError(f"docker {' '.join(args)} exited {result.returncode}: {result.stderr[-2000:]}")
-    return result
 
 
 def _set(toml: str, **values: str) -> str:
@@ -84,8 +77,8 @@ class IndexedJob:
         self.config_dir.chmod(0o755)
         self.runs_tmpfs_bytes: int | None = None  # a run volume of this size instead of the named volume
         self.started: list[str] = []
-        _docker("network", "create", self.name)
-        _docker("volume", "create", self.name)
+        docker("network", "create", self.name)
+        docker("volume", "create", self.name)
 
     @property
     def n(self) -> int:
@@ -147,24 +140,24 @@ class IndexedJob:
         return [*args, "--entrypoint", command[0], self.image, *command[1:], *self.container.get("args", [])]
 
     def start(self, index: int) -> None:
-        _docker(*self.argv(index))
+        docker(*self.argv(index))
         self.started.append(self.container_name(index))
 
     def state(self, index: int) -> dict[str, Any]:
-        (info,) = json.loads(_docker("inspect", self.container_name(index)).stdout)
+        (info,) = json.loads(docker("inspect", self.container_name(index)).stdout)
         return dict(info["State"])
 
     def wait_exit(self, index: int, timeout_s: float) -> int:
-        result = _docker("wait", self.container_name(index), timeout_s=timeout_s)
+        result = docker("wait", self.container_name(index), timeout_s=timeout_s)
         return int(result.stdout.strip())
 
     def logs(self, index: int) -> str:
-        result = _docker("logs", self.container_name(index), check=False)
+        result = docker("logs", self.container_name(index), check=False)
         return result.stdout + result.stderr
 
     def _run_path(self) -> Path:
         """The master's run directory, on this host (the tests run as root, like CI)."""
-        mountpoint = _docker("volume", "inspect", self.name, "--format", "{{.Mountpoint}}").stdout.strip()
+        mountpoint = docker("volume", "inspect", self.name, "--format", "{{.Mountpoint}}").stdout.strip()
         return Path(mountpoint) / self.run_dir
 
     def records(self) -> list[dict[str, Any]]:
@@ -174,16 +167,13 @@ class IndexedJob:
         return np.load(self._run_path() / "params.npy")
 
     def wait_for(self, condition: Callable[[], Any], timeout_s: float, what: str) -> Any:
-        try:
-            return wait_for(condition, timeout_s, what, interval_s=0.2)
-        except AssertionError as exc:
-            raise AssertionError(f"{exc}\n{self.logs(0)[-4000:]}") from None
+        return wait_showing(condition, timeout_s, what, lambda: self.logs(0))
 
     def remove(self) -> None:
         for name in self.started:
-            _docker("rm", "--force", name, timeout_s=60, check=False)
-        _docker("network", "rm", self.name, check=False)
-        _docker("volume", "rm", "--force", self.name, check=False)
+            docker("rm", "--force", name, timeout_s=60, check=False)
+        docker("network", "rm", self.name, check=False)
+        docker("volume", "rm", "--force", self.name, check=False)
 
 
 @pytest.fixture
@@ -214,9 +204,9 @@ def test_pods_run_the_job_exactly_and_a_recreated_worker_pod_gets_its_slot_back(
     # Execute: worker index 3 fails (SIGKILL: exit 137, which podFailurePolicy leaves to the per-index
     # retries); the Job controller removes it and starts a new pod under the same index and hostname
     victim = 3
-    _docker("kill", job.container_name(victim))
+    docker("kill", job.container_name(victim))
     killed = job.wait_for(lambda: (s := job.state(victim))["Status"] == "exited" and s, 30, "worker exited")
-    _docker("rm", job.container_name(victim))
+    docker("rm", job.container_name(victim))
     killed_at = len(job.records())
     job.start(victim)
     master_rc = job.wait_exit(0, timeout_s=180)

@@ -3,7 +3,8 @@
 
 The job runs to the end with every iteration EXACT and gradient descent's parameters, although one worker
 task is killed mid-job (`docker kill`: SIGKILL, exit 137): Swarm's restart policy starts a new task in the
-same slot, whose hostname `worker-<slot>` is the worker id the master knows, so it rejoins its slot. Then a
+same slot, whose hostname `worker-<slot>` is the worker id the master knows, so it rejoins its slot; the
+master's metrics port, published in host mode, answers on this node meanwhile. Then a
 worker task started after the job has ended (the service scaled up by one) gives up joining after
 FLEXGC_JOIN_TIMEOUT_S and is restarted only max_attempts times: the stack completes. Services, network and
 volume are removed in `finally`.
@@ -19,6 +20,7 @@ import os
 import secrets
 import socket
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -154,9 +156,10 @@ def _exit_code(task: dict[str, Any]) -> int | None:
 
 def test_stack_deploy_runs_the_job_and_a_killed_worker_task_rejoins_its_slot(stack: Callable[..., Stack]) -> None:
     # Prepare
+    metrics_port = _free_port()
     job = stack(FLEXGC_WORKERS=str(N), FLEXGC_ITERATIONS=str(ITERATIONS), FLEXGC_SAMPLES=JOB["FLEXGC_SAMPLES"],
                 FLEXGC_DELAY=JOB["FLEXGC_DELAY"], FLEXGC_GRPC_HOST_PORT=str(_free_port()),
-                FLEXGC_METRICS_HOST_PORT=str(_free_port()), FLEXGC_WORKER_JOIN_TIMEOUT_S=str(JOIN_TIMEOUT_S))
+                FLEXGC_METRICS_HOST_PORT=str(metrics_port), FLEXGC_WORKER_JOIN_TIMEOUT_S=str(JOIN_TIMEOUT_S))
 
     # Execute: deploy, kill the container of worker slot 2 once 5 iterations are done, wait for the end
     t0 = time.monotonic()
@@ -164,6 +167,9 @@ def test_stack_deploy_runs_the_job_and_a_killed_worker_task_rejoins_its_slot(sta
     job.wait_for(lambda: job.records(), 120, "the first decoded iteration")
     first_s = time.monotonic() - t0
     job.wait_for(lambda: len(job.records()) >= 5, 90, "5 iterations")
+    # the published metrics port (host mode) answers on this node
+    with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as response:
+        metrics = response.read().decode()
     (victim,) = [t for t in job.slot_tasks("worker", 2) if _state(t) == "running"]
     docker("kill", victim["Status"]["ContainerStatus"]["ContainerID"])
     killed_at = len(job.records())
@@ -179,6 +185,7 @@ def test_stack_deploy_runs_the_job_and_a_killed_worker_task_rejoins_its_slot(sta
           f"({ITERATIONS} iterations)")
 
     # Assert: the master's task ended with exit 0, every worker slot's last task too
+    assert "flexgc_iteration_latency_seconds_bucket" in metrics
     assert _state(master) == "complete" and _exit_code(master) == 0, job.logs("master")[-4000:]
     assert workers_done
     # the killed task failed (137) and Swarm started a new one in its slot, which rejoined the same slot

@@ -24,7 +24,16 @@ from flexgc.common.optim import parse_optimizer
 
 DTYPES = ("float64", "float32")
 ON_DEADLINE = ("fail", "approximate")
-ADAPT_MODES = ("off", "speed", "elastic", "all")
+ADAPT_MODES = ("auto", "off", "speed", "elastic", "all")
+AUTO_ADAPT_MAX_WORKERS = 256  # `auto` adapts up to this n (the planner's cost was measured to here: design §2.10)
+
+
+def resolve_adapt(mode: str, code_family: str, n: int) -> str:
+    """What `--adapt auto` means for this job: `all` for an exact code up to AUTO_ADAPT_MAX_WORKERS slots,
+    `off` for ignore-s (approximate by design) and beyond; any other mode is itself."""
+    if mode != "auto":
+        return mode
+    return "off" if code_family == "ignore" or n > AUTO_ADAPT_MAX_WORKERS else "all"
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,11 +149,12 @@ class MasterConfig(_Tls):
     linger: bool = option(False, "after the job, keep serving health until SIGTERM")
     max_workers: int = option(0, "refuse joins beyond this many connected workers (0: = workers)", minimum=0)
     blas_threads: int = option(1, "BLAS threads in this process (several processes share the cores)", minimum=1)
-    adapt: str = option("off", "adaptive placement (docs/design.md §2.10): speed = measure each worker's speed and "
+    adapt: str = option("auto", "adaptive placement (docs/design.md §2.10): speed = measure each worker's speed and "
                         "re-plan the code at iteration boundaries so load follows speed, exactly and with the same "
                         "tolerance; elastic = re-plan for the workers that remain when one is gone longer than "
                         "--replace-after-s (the tolerance is restored) and take a returning or new worker back "
-                        "in; all = both; off = the static code", choices=ADAPT_MODES)
+                        "in; all = both; off = the static code; auto = all for an exact code up to 256 workers, "
+                        "off for ignore-s and beyond", choices=ADAPT_MODES)
     replace_after_s: float = option(30.0, "with --adapt elastic|all: a slot whose worker has been gone this long is "
                                     "removed from the plan", minimum=0.0)
     replan_every: int = option(10, "with --adapt: check for a better plan every K iterations (and at once when "
@@ -181,7 +191,7 @@ class MasterConfig(_Tls):
             message = str(exc).removeprefix("code: ").removesuffix(f" (in {self.code!r})")
             shown = "" if message.startswith(f"code={self.code!r}") else f"code={self.code!r}: "
             raise ConfigError(f"{shown}{message}") from None
-        if self.adapt != "off" and code.family == "ignore":
+        if self.adapt not in ("off", "auto") and code.family == "ignore":
             raise ConfigError(f"adapt={self.adapt!r} with code={self.code!r}: ignore-s is approximate by design and an "
                               f"adaptive plan keeps every gradient exact; allowed: an exact code (uncoded, nested, "
                               f"...) or adapt='off'")

@@ -58,7 +58,7 @@ def register(sub: Any) -> None:
                         "train on sklearn:digits with adam:lr=3e-3 unless --data / --optimizer say otherwise)")
     p.add_argument("--data", default=None, help="data source (default: synthetic, or sklearn:digits for jax-*)")
     p.add_argument("--optimizer", default=None, help="optimizer spec (default: gd, or adam:lr=3e-3 for jax-*)")
-    p.add_argument("--adapt", choices=ADAPT_MODES, default="off", help="the master's --adapt")
+    p.add_argument("--adapt", choices=ADAPT_MODES, default="auto", help="the master's --adapt (default: auto)")
     p.set_defaults(handler=cmd_demo)
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from flexgc.common.codes import parse_code
-from flexgc.common.config import master_config
+from flexgc.common.config import master_config, resolve_adapt
 from flexgc.common.delays import parse_delay
 from flexgc.common.models import parse_model
 from flexgc.master.hooks import IterationInfo
@@ -46,13 +46,13 @@ def run_demo(args: argparse.Namespace) -> int:
     jax = parse_model(model).needs_jax  # a JAX network trains on digits with Adam unless told otherwise
     data = getattr(args, "data", None) or ("sklearn:digits" if jax else "synthetic")
     optimizer = getattr(args, "optimizer", None) or ("adam:lr=3e-3" if jax else "gd")
-    adapt = getattr(args, "adapt", None) or "off"
+    adapt = resolve_adapt(getattr(args, "adapt", None) or "auto", code.family, n)
     cfg = master_config(host="127.0.0.1", port=0, workers=n, code=code.spec, iterations=args.iterations,
                         delay=delay.spec, delay_seed=args.delay_seed, out=str(out), samples=20_000,
                         features=100, deadline_s=10.0 if not jax else 60.0, on_deadline="approximate",
                         checkpoint_every=0, model=model, data=data, optimizer=optimizer, adapt=adapt)
     what = "logistic regression 20000x100" if (model, data) == ("logistic", "synthetic") else f"{model} on {data}"
-    adapting = "" if adapt == "off" else f"; --adapt {adapt}"
+    adapting = "" if adapt == "off" else f"; adapting: {adapt}"
     print(f"flexgc demo: n={n} workers, code {code.spec} (tolerates {code.s_max} stragglers{adapting}), "
           f"delay {delay.spec}, {args.iterations} iterations, {what}")
     RunDir(out).clear_own_run(job_identity(cfg))  # a demo starts fresh, but never over another job's run

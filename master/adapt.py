@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from flexgc.common.codes import Code, parse_code, removed_slots
-from flexgc.common.config import ADAPT_MODES, MasterConfig
+from flexgc.common.config import ADAPT_MODES, MasterConfig, resolve_adapt
 from flexgc.common.errors import ConfigError
 from flexgc.common.planner import MIN_GAIN, PlanChoice, blocks_unchanged, chronic_speeds, membership_plan, plan
 from flexgc.master.coordinator import Coordinator
@@ -55,16 +55,17 @@ class AdaptPolicy:
     replace_after_s: float = 30.0
 
     def __post_init__(self) -> None:
-        if self.mode not in ADAPT_MODES:
-            raise ConfigError(f"adapt={self.mode!r}; allowed: {', '.join(ADAPT_MODES)}")
+        if self.mode not in ADAPT_MODES or self.mode == "auto":  # `auto` is resolved per job (AdaptPolicy.of)
+            raise ConfigError(f"adapt={self.mode!r}; allowed: {', '.join(m for m in ADAPT_MODES if m != 'auto')}")
         if self.replan_every < 1 or self.split < 1 or self.window < 2 or self.change_factor <= 1:
             raise ConfigError(f"adapt: replan_every={self.replan_every} (>= 1), split={self.split} (>= 1), "
                               f"window={self.window} (>= 2), change_factor={self.change_factor} (> 1)")
 
     @classmethod
     def of(cls, cfg: MasterConfig) -> AdaptPolicy:
-        """The policy a master's configuration asks for."""
-        return cls(cfg.adapt, cfg.replan_every, cfg.adapt_split, replace_after_s=cfg.replace_after_s)
+        """The policy a master's configuration asks for (`auto` resolved for its code and n)."""
+        mode = resolve_adapt(cfg.adapt, parse_code(cfg.code, cfg.workers).family, cfg.workers)
+        return cls(mode, cfg.replan_every, cfg.adapt_split, replace_after_s=cfg.replace_after_s)
 
     @property
     def on(self) -> bool:

@@ -23,10 +23,10 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from flexgc.common.codes import parse_code
 from flexgc.common.config import MasterConfig
 from flexgc.common.delays import parse_delay
 from flexgc.common.errors import ConfigError, StorageError
+from flexgc.master.adapt import AdaptPolicy, job_code
 from flexgc.master.data import JobData
 
 _log = logging.getLogger(__name__)
@@ -41,7 +41,9 @@ IDENTITY_FIELDS = ("code", "workers", "model", "data", "samples", "features", "c
 def job_identity(cfg: MasterConfig, data: JobData | None = None) -> dict[str, Any]:
     """What makes a run directory one job's: its computation's inputs (canonical specs, the data's
     fingerprint), not how long it runs or where it listens. `data`: the job's data if already loaded."""
-    code = parse_code(cfg.code, cfg.workers)
+    # the job's first code as it runs: an adaptive job's is split into finer partitions, and synthetic data
+    # is generated per partition, so the same spec at another split is another dataset
+    code = job_code(cfg.code, cfg.workers, AdaptPolicy.of(cfg))
     data = data or JobData.from_config(cfg, code)
     identity = {name: getattr(cfg, name) for name in IDENTITY_FIELDS if hasattr(cfg, name)}
     identity.update(code=code.spec, delay=parse_delay(cfg.delay).spec, data_fingerprint=data.fingerprint,

@@ -42,7 +42,9 @@ def read_records(out: Path) -> list[dict[str, Any]]:
 def job_config(out: Path, **overrides: Any) -> MasterConfig:
     base: dict[str, Any] = dict(host="127.0.0.1", port=0, workers=4, code="nested:levels=0,1,2", iterations=4,
                                 samples=240, features=6, out=str(out), checkpoint_every=0, dtype="float64",
-                                join_timeout_s=30.0, deadline_s=30.0, lr=0.5, momentum=0.5)
+                                join_timeout_s=30.0, deadline_s=30.0, lr=0.5, momentum=0.5,
+                                # the tests of one code's behaviour run it static; adaptive runs ask for it
+                                adapt="off")
     base.update(overrides)
     return master_config(**base)
 

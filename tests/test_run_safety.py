@@ -54,6 +54,18 @@ def test_a_run_of_another_job_is_refused_naming_each_difference(
     assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == files  # nothing touched
 
 
+def test_resuming_a_static_run_with_an_adapting_master_is_refused_not_trained_on_other_data(
+        finished_run: tuple[Path, dict[str, bytes], list[str]]) -> None:
+    # an adapting job runs on k = 4n partitions and synthetic data is drawn per partition: another dataset
+    out, files, args = finished_run
+    changed = [a for a in args if a not in ("--adapt", "off")]  # the default, auto: adapting crc:s=1
+
+    run = run_cli("master", *changed, "--join-timeout-s", "0.1")
+
+    _one_line_error(run, 2, f"out='{out}' holds a run of another job", "code: 'crc:s=1' -> 'crc:s=1,split=4'")
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == files  # nothing touched
+
+
 def test_new_run_moves_the_old_run_aside_and_deletes_nothing(tmp_path: Path) -> None:
     cfg = job_config(tmp_path, workers=2, code="uncoded", iterations=2)
     run_job(cfg)

@@ -388,7 +388,20 @@ def test_the_default_code_follows_n(workers: int, code: str) -> None:
 def test_adapt_refuses_an_approximate_code_and_names_the_field() -> None:
     with pytest.raises(ConfigError, match=r"adapt='speed' with code='ignore:s=1'.*allowed: an exact code"):
         master_config(code="ignore:s=1", adapt="speed")
-    with pytest.raises(ConfigError, match=r"adapt.*'fast'; allowed: off, speed"):
+    with pytest.raises(ConfigError, match=r"adapt.*'fast'; allowed: auto, off, speed"):
         master_config(adapt="fast")
     with pytest.raises(ConfigError, match=r"adapt_split=65; allowed 1\.\.64"):
         master_config(adapt="speed", adapt_split=65)
+
+
+@pytest.mark.parametrize(("code", "workers", "mode"), [
+    ("nested:levels=0,1,2", 8, "all"), ("uncoded", 4, "all"), ("ignore:s=1", 4, "off"),
+    ("nested-frc:groups=1,2", 512, "off"),
+])
+def test_adapt_auto_is_all_for_an_exact_code_and_off_for_ignore_s_and_beyond_256(code: str, workers: int,
+                                                                                 mode: str) -> None:
+    from flexgc.master.adapt import AdaptPolicy
+
+    cfg = master_config(code=code, workers=workers)
+
+    assert cfg.adapt == "auto" and AdaptPolicy.of(cfg).mode == mode

@@ -21,9 +21,10 @@ from examples import numpy_model
 from flexgc.api import CallbackError, Job, Worker, api_options, load_run, train
 from flexgc.cli import build_parser
 from flexgc.common.codes import parse_code
-from flexgc.common.config import MASTER_OPTIONS, WORKER_OPTIONS
+from flexgc.common.config import MASTER_OPTIONS, WORKER_OPTIONS, resolve_adapt
 from flexgc.common.errors import ConfigError
 from flexgc.common.models import DataSpec, synthetic_partition
+from flexgc.master.adapt import AdaptPolicy, job_code
 from flexgc.master.hooks import IterationInfo
 from tests import api_models
 from tests.helpers import centralized_params
@@ -71,7 +72,9 @@ def test_a_job_without_out_returns_its_records_and_parameters() -> None:
 
 
 def _centralized_huber(model: numpy_model.HuberRegression, options: dict[str, Any]) -> np.ndarray:
-    k = parse_code(options["code"], options["workers"]).k
+    # the job's own partitions: the default --adapt auto runs an exact code on k = 4n
+    n, family = options["workers"], parse_code(options["code"], options["workers"]).family
+    k = job_code(options["code"], n, AdaptPolicy(resolve_adapt(options.get("adapt", "auto"), family, n))).k
     spec = DataSpec(model="examples.numpy_model:build", samples=options["samples"], features=options["features"],
                     classes=1, partitions=k)
     parts = [synthetic_partition(spec, j) for j in range(k)]

@@ -20,5 +20,5 @@ def test_demo_passes_adapt_to_the_master(tmp_path: Path, capsys: pytest.CaptureF
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["adapt"]["mode"] == "speed" and "split=" in summary["code"]
     printed = capsys.readouterr().out
-    assert "--adapt speed" in printed and "adaptive placement:" in printed
+    assert "adapting: speed" in printed and "adaptive placement:" in printed
     assert "crc:s=1 (model, same delays)" in printed and "what CRC(s=1) needs on the same delays" in printed

@@ -49,6 +49,7 @@ from flexgc.harness.topology import (
     probe,
     wait_until,
 )
+from flexgc.master.accounting import read_run_log
 
 _log = logging.getLogger(__name__)
 
@@ -382,14 +383,10 @@ class NetnsCluster:
 
     # results -------------------------------------------------------------------------------------
     def run_log(self) -> list[dict[str, Any]]:
-        """The master's run.jsonl so far (a torn last line is skipped)."""
+        """The master's iteration records so far (resume markers applied, events such as plan switches left
+        out, a torn last line skipped)."""
         path = self.out_dir / "run.jsonl"
-        records = []
-        with contextlib.suppress(FileNotFoundError):
-            for line in path.read_text().splitlines():
-                with contextlib.suppress(json.JSONDecodeError):
-                    records.append(json.loads(line))
-        return records
+        return read_run_log(path) if path.exists() else []
 
     def summary(self) -> dict[str, Any]:
         return dict(json.loads((self.out_dir / "summary.json").read_text()))

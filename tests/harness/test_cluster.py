@@ -52,6 +52,9 @@ JOB_PROXY = {
     "FLEXGC_DELAY": "shifted-exp:a=1,mu=1000,unit_s=0.8", "FLEXGC_DEADLINE_S": "20",
 }
 PROXIED, PROXY_DELAY_MS = 1, 25.0
+# these tests measure one static code's network behaviour (the master's default --adapt auto would re-plan
+# around the shaped or cut worker)
+STATIC = {"FLEXGC_ADAPT": "off"}
 
 
 def _upload_start_ms(w: dict[str, Any]) -> float:
@@ -69,7 +72,7 @@ def _latest(records: list[dict[str, Any]]) -> dict[str, Any] | None:
 
 def test_rate_limited_worker_is_a_network_straggler(netns_cluster: Callable[..., NetnsCluster]) -> None:
     # Prepare: the slow worker's FLEXGC_TC_RATE, as in compose.slow-link.yml, shapes its uplink (apply.sh)
-    master_env = {"FLEXGC_CLASSES": "100", "FLEXGC_CHECKPOINT_EVERY": "0"}
+    master_env = {"FLEXGC_CLASSES": "100", "FLEXGC_CHECKPOINT_EVERY": "0", **STATIC}
     cluster = netns_cluster(variables=JOB_4MB, env={"master": master_env}, start=False)
     slow = cluster.worker(SLOW).name
     cluster.start_master()
@@ -118,7 +121,7 @@ def test_rate_limited_worker_is_a_network_straggler(netns_cluster: Callable[...,
 @pytest.mark.parametrize("cut", ["brief", "until_disconnect"])
 def test_partitioned_worker_rejoins_after_heal(netns_cluster: Callable[..., NetnsCluster], cut: str) -> None:
     # Prepare: a running job in which the slot has delivered results
-    cluster = netns_cluster(variables=JOB_SMALL, env={"master": {"FLEXGC_CHECKPOINT_EVERY": "0"}})
+    cluster = netns_cluster(variables=JOB_SMALL, env={"master": {"FLEXGC_CHECKPOINT_EVERY": "0", **STATIC}})
     node = cluster.worker(CUT).name
     wait_until(lambda: (last := _latest(cluster.run_log())) and last["iteration"] >= 2
                      and _delivered(last, CUT), 60, f"slot {CUT} delivering")
@@ -166,7 +169,8 @@ def test_partitioned_worker_rejoins_after_heal(netns_cluster: Callable[..., Netn
 
 def test_worker_behind_delay_proxy_shows_the_round_trip(netns_cluster: Callable[..., NetnsCluster]) -> None:
     # Prepare: one worker's connection to the master goes through a proxy in its namespace, 25 ms each way
-    cluster = netns_cluster(variables=JOB_PROXY, env={"master": {"FLEXGC_CHECKPOINT_EVERY": "0"}}, start=False)
+    cluster = netns_cluster(variables=JOB_PROXY, env={"master": {"FLEXGC_CHECKPOINT_EVERY": "0", **STATIC}},
+                            start=False)
     cluster.start_master()
     for node in cluster.workers:
         proxied = node.name == cluster.worker(PROXIED).name

@@ -38,6 +38,7 @@ class Option:
     choices: tuple[str, ...] | None = None
     minimum: float | None = None
     secret: bool = False
+    env_name: str | None = None  # an environment variable of its own (default FLEXGC_<NAME>)
 
     @property
     def flag(self) -> str:
@@ -47,13 +48,14 @@ class Option:
     @property
     def env(self) -> str:
         """The environment variable, e.g. FLEXGC_DEADLINE_S."""
-        return "FLEXGC_" + self.name.upper()
+        return self.env_name or "FLEXGC_" + self.name.upper()
 
 
 def option(default: Any, help: str, *, choices: tuple[str, ...] | None = None, minimum: float | None = None,
-           secret: bool = False) -> Any:
-    """A config field declared once: its default, its help, and what values are allowed."""
-    meta = {"help": help, "choices": choices, "minimum": minimum, "secret": secret}
+           secret: bool = False, env: str | None = None) -> Any:
+    """A config field declared once: its default, its help, and what values are allowed (`env`: its own
+    environment variable, where FLEXGC_<NAME> would mean something else to another role)."""
+    meta = {"help": help, "choices": choices, "minimum": minimum, "secret": secret, "env": env}
     return field(default=default, metadata=meta, repr=not secret)
 
 
@@ -66,7 +68,7 @@ def options_of(cls: type) -> list[Option]:
     for f in own + inherited:
         kind = next(k for k in (bool, int, float, str) if k is hints[f.name] or k in get_args(hints[f.name]))
         m = f.metadata
-        out.append(Option(f.name, kind, f.default, m["help"], m["choices"], m["minimum"], m["secret"]))
+        out.append(Option(f.name, kind, f.default, m["help"], m["choices"], m["minimum"], m["secret"], m["env"]))
     return out
 
 
@@ -196,7 +198,10 @@ class WorkerConfig(_Tls):
     worker_id: str | None = option(None, "stable identity; a reconnecting worker with the same id gets its slot "
                                    "back (default: hostname)")
     slot: int = option(-1, "slot to ask for (-1: any free)", minimum=-1)
-    delay: str | None = option(None, "override the master's injected delay spec for this worker")
+    # not FLEXGC_DELAY: that is the master's (the job's) delay, and an environment shared by master and workers
+    # would make every worker override it while job.json and the summary record the master's
+    delay: str | None = option(None, "override the master's injected delay spec for this worker (tests, "
+                               "experiments; the job's record keeps the master's)", env="FLEXGC_WORKER_DELAY")
     server_name: str | None = option(None, "TLS server name to verify (default: the host in --master)")
     reconnect_max_s: float = option(5.0, "maximum reconnect backoff", minimum=0.01)
     join_timeout_s: float = option(0.0, "give up (exit 1) after this long without a successful join (0: retry "

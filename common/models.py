@@ -45,7 +45,7 @@ from typing import Any, ClassVar, Literal, Protocol, runtime_checkable
 
 import numpy as np
 
-from flexgc.common.errors import ConfigError
+from flexgc.common.errors import ConfigError, ModelOutputError
 from flexgc.common.specs import Spec, as_int, parse_spec, reject_unknown
 
 _log = logging.getLogger(__name__)
@@ -543,6 +543,10 @@ def partial_gradient(model: Model, w: np.ndarray, X: np.ndarray, y: np.ndarray, 
         if should_stop is not None and should_stop():
             return False
         loss, grad = model.loss_and_grad(w, X[start:start + step], y[start:start + step])
+        if np.shape(grad) != (d,) or np.ndim(loss) != 0:
+            # a gradient that merely broadcasts (a scalar, shape (1,)) would be summed in silently
+            raise ModelOutputError(f"loss_and_grad returned a gradient of shape {np.shape(grad)} and a loss of shape "
+                                   f"{np.shape(loss)}; expected ({d},) and a scalar")
         out[:d] += grad
         out[d] += loss
     return True

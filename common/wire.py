@@ -466,12 +466,19 @@ class PlanReady:
     plan: int
 
 
+TASK_MODEL_FAILED = "model"      # TaskRejected.cause: loss_and_grad raised or returned a wrong shape
+TASK_NON_FINITE = "non_finite"   # TaskRejected.cause: the loss or gradient computed is NaN/Inf
+TASK_REJECTION_CAUSES = ("", TASK_MODEL_FAILED, TASK_NON_FINITE)
+
+
 @dataclass(frozen=True, slots=True)
 class TaskRejected:
-    """The worker refused a malformed task of `iteration`."""
+    """The worker did not compute the task of `iteration`: a malformed task (`cause` ""), a model that
+    raised or returned a wrong shape (TASK_MODEL_FAILED), or a NaN/Inf loss or gradient (TASK_NON_FINITE)."""
 
     iteration: int
     reason: str
+    cause: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -536,7 +543,11 @@ def worker_event(msg: pb.WorkerMessage, slot: int, max_partitions: int) -> Worke
     if kind == "heartbeat":
         return Heartbeat()
     if kind == "task_rejected":
-        return TaskRejected(msg.task_rejected.iteration, msg.task_rejected.reason[:200])
+        r = msg.task_rejected
+        if r.cause not in TASK_REJECTION_CAUSES:
+            raise WireError(f"slot={slot}: task_rejected cause={r.cause[:40]!r}; allowed: "
+                            f"{', '.join(repr(c) for c in TASK_REJECTION_CAUSES)}")
+        return TaskRejected(r.iteration, " ".join(r.reason[:300].split()), r.cause)
     if kind == "plan_ready":
         return PlanReady(msg.plan_ready.plan)
     raise WireError(f"slot={slot}: unexpected message kind {kind!r} on Work")
@@ -563,7 +574,8 @@ def worker_message(event: Hello | Ready | LevelDone | CancelAck | Heartbeat | Ta
         return pb.WorkerMessage(heartbeat=pb.Heartbeat())
     if isinstance(event, PlanReady):
         return pb.WorkerMessage(plan_ready=pb.PlanReady(plan=event.plan))
-    return pb.WorkerMessage(task_rejected=pb.TaskRejected(iteration=event.iteration, reason=event.reason))
+    return pb.WorkerMessage(task_rejected=pb.TaskRejected(iteration=event.iteration, reason=event.reason,
+                                                          cause=event.cause))
 
 
 def master_event(msg: pb.MasterMessage, k: int = 0) -> MasterEvent:

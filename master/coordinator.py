@@ -33,6 +33,7 @@ from flexgc.common.errors import (
 )
 from flexgc.common.models import DataSpec
 from flexgc.master.buffer import ReceiveBuffer
+from flexgc.master.failures import WorkerFailures
 from flexgc.master.membership import LIVENESS_S, Connection, Membership, SlotState
 from flexgc.master.metrics import Metrics
 from flexgc.v1 import coordinator_pb2 as pb
@@ -191,6 +192,7 @@ class Coordinator:
         self.plan = 0                                 # id of the plan (code) in use (docs/design.md §2.10)
         self.pending: PendingPlan | None = None       # a plan announced to the workers, not yet in use
         self._granted: dict[int, int] = {}            # slot -> plan of the slot code its last JoinReply held
+        self.failures = WorkerFailures(code.n)        # workers that cannot compute the job (failures.py)
 
     # -- membership (members decides who holds a slot; this adds the code and the iterations) ----------
     def join(self, ask: wire.JoinAsk, peer: str = "") -> wire.JoinGrant:
@@ -350,11 +352,17 @@ class Coordinator:
         elif isinstance(event, wire.PlanReady):
             self.on_plan_ready(conn, event.plan)
         else:
-            _log.warning("task rejected slot=%d iteration=%d reason=%r", conn.slot, event.iteration, event.reason)
-            self.metrics.reject("task_rejected_by_worker")
+            if event.cause:  # it cannot compute the job (failures.py logs it once, naming the worker)
+                self.failures.report(conn.slot, conn.worker_id, event, self.code.s_max)
+            else:
+                _log.warning("task rejected slot=%d iteration=%d reason=%r", conn.slot, event.iteration,
+                             event.reason)
+            self.metrics.reject("task_rejected_by_worker" if not event.cause else f"task_failed_{event.cause}")
             it = self._recent(event.iteration)
             if it is not None:
                 self._answered(it, conn.slot)  # the worker is done with that task: it will not compute it
+            if self.failures.ended and self.current is not None:
+                self._on_deadline(self.current, fail=True)  # the job ends: nothing more to wait for
 
     def on_ready(self, conn: Connection, after_iteration: int) -> None:
         """The worker is idle: it gets the current task if that is newer than `after_iteration`."""
@@ -540,12 +548,14 @@ class Coordinator:
         phase = IterationPhase.EXACT if decoding.exact else IterationPhase.APPROXIMATE
         self._finish(it, phase, decoding)
 
-    def _on_deadline(self, it: Iteration) -> None:
+    def _on_deadline(self, it: Iteration, fail: bool = False) -> None:
+        """The deadline passed (or, `fail`, the job ends now: the iteration fails without waiting)."""
         if it.phase is not IterationPhase.COLLECTING:
             return
-        _log.warning("deadline iteration=%d policy=%s complete_messages=%d", it.number, self.on_deadline,
-                     it.complete.bit_count())
-        if self.on_deadline == "approximate" and it.complete:
+        if not fail:
+            _log.warning("deadline iteration=%d policy=%s complete_messages=%d", it.number, self.on_deadline,
+                         it.complete.bit_count())
+        if self.on_deadline == "approximate" and it.complete and not fail:
             self._finish(it, IterationPhase.APPROXIMATE, self.decoder.approximate(it.complete))
         else:
             self._finish(it, IterationPhase.FAILED, None)

@@ -288,6 +288,13 @@ class Membership:
         """Number of live connections."""
         return len(self.connections)
 
+    @property
+    def joined(self) -> int:
+        """Workers that hold a slot now: connected, or granted one moments ago and about to connect."""
+        now = time.monotonic()
+        return sum(1 for slot, s in enumerate(self._slots) if s.owner is not None and (
+            slot in self.connections or (not s.streamed and now - s.granted_at <= JOIN_GRACE_S)))
+
     async def wait_for_workers(self, count: int, timeout_s: float) -> bool:
         """Wait until `count` workers are connected (True) or `timeout_s` passes (False; 0 = forever)."""
         deadline = time.monotonic() + timeout_s if timeout_s > 0 else math.inf

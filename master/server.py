@@ -23,7 +23,7 @@ from threadpoolctl import threadpool_limits
 from flexgc import __version__
 from flexgc.common import transport, wire
 from flexgc.common.config import MasterConfig
-from flexgc.common.errors import ConfigError, StorageError
+from flexgc.common.errors import ConfigError, StorageError, TrainingFailedError
 from flexgc.master.accounting import RunLog, summarize
 from flexgc.master.adapt import Adapter, AdaptPolicy, job_code
 from flexgc.master.coordinator import Coordinator
@@ -113,15 +113,19 @@ async def serve(cfg: MasterConfig, on_port: Callable[[int], None] | None = None,
     started = time.perf_counter()
     summary: dict[str, Any] = {}
     failure: StorageError | None = None
+    ended: TrainingFailedError | None = None  # the job cannot go on: it ends, saved, and the master exits 1
     try:
         await trainer.run(stop)
     except StorageError as exc:
         failure = exc
+    except TrainingFailedError as exc:
+        ended = exc
     finally:
-        interrupted = stop.is_set()
+        interrupted = stop.is_set() and ended is None
         # interrupted (SIGTERM/SIGINT): the job is not over, so the workers are not told to exit; they
         # reconnect to the master that resumes it (a container restart, a rolling update)
-        coordinator.shutdown("job failed: " + str(failure) if failure else "job finished", final=not interrupted)
+        why = failure or ended
+        coordinator.shutdown("job failed: " + str(why) if why else "job finished", final=not interrupted)
         trainer.runlog.close()
         summary = summarize(code, trainer.runlog.records, {
             "wall_s": round(time.perf_counter() - started, 3), "interrupted": interrupted,
@@ -132,7 +136,8 @@ async def serve(cfg: MasterConfig, on_port: Callable[[int], None] | None = None,
                                                    "code": coordinator.code.spec, "switches": adapter.switches,
                                                    "checks": adapter.checks},
             "model": data.model, "samples": data.samples, "delay": cfg.delay, "delay_seed": cfg.delay_seed,
-            "next_iteration": trainer.state.iteration, "versions": _versions(), "machine": _machine()})
+            "next_iteration": trainer.state.iteration, "failure": None if ended is None else str(ended),
+            "versions": _versions(), "machine": _machine()})
         if out is not None and failure is None:
             try:
                 if interrupted or cfg.checkpoint_every:
@@ -142,7 +147,7 @@ async def serve(cfg: MasterConfig, on_port: Callable[[int], None] | None = None,
                              lambda fh: fh.write((json.dumps(summary, indent=2) + "\n").encode()))
             except StorageError as exc:
                 failure = exc
-        if cfg.linger and not interrupted and failure is None:
+        if cfg.linger and not interrupted and failure is None and ended is None:
             _log.info("job finished; lingering until SIGTERM")
             await stop.wait()
         for name in ("", SERVICE_NAME):
@@ -152,6 +157,8 @@ async def serve(cfg: MasterConfig, on_port: Callable[[int], None] | None = None,
             metrics_server.shutdown()
     if failure is not None:
         raise failure
+    if ended is not None:
+        raise ended  # one line (the CLI's "flexgc: ..."), exit 1; the summary and parameters are written
     _log.info("%s %s", f"interrupted by {signals[0].name}:" if signals else "interrupted:" if interrupted else
               "finished:", _readable(summary))
     summary["params"] = trainer.state.params

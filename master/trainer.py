@@ -25,6 +25,7 @@ import numpy as np
 
 from flexgc.common.codes import Code
 from flexgc.common.config import MasterConfig
+from flexgc.common.errors import TrainingDivergedError, TrainingFailedError
 from flexgc.common.models import build_model, full_gradient
 from flexgc.common.optim import make_optimizer
 from flexgc.master.accounting import RunLog
@@ -145,16 +146,25 @@ class Trainer:
                          "(use another --out, or raise --iterations to continue it)", cfg.out,
                          self.state.iteration, cfg.iterations)
             return
-        joined = await _until(c.members.wait_for_workers(self.code.n, cfg.join_timeout_s), stop)
+        joined = await _until(c.members.wait_for_workers(self.code.n, cfg.join_timeout_s), stop,
+                              c.failures.ended_event)
         if stop.is_set():
             return
+        self._check_failures()
         if not joined:
+            need = self.code.n - self.code.s_max
+            if c.members.joined < need:
+                # nothing could decode exactly: end now rather than fail one iteration per --deadline-s
+                raise TrainingFailedError(
+                    f"only {c.members.joined} of {self.code.n} workers joined within --join-timeout-s="
+                    f"{cfg.join_timeout_s:g}; an exact decode needs at least {need} ({self.code.spec} does without "
+                    f"at most {self.code.s_max}): are the workers started, and can they reach this master?")
             # a worker that joins later gets the current iteration's task at once (pods scheduled late,
             # restarts); while fewer than n - s_max answer, iterations end at --deadline-s by the policy
-            _log.warning("join timeout connected=%d of n=%d after --join-timeout-s=%g (an exact decode needs %d); "
-                         "starting anyway: iterations wait up to --deadline-s=%g for late workers, then "
-                         "--on-deadline %s", c.members.connected, self.code.n, cfg.join_timeout_s,
-                         self.code.n - self.code.s_max, cfg.deadline_s, cfg.on_deadline)
+            _log.warning("join timeout joined=%d of n=%d after --join-timeout-s=%g (an exact decode needs %d); "
+                         "starting with them: iterations wait up to --deadline-s=%g for late workers, then "
+                         "--on-deadline %s", c.members.joined, self.code.n, cfg.join_timeout_s, need,
+                         cfg.deadline_s, cfg.on_deadline)
         d = self.data.d
         for t in range(self.state.iteration, cfg.iterations):
             if stop.is_set():
@@ -180,8 +190,12 @@ class Trainer:
                 N = self.data.batch_samples(t)  # rows behind the decoded sums: every sample, or the k batches
                 grad = np.divide(outcome.gradient[:d], N, dtype=np.float64)  # widened here, not in the decode
                 loss = float(outcome.gradient[d]) / N
-                self.state.params, self.state.opt_state = self.optimizer.step(self.state.params, grad,
-                                                                              self.state.opt_state)
+                params, opt_state = self.optimizer.step(self.state.params, grad, self.state.opt_state)
+                if not (math.isfinite(loss) and np.isfinite(grad).all() and np.isfinite(params).all()):
+                    # the parameters stay the last finite ones (checkpointed as such)
+                    raise TrainingDivergedError(f"training diverged at iteration {t} (loss={loss:.6g}): the loss, "
+                                                f"gradient or parameters became NaN or Inf; lower the learning rate")
+                self.state.params, self.state.opt_state = params, opt_state
                 self.last_loss = loss
                 self.metrics.loss.set(loss)
                 if outcome.decoding is not None:
@@ -197,6 +211,7 @@ class Trainer:
             self.metrics.iteration_latency.observe(outcome.latency_ms / 1e3)
             self.metrics.connected.set(c.members.connected)
             self.runlog.add(it, outcome, loss, verify)
+            self._check_failures()
             self._progress(t, outcome, loss)
             if cfg.checkpoint_every and (t + 1) % cfg.checkpoint_every == 0:
                 # the run log must hold every iteration before the checkpoint, or a resume leaves a gap
@@ -209,6 +224,17 @@ class Trainer:
         # give the last iteration's cancel acks a moment to arrive, for the accounting
         await _until(c.wait_settled(self.state.iteration - 1, ACK_WAIT_S), stop)
         self._emit(self.runlog.flush(self.code, force=True))
+
+    def _check_failures(self) -> None:
+        """End the job when its workers cannot compute it (failures.py), or computed NaN/Inf."""
+        failures = self.coordinator.failures
+        if failures.fatal is not None:
+            raise failures.fatal
+        div = failures.divergence
+        if div is not None:
+            before = "" if self.last_loss is None else f"; loss={self.last_loss:.6g} at iteration {div.iteration - 1}"
+            raise TrainingDivergedError(f"training diverged at iteration {div.iteration} ({div.reason}, computed by "
+                                        f"worker {div.worker_id}{before}); lower the learning rate")
 
     def _progress(self, t: int, outcome: Outcome, loss: float | None) -> None:
         """One INFO line per iteration, or per PROGRESS_S when iterations are faster (whichever is rarer)."""
@@ -249,12 +275,13 @@ class Trainer:
                 self.on_record(rec)
 
 
-async def _until(aw: Awaitable[_T], stop: asyncio.Event) -> _T | None:
-    """Await `aw` unless `stop` is set first; returns aw's result or None."""
+async def _until(aw: Awaitable[_T], stop: asyncio.Event, *more: asyncio.Event) -> _T | None:
+    """Await `aw` unless `stop` (or one of `more`) is set first; returns aw's result or None."""
     task = asyncio.ensure_future(aw)
-    stopper = asyncio.ensure_future(stop.wait())
-    done, _ = await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
-    stopper.cancel()
+    stoppers = [asyncio.ensure_future(event.wait()) for event in (stop, *more)]
+    done, _ = await asyncio.wait({task, *stoppers}, return_when=asyncio.FIRST_COMPLETED)
+    for stopper in stoppers:
+        stopper.cancel()
     if task in done:
         return task.result()
     task.cancel()

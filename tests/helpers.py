@@ -46,13 +46,19 @@ def job_config(out: Path, **overrides: Any) -> MasterConfig:
     return master_config(**base)
 
 
-def run_job(cfg: MasterConfig, dead: tuple[int, ...] = (), timeout_s: float = 90.0,
+def run_job(cfg: MasterConfig, dead: tuple[int, ...] = (), timeout_s: float = 90.0, absent: tuple[int, ...] = (),
             **worker_overrides: Any) -> tuple[dict[str, Any], list[dict[str, Any]], np.ndarray]:
+    """Run `cfg` with a worker per slot; those in `dead` join and never answer (a hung process), those in
+    `absent` are never started (the master starts after --join-timeout-s if the others can decode exactly)."""
     out = Path(cfg.out or "")
     with LocalCluster(cfg) as cluster:
         cluster.start_master()
         for slot in range(cfg.workers):
-            if slot not in dead:
+            if slot in absent:
+                continue
+            if slot in dead:
+                cluster.start_worker(slot, **{**worker_overrides, "delay": f"none/dead:workers={slot}"})
+            else:
                 cluster.start_worker(slot, **worker_overrides)
         rc = cluster.wait_master(timeout_s)
         assert rc == 0, f"master exit code {rc}"

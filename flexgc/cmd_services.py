@@ -50,7 +50,8 @@ def register(sub: Any) -> None:
     p.add_argument("--delay", default="shifted-exp:a=1,mu=1,p=0.03,unit_s=0.4",
                    help="injected delay spec (model A, 3%% unresponsive per iteration)")
     p.add_argument("--delay-seed", type=int, default=1, help="seed of the delay realization")
-    p.add_argument("--out", default="runs/demo", help="run directory")
+    p.add_argument("--out", default=None, help="run directory (default: runs/demo, or runs/demo-MODEL for another "
+                   "--model, so that the demos of different jobs do not share one)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--model", default="logistic",
                    help="model spec (default logistic on synthetic data; jax-cnn / jax-mlp need flexgc[jax] and "

@@ -358,10 +358,11 @@ def comparison_target(runs: Sequence[RunData], target_loss: float | None = None)
                     "these runs reached, counting only runs without approximate iterations where there are any")
 
 
-def model_comparison(code: Code, delay: DelayModel, seed: int,
-                     iterations: Sequence[int]) -> list[tuple[str, np.ndarray]]:
+def model_comparison(code: Code, delay: DelayModel, seed: int, iterations: Sequence[int],
+                     compute_ms: float = 0.0) -> list[tuple[str, np.ndarray]]:
     """What `code`, CRC(s_max) and uncoded need per iteration, in ms (inf: they could never decode it), on
-    exactly the delays a run with `seed` injected (the model's decode instant, analysis.ideal_latencies_ms):
+    exactly the delays a run with `seed` injected, each partition taking `compute_ms` more (the run's measured
+    compute per partition: `measured_compute_ms`), by the model's decode instant (analysis.ideal_latencies_ms):
     the demo's rows. A CRC(s_max) that cannot be built at this n is left out."""
     from flexgc.common.analysis import ideal_latencies_ms
 
@@ -373,8 +374,29 @@ def model_comparison(code: Code, delay: DelayModel, seed: int,
             _log.info("model row left out spec=%s reason=%s", spec, exc)
             continue
         codes.setdefault(other.spec, other)
-    return [(f"{c.spec} (model, same delays)", ideal_latencies_ms(c, delay, seed, list(iterations)))
+    return [(f"{c.spec} {model_label(compute_ms)}", ideal_latencies_ms(c, delay, seed, list(iterations),
+                                                                        compute_ms / 1e3))
             for c in codes.values()]
+
+
+def model_label(compute_ms: float) -> str:
+    """How a model row is named: on the same delays, and with the measured compute when there was any."""
+    return "(model, same delays + compute)" if compute_ms > 0 else "(model, same delays)"
+
+
+def measured_compute_ms(records: Sequence[dict[str, Any]]) -> float:
+    """The median compute time of one partition over a run's records (0.0 when none was measured)."""
+    times = [ms for r in records for w in r["workers"] for ms in w["compute_ms"] if ms is not None]
+    return float(np.median(times)) if times else 0.0
+
+
+def crc_comparison(code: Code, models: Sequence[tuple[str, np.ndarray]]) -> np.ndarray | None:
+    """CRC(s_max)'s model row among `models`, to compare a run of `code` with; None when there is none or the
+    run's code is that CRC itself (a code is not compared with itself)."""
+    spec = f"crc:s={code.s_max}"
+    if not code.s_max or code.family == "crc":
+        return None
+    return next((values for name, values in models if name.startswith(f"{spec} (model")), None)
 
 
 def latency_row(name: str, values_ms: np.ndarray) -> dict[str, Any]:
@@ -387,12 +409,14 @@ def latency_row(name: str, values_ms: np.ndarray) -> dict[str, Any]:
             "stalls": int(values_ms.size - finite.size)}
 
 
-def saving_sentence(live_mean_ms: float, smax: int, crc_mean_ms: float) -> str:
-    """How the live mean latency compares with CRC(s_max)'s model on the same delays (the demo's last line)."""
+def saving_sentence(live_mean_ms: float, smax: int, crc_mean_ms: float, compute_ms: float = 0.0) -> str:
+    """How the live mean latency compares with CRC(s_max)'s model on the same delays and, when measured, the
+    same compute per partition (the demo's last line)."""
     gain = 100 * (1 - live_mean_ms / crc_mean_ms)
     side = "below" if gain >= 0 else "above"
+    same = f"same delays and compute ({compute_ms:.3g} ms a partition)" if compute_ms > 0 else "same delays"
     return (f"live mean latency {live_mean_ms:.1f} ms is {abs(gain):.0f}% {side} what CRC(s={smax}) needs on the "
-            f"same delays ({crc_mean_ms:.1f} ms, model)")
+            f"{same} ({crc_mean_ms:.1f} ms, model)")
 
 
 def model_rows(run: RunData) -> dict[str, Any]:
@@ -408,12 +432,14 @@ def model_rows(run: RunData) -> dict[str, Any]:
         rows.append(latency_row("the plans it ran (model, same delays)",
                                 np.array([math.inf if x is None else x for x in run.ideal_ms], dtype=float)))
     iterations = [int(r["iteration"]) for r in run.records]
-    models = model_comparison(run.code, run.delay, run.seed, iterations)
+    compute_ms = measured_compute_ms(run.records)
+    models = model_comparison(run.code, run.delay, run.seed, iterations, compute_ms)
     rows += [latency_row(name, values) for name, values in models]
-    crc = next((latency_row(name, v) for name, v in models if name.startswith(f"crc:s={run.code.s_max}")), None)
+    crc_values = crc_comparison(run.code, models)
+    crc = latency_row("crc", crc_values) if crc_values is not None else None
     saving = ""
     if crc is not None and crc["mean_ms"] and rows[0]["mean_ms"] is not None:
-        saving = saving_sentence(rows[0]["mean_ms"], run.code.s_max, crc["mean_ms"])
+        saving = saving_sentence(rows[0]["mean_ms"], run.code.s_max, crc["mean_ms"], compute_ms)
     return {"rows": rows, "saving": saving}
 
 

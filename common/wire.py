@@ -373,8 +373,10 @@ def join_request(ask: JoinAsk) -> pb.JoinRequest:
                           instance_id=ask.instance_id)
 
 
-def join_ask(msg: pb.JoinRequest) -> JoinAsk:
+def join_ask(msg: pb.JoinRequest | Undecodable) -> JoinAsk:
     """The domain value of a JoinRequest."""
+    if isinstance(msg, Undecodable):
+        raise msg.error()
     return JoinAsk(msg.worker_id, msg.preferred_slot, msg.version, msg.instance_id[:64])
 
 
@@ -517,17 +519,21 @@ WorkerEvent = Ready | LevelDone | CancelAck | Heartbeat | TaskRejected | PlanRea
 MasterEvent = pb.Task | pb.ParamsChunk | Cancel | Pull | Shutdown | Plan
 
 
-def hello(msg: pb.WorkerMessage) -> Hello:
+def hello(msg: pb.WorkerMessage | Undecodable) -> Hello:
     """The hello a Work stream must open with, or WireError."""
+    if isinstance(msg, Undecodable):
+        raise msg.error()
     if msg.WhichOneof("kind") != "hello":
         raise WireError("the first message on Work must be hello")
     h = msg.hello
     return Hello(h.slot, h.session_id, h.worker_id, h.instance_id[:64])
 
 
-def worker_event(msg: pb.WorkerMessage, slot: int, max_partitions: int) -> WorkerEvent:
+def worker_event(msg: pb.WorkerMessage | Undecodable, slot: int, max_partitions: int) -> WorkerEvent:
     """A worker's message after its hello on the stream of `slot`, as a domain value; `max_partitions`
     bounds its time lists."""
+    if isinstance(msg, Undecodable):
+        raise msg.error()
     kind = msg.WhichOneof("kind")
     if kind == "result":
         return msg.result
@@ -628,8 +634,10 @@ def partition_request(ask: PartitionAsk) -> pb.PartitionRequest:
     return pb.PartitionRequest(slot=ask.slot, partition=ask.partition, session_id=ask.session_id)
 
 
-def partition_ask(msg: pb.PartitionRequest) -> PartitionAsk:
+def partition_ask(msg: pb.PartitionRequest | Undecodable) -> PartitionAsk:
     """The domain value of a PartitionRequest."""
+    if isinstance(msg, Undecodable):
+        raise msg.error()
     return PartitionAsk(msg.slot, msg.partition, msg.session_id)
 
 
@@ -676,6 +684,39 @@ class PartitionReceiver:
         if set(self._arrays) != {"X", "y"} or any(self._filled[k] != self._arrays[k].size for k in self._arrays):
             raise WireError(f"partition {self.partition}: incomplete transfer")
         return self._arrays["X"].reshape(self._shapes["X"]), self._arrays["y"]
+
+
+# ---------------------------------------------------------------------------------------------
+# requests whose bytes do not parse
+
+
+@dataclass(frozen=True, slots=True)
+class Undecodable:
+    """What the master's deserializer hands over for request bytes that do not parse as the method's message
+    (gRPC would answer UNKNOWN, uncounted, had the deserializer raised); the readers below refuse it with a
+    WireError (INVALID_ARGUMENT, counted). It keeps the size, never the bytes."""
+
+    message: str
+    size: int
+
+    def error(self) -> WireError:
+        """The refusal: which message did not parse, and how large it was."""
+        return WireError(f"{self.size} bytes that do not parse as a {self.message} (protobuf)")
+
+
+def request_parser(message: type[Any]) -> Any:
+    """A request deserializer for `message` (a protobuf class) that returns Undecodable instead of raising."""
+    from google.protobuf.message import DecodeError
+
+    name = message.__name__
+
+    def parse(data: bytes) -> Any:
+        try:
+            return message.FromString(data)
+        except DecodeError:
+            return Undecodable(name, len(data))
+
+    return parse
 
 
 # ---------------------------------------------------------------------------------------------

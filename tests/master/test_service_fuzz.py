@@ -267,8 +267,9 @@ def workerless_master(out: Path, **overrides: Any) -> Iterator[Master]:
     """A master of 3 slots that never finishes and never times an iteration out; the test joins every slot
     (nobody connects, so iteration 0 starts after join_timeout_s, with the 3 workers that joined, and waits for
     results forever; the joins' grants hold their slots for 5 s, longer than the join timeout)."""
-    cfg = job_config(out, workers=3, code="nested:levels=0,1", iterations=100_000, features=FEATURES, token=TOKEN,
-                     join_timeout_s=2.0, deadline_s=0.0, metrics_port=free_port(), momentum=0.0, **overrides)
+    cfg = job_config(out, **{**dict(workers=3, code="nested:levels=0,1", iterations=100_000, features=FEATURES,
+                                    token=TOKEN, join_timeout_s=2.0, deadline_s=0.0, metrics_port=free_port(),
+                                    momentum=0.0), **overrides})
     cluster = LocalCluster(cfg)
     try:
         cluster.start_master()

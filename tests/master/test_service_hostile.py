@@ -34,12 +34,13 @@ def master(tmp_path: Path) -> Iterator[Master]:
     yield from workerless_master(tmp_path)
 
 
-def _unauthenticated_streams(m: Master, count: int) -> list[grpc.StatusCode]:
+def _unauthenticated_streams(m: Master, count: int, token: str = "not-the-token") -> list[grpc.StatusCode]:
+    """`count` Work streams, one after the other, each opening with a 15 MiB result (no hello) and `token`."""
     codes = []
     big = result(pb.ResultChunk(iteration=0, slot=0, level=0, dtype="<f8", total_elements=D, offset=0,
                                 data=b"\x00" * BIG, last=True))
     for _ in range(count):
-        stream = Stream(m.stub, token="not-the-token")
+        stream = Stream(m.stub, token=token)
         try:
             stream.send(big)
             codes.append(stream.status()[0])
@@ -109,21 +110,6 @@ def open_master(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Mas
     yield from workerless_master(tmp_path, token=None)
 
 
-def _junk_first_messages(m: Master, count: int) -> list[grpc.StatusCode]:
-    """`count` Work streams, one after the other, each opening with a 15 MiB result instead of a hello."""
-    codes = []
-    junk = result(pb.ResultChunk(iteration=0, slot=0, level=0, dtype="<f8", total_elements=D, offset=0,
-                                 data=b"\x00" * BIG, last=True))
-    for _ in range(count):
-        stream = Stream(m.stub, token="")
-        try:
-            stream.send(junk)
-            codes.append(stream.status()[0])
-        finally:
-            stream.close()
-    return codes
-
-
 @pytest.mark.slow
 def test_200_junk_15_mib_first_messages_without_a_token_leave_the_masters_memory_where_it_was(
         open_master: Master) -> None:
@@ -133,11 +119,11 @@ def test_200_junk_15_mib_first_messages_without_a_token_leave_the_masters_memory
     m = open_master
     assert m.cluster.master is not None and m.cluster.master.pid is not None
     pid = m.cluster.master.pid
-    warm = _junk_first_messages(m, 10)
+    warm = _unauthenticated_streams(m, 10, token="")
     rss_before, refused_before = rss_mb(pid), rejected(m.metrics_port, "no_hello")
 
     # Execute
-    codes = _junk_first_messages(m, 200)
+    codes = _unauthenticated_streams(m, 200, token="")
     rss_after = rss_mb(pid)
 
     # Assert: each refused with INVALID_ARGUMENT and counted, and none of them kept: a refusal whose objects sit in

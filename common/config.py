@@ -16,12 +16,13 @@ import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, get_args, get_type_hints
+from typing import Any, TypeVar, get_args, get_type_hints
 
 from flexgc.common.errors import ConfigError
 from flexgc.common.models import MODELS, parse_model
 from flexgc.common.optim import parse_optimizer
 
+_C = TypeVar("_C")
 DTYPES = ("float64", "float32")
 ON_DEADLINE = ("fail", "approximate")
 ADAPT_MODES = ("off", "speed", "elastic", "all")
@@ -324,6 +325,25 @@ def resolve(options: Sequence[Option], cli: Mapping[str, Any], env: Mapping[str,
         else:
             values[opt.name] = opt.default
     return values
+
+
+def config_from(cls: type[_C], options: Sequence[Option], cli: Mapping[str, Any], env: Mapping[str, str],
+                config_file: str | None) -> _C:
+    """`resolve`, then the config dataclass: an error of a check across fields (a code for n, a delay spec)
+    names where its value came from when that was not the command line, as a single value's error does
+    (`code (from FLEXGC_CODE)='crc:s=9': ...`)."""
+    values = resolve(options, cli, env, config_file)
+    try:
+        return cls.from_values(values)  # type: ignore[attr-defined, no-any-return]
+    except ConfigError as exc:
+        message = str(exc)
+        for opt in options:
+            if cli.get(opt.name) is not None or not message.startswith((f"{opt.name}=", f"{opt.name} ")):
+                continue
+            source = opt.env if opt.env in env else (config_file or env.get("FLEXGC_CONFIG"))
+            if source and values[opt.name] != opt.default:
+                raise ConfigError(f"{opt.name} (from {source}){message[len(opt.name):]}") from None
+        raise
 
 
 def master_config(**overrides: Any) -> MasterConfig:

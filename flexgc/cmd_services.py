@@ -17,7 +17,7 @@ from flexgc.common.config import (
     MasterConfig,
     WorkerConfig,
     add_options,
-    resolve,
+    config_from,
 )
 from flexgc.common.errors import ConfigError
 
@@ -63,8 +63,7 @@ def register(sub: Any) -> None:
 
 
 def _master_config(args: argparse.Namespace) -> MasterConfig:
-    values = resolve(MASTER_OPTIONS, vars(args), os.environ, args.config)
-    return MasterConfig.from_values(values)
+    return config_from(MasterConfig, MASTER_OPTIONS, vars(args), os.environ, args.config)
 
 
 def cmd_master(args: argparse.Namespace) -> int:
@@ -86,8 +85,8 @@ def cmd_master(args: argparse.Namespace) -> int:
 def cmd_worker(args: argparse.Namespace) -> int:
     from flexgc.worker.client import run_workers
 
-    values = resolve(WORKER_OPTIONS, vars(args), os.environ, args.config)
-    return asyncio.run(run_workers(WorkerConfig.from_values(values)))
+    cfg = config_from(WorkerConfig, WORKER_OPTIONS, vars(args), os.environ, args.config)
+    return asyncio.run(run_workers(cfg))
 
 
 def cmd_health(args: argparse.Namespace) -> int:

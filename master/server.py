@@ -94,7 +94,13 @@ async def serve(cfg: MasterConfig, on_port: Callable[[int], None] | None = None,
     await server.start()
     for name in ("", SERVICE_NAME):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    _log.info("serving port=%d code=%s n=%d d=%d version=%s", port, code.spec, code.n, data.d, __version__)
+    tls = "mutual" if cfg.tls_ca else "on" if cfg.tls_cert else "off"
+    _log.info("serving port=%d code=%s n=%d d=%d tls=%s token=%s version=%s", port, code.spec, code.n, data.d, tls,
+              "on" if cfg.token else "off", __version__)
+    if cfg.host in ("0.0.0.0", "::", "") and not cfg.token and tls == "off":
+        _log.warning("serving on every interface (host=%s) with neither --token nor TLS: anyone who can reach port %d "
+                     "can join and receive the job's data and parameters; set --token (and TLS: docs/security.md), or "
+                     "--host 127.0.0.1 to serve this machine only", cfg.host or "*", port)
     if on_port is not None:
         on_port(port)
     loop = asyncio.get_running_loop()
@@ -152,6 +158,7 @@ async def serve(cfg: MasterConfig, on_port: Callable[[int], None] | None = None,
             await stop.wait()
         for name in ("", SERVICE_NAME):
             await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+        service.close()  # no handler may still run when the server stops (gRPC would cancel it, with a traceback)
         await server.stop(2.0)
         if metrics_server is not None:
             metrics_server.shutdown()

@@ -59,6 +59,13 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
         self._coordinator = coordinator
         self._job = job
         self._data = data or JobData(job.data)
+        self._closing = asyncio.Event()  # the job is over: streams still waiting for their hello end now
+
+    def close(self) -> None:
+        """The job is over: end the streams that wait for their hello (with FAILED_PRECONDITION, as a stream
+        opened after the end gets), so that none is still running when the server stops: gRPC cancels those
+        and logs each with a traceback."""
+        self._closing.set()
 
     async def Join(self, request: pb.JoinRequest | wire.Undecodable,
                    context: grpc.aio.ServicerContext) -> pb.JoinReply:
@@ -80,29 +87,11 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
         # objects in a reference cycle that only a garbage collection frees, holding the last message (up to
         # 16 MiB) and the call's buffers. Under a flood of 15 MiB junk first messages that kept gigabytes.
         c = self._coordinator
-        hello = await self._hello(request_iterator)
-        if isinstance(hello, tuple):
-            c.metrics.reject("no_hello")
-            await _close(request_iterator)
-            _refuse(context, *hello)
-            return
-        if hello is None:
-            return
-        refusal: tuple[grpc.StatusCode, str, str] | None = None
         try:
-            conn = c.members.open_stream(hello)
-        except _ERRORS as exc:
-            refusal = self._status_of(exc)
-            finished = isinstance(exc, JobFinishedError)
-        if refusal is not None:
-            if finished:
-                # a worker sends its Ready right behind its hello: read it first, so that the refusal does not
-                # cross that write (gRPC then reports INTERNAL to the worker instead of this status, and the
-                # worker rejoins a master that is about to go instead of ending like at a Shutdown)
-                with contextlib.suppress(StopAsyncIteration, TimeoutError):
-                    await asyncio.wait_for(anext(aiter(request_iterator)), READY_WAIT_S)
-            await _close(request_iterator)
-            _refuse(context, *refusal)
+            conn = await self._open(request_iterator, context)
+        except asyncio.CancelledError:
+            return  # the server stops (the job is over) before this stream started: it ends without a word
+        if conn is None:
             return
         c.stream_opened(conn)
         reader = asyncio.create_task(self._read(request_iterator, conn))
@@ -120,24 +109,66 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
             reader.cancel()
             c.members.close_stream(conn, "stream ended")
         if failure:
-            await _close(request_iterator)  # the reader failed: it is done with the iterator
+            with contextlib.suppress(asyncio.CancelledError):
+                await _close(request_iterator)  # the reader failed: it is done with the iterator
             _refuse(context, *failure.pop())
 
-    @staticmethod
-    async def _hello(request_iterator: AsyncIterator[pb.WorkerMessage | wire.Undecodable]
-                     ) -> wire.Hello | tuple[grpc.StatusCode, str] | None:
-        """The stream's hello; or the status that refuses a stream without one; None: it ended first. No
-        message or exception of the stream outlives this call."""
+    async def _open(self, request_iterator: AsyncIterator[pb.WorkerMessage | wire.Undecodable],
+                    context: grpc.aio.ServicerContext) -> Connection | None:
+        """The stream's connection, opened by its hello; None when it was refused (its status set) or ended."""
+        c = self._coordinator
+        hello = await self._hello(request_iterator)
+        if isinstance(hello, tuple):
+            c.metrics.reject(hello[2])
+            await _close(request_iterator)
+            _refuse(context, *hello)
+            return None
+        if hello is None:
+            return None
+        refusal: tuple[grpc.StatusCode, str, str] | None = None
         try:
-            first = await asyncio.wait_for(anext(aiter(request_iterator)), HELLO_TIMEOUT_S)
+            return c.members.open_stream(hello)
+        except _ERRORS as exc:
+            refusal = self._status_of(exc)
+            finished = isinstance(exc, JobFinishedError)
+        if finished:
+            # a worker sends its Ready right behind its hello: read it first, so that the refusal does not
+            # cross that write (gRPC then reports INTERNAL to the worker instead of this status, and the
+            # worker rejoins a master that is about to go instead of ending like at a Shutdown)
+            with contextlib.suppress(StopAsyncIteration, TimeoutError):
+                await asyncio.wait_for(anext(aiter(request_iterator)), READY_WAIT_S)
+        await _close(request_iterator)
+        _refuse(context, *refusal)
+        return None
+
+    async def _hello(self, request_iterator: AsyncIterator[pb.WorkerMessage | wire.Undecodable]
+                     ) -> wire.Hello | tuple[grpc.StatusCode, str, str] | None:
+        """The stream's hello; or the status, details and counted kind that refuse a stream without one; None:
+        it ended first. No message or exception of the stream outlives this call."""
+        reading = asyncio.ensure_future(anext(aiter(request_iterator)))
+        closing = asyncio.ensure_future(self._closing.wait())
+        try:
+            await asyncio.wait((reading, closing), timeout=HELLO_TIMEOUT_S, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            closing.cancel()
+            if not reading.done():
+                reading.cancel()
+        if not reading.done() or reading.cancelled():
+            with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
+                await reading  # its cancellation is through before the iterator is closed
+            if self._closing.is_set():
+                return grpc.StatusCode.FAILED_PRECONDITION, "the job has finished; nothing to work on", \
+                    "JobFinishedError"
+            return grpc.StatusCode.DEADLINE_EXCEEDED, f"no hello within {HELLO_TIMEOUT_S} s", "no_hello"
+        try:
+            first = reading.result()
         except StopAsyncIteration:
             return None
-        except TimeoutError:
-            return grpc.StatusCode.DEADLINE_EXCEEDED, f"no hello within {HELLO_TIMEOUT_S} s"
+        del reading
         try:
             return wire.hello(first)
         except WireError as exc:
-            return grpc.StatusCode.INVALID_ARGUMENT, str(exc)
+            return grpc.StatusCode.INVALID_ARGUMENT, str(exc), "no_hello"
 
     def _reader_done(self, task: asyncio.Task[None], conn: Connection,
                      failure: list[tuple[grpc.StatusCode, str, str]]) -> None:
@@ -180,8 +211,11 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
         except _ERRORS as exc:
             refusal = self._status_of(exc)
         else:
-            for chunk in wire.partition_chunks(X, y, c.chunk_bytes):
-                yield chunk
+            try:
+                for chunk in wire.partition_chunks(X, y, c.chunk_bytes):
+                    yield chunk
+            except asyncio.CancelledError:
+                pass  # the server stops (the job is over) mid-transfer: the call ends without a word
             return
         del request
         _refuse(context, *refusal)

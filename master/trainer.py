@@ -187,7 +187,7 @@ class Trainer:
             if outcome.gradient is not None:
                 if cfg.verify:
                     verify = self._verify(outcome.gradient)
-                N = self.data.batch_samples(t)  # rows behind the decoded sums: every sample, or the k batches
+                N = self._rows_decoded(t, it.code, outcome)  # rows behind the decoded sums
                 grad = np.divide(outcome.gradient[:d], N, dtype=np.float64)  # widened here, not in the decode
                 loss = float(outcome.gradient[d]) / N
                 params, opt_state = self.optimizer.step(self.state.params, grad, self.state.opt_state)
@@ -224,6 +224,21 @@ class Trainer:
         # give the last iteration's cancel acks a moment to arrive, for the accounting
         await _until(c.wait_settled(self.state.iteration - 1, ACK_WAIT_S), stop)
         self._emit(self.runlog.flush(self.code, force=True))
+
+    def _rows_decoded(self, t: int, code: Code, outcome: Outcome) -> float:
+        """How many rows the decoded sums stand for: every sample (or the k batches) for an exact decode; for a
+        least-squares one, the rows of each partition weighted by how much of it the decode holds (a_F^T B_F),
+        so that the mean loss and gradient are those of the rows decoded (a partition no received message
+        covers counts 0, not as a loss of 0)."""
+        dec = outcome.decoding
+        if dec is None or dec.exact or not dec.messages:
+            return float(self.data.batch_samples(t))
+        coverage = np.zeros(code.k)
+        for m, w in zip(dec.messages, dec.weights):
+            level, slot = code.message_of(m)
+            coverage += w * code.B[level, slot]
+        rows = float(coverage @ self.data.partition_samples())
+        return rows if rows >= 1.0 else float(self.data.batch_samples(t))  # nothing decoded: no mean to take
 
     def _check_failures(self) -> None:
         """End the job when its workers cannot compute it (failures.py), or computed NaN/Inf."""

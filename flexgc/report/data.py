@@ -69,6 +69,7 @@ class RunData:
     plans: list[dict[str, Any]] = field(default_factory=list)  # the adaptive plan switches (`plan` events)
     snapshots: SnapshotLosses | None = None  # full-batch losses of the parameter snapshots, evaluated once
     _offset: int = 0
+    _lines: int = 0                  # lines of run.jsonl read so far (to name a bad one)
     _inode: int | None = None
     _mtimes: dict[str, float] = field(default_factory=dict)
 
@@ -109,7 +110,7 @@ class RunData:
         if st.st_ino != self._inode or st.st_size < self._offset:  # rewritten (a resumed master trims it)
             changed = changed or bool(self.records)
             self.generation += self._inode is not None
-            self._inode, self._offset = st.st_ino, 0
+            self._inode, self._offset, self._lines = st.st_ino, 0, 0
             self.records, self.durations_s, self.ideal_ms, self.plans = [], [], [], []
         if st.st_size == self._offset:
             return changed
@@ -118,7 +119,17 @@ class RunData:
             chunk = fh.read(st.st_size - self._offset)
         end = chunk.rfind(b"\n") + 1  # a torn last line (the master mid-write) waits for the next refresh
         self._offset += end
-        new = [json.loads(line) for line in chunk[:end].splitlines() if line.strip()]
+        new = []
+        for number, line in enumerate(chunk[:end].splitlines(), start=self._lines + 1):
+            if not line.strip():
+                continue
+            try:
+                new.append(json.loads(line))
+            except ValueError as exc:
+                raise FlexgcError(f"{log}: line {number} is not a JSON record ({getattr(exc, 'msg', exc)}: "
+                                  f"{line[:40]!r}); the master writes whole lines only: remove or fix that "
+                                  f"line") from None
+        self._lines += chunk[:end].count(b"\n")
         for rec in new:
             if rec.get("schema") != SCHEMA:
                 raise FlexgcError(f"{log}: record schema {rec.get('schema')!r}; this report reads {SCHEMA!r}")

@@ -114,3 +114,15 @@ def run_cli(*args: str, timeout_s: float = 60.0, env: dict[str, str] | None = No
     """`flexgc ARGS` in a fresh interpreter, as a user runs it; stdout and stderr captured."""
     return subprocess.run([sys.executable, "-m", "flexgc", *args], capture_output=True, text=True,
                           timeout=timeout_s, env={**os.environ, **(env or {})}, cwd=cwd)
+
+
+def one_line_error(run: subprocess.CompletedProcess[str], rc: int, *needles: str) -> str:
+    """The one `flexgc...` line a failed command printed (asserting its exit code `rc`, no traceback, and that
+    the line holds each of `needles`)."""
+    lines = [line for line in run.stderr.splitlines() if line.startswith("flexgc")]
+    assert run.returncode == rc, run.stderr
+    assert "Traceback" not in run.stderr, run.stderr
+    assert len(lines) == 1, run.stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+    return lines[0]

@@ -21,19 +21,12 @@ import pytest
 import trustme
 
 from flexgc.v1 import coordinator_pb2_grpc as pb_grpc
-from tests.helpers import job_config, run_cli, run_job
+from tests.helpers import job_config, one_line_error, run_cli, run_job
 
 pytestmark = pytest.mark.slow
 
 
-def _one_line(run: subprocess.CompletedProcess[str], rc: int, *needles: str) -> str:
-    lines = [line for line in run.stderr.splitlines() if line.startswith("flexgc")]
-    assert run.returncode == rc, run.stderr
-    assert "Traceback" not in run.stderr, run.stderr
-    assert len(lines) == 1, run.stderr
-    for needle in needles:
-        assert needle in lines[0], lines[0]
-    return lines[0]
+_one_line = one_line_error
 
 
 def test_view_on_a_busy_port_says_so(tmp_path: Path) -> None:

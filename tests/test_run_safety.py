@@ -17,19 +17,12 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import job_config, master_args, read_records, run_cli, run_job, wait_for
+from tests.helpers import job_config, master_args, one_line_error, read_records, run_cli, run_job, wait_for
 
 pytestmark = pytest.mark.slow
 
 
-def _one_line_error(run: subprocess.CompletedProcess[str], rc: int, *needles: str) -> str:
-    lines = [line for line in run.stderr.splitlines() if line.startswith("flexgc")]
-    assert run.returncode == rc, run.stderr
-    assert "Traceback" not in run.stderr, run.stderr
-    assert len(lines) == 1, run.stderr
-    for needle in needles:
-        assert needle in lines[0], lines[0]
-    return lines[0]
+_one_line_error = one_line_error
 
 
 @pytest.fixture(scope="module")

@@ -199,6 +199,9 @@ class WorkerConfig(_Tls):
     worker_id: str | None = option(None, "stable identity; a reconnecting worker with the same id gets its slot "
                                    "back (default: hostname)")
     slot: int = option(-1, "slot to ask for (-1: any free)", minimum=-1)
+    node: str | None = option(None, "the machine this worker runs on, as the master records it and places slots by "
+                              "(one machine's slots fail together; default: the hostname; in Kubernetes the node's "
+                              "name, from the downward API's spec.nodeName)")
     # not FLEXGC_DELAY: that is the master's (the job's) delay, and an environment shared by master and workers
     # would make every worker override it while job.json and the summary record the master's
     delay: str | None = option(None, "override the master's injected delay spec for this worker (tests, "
@@ -230,6 +233,11 @@ class WorkerConfig(_Tls):
     def identity(self) -> str:
         """The worker's stable id: --worker-id, or the hostname."""
         return self.worker_id or socket.gethostname()
+
+    @property
+    def machine(self) -> str:
+        """The worker's failure domain: --node, or the hostname."""
+        return self.node or socket.gethostname()
 
     @classmethod
     def from_values(cls, values: Mapping[str, Any]) -> WorkerConfig:

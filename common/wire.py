@@ -340,6 +340,7 @@ class JoinAsk:
     preferred_slot: int
     version: str = ""
     instance_id: str = ""      # random per worker process: a reconnect vs a second process of one id
+    host: str = ""             # the worker's machine (its hostname; "" for an older worker)
 
 
 @dataclass(frozen=True, slots=True)
@@ -370,14 +371,15 @@ class JobInfo:
 def join_request(ask: JoinAsk) -> pb.JoinRequest:
     """The JoinRequest of `ask`."""
     return pb.JoinRequest(worker_id=ask.worker_id, preferred_slot=ask.preferred_slot, version=ask.version,
-                          instance_id=ask.instance_id)
+                          instance_id=ask.instance_id, host=ask.host)
 
 
 def join_ask(msg: pb.JoinRequest | Undecodable) -> JoinAsk:
     """The domain value of a JoinRequest."""
     if isinstance(msg, Undecodable):
         raise msg.error()
-    return JoinAsk(msg.worker_id, msg.preferred_slot, msg.version, msg.instance_id[:64])
+    return JoinAsk(msg.worker_id, msg.preferred_slot, msg.version, msg.instance_id[:64],
+                   "".join(c for c in msg.host[:128] if c.isprintable()))
 
 
 def join_reply(grant: JoinGrant, job: JobInfo) -> pb.JoinReply:

@@ -84,6 +84,8 @@ class WorkerTiming:
     delay_ms: list[float] = field(default_factory=list)
     bytes_up: int = 0
     bytes_down: int = 0
+    worker_id: str | None = None         # the worker that held the slot when it was sent the task
+    host: str | None = None              # and its machine
 
     @property
     def answered(self) -> bool:
@@ -179,7 +181,8 @@ class Coordinator:
         self.chunk_bytes = chunk_bytes
         self.deadline_s = deadline_s
         self.on_deadline = on_deadline
-        self.members = Membership(code.n, max_workers=max_workers, on_lost=self._lost, liveness_s=liveness_s)
+        self.members = Membership(code.n, max_workers=max_workers, on_lost=self._lost, liveness_s=liveness_s,
+                                  can_lose=self._can_lose)
         self.metrics = metrics or Metrics()
         self.decoder = Decoder(code)
         self._all_partitions = (1 << code.k) - 1
@@ -203,6 +206,20 @@ class Coordinator:
                          ask.worker_id, ask.version, __version__)
         self._granted[slot] = self.plan
         return wire.JoinGrant(slot, self.members.session_id, self.slot_code(slot), self.plan)
+
+    def _can_lose(self, slots: frozenset[int]) -> bool:
+        """Whether the code in use still decodes exactly from every other slot's messages (a host that holds
+        `slots` may fail; membership places slots by it). Any s_max slots, by construction; beyond that it
+        depends on which (e.g. FRC: not a whole group)."""
+        code = self.code
+        if len(slots) <= code.s_max or code.ignore_s is not None:
+            return True
+        mask = 0
+        for slot in range(code.n):
+            if slot not in slots:
+                for level in range(code.n_levels):
+                    mask |= 1 << code.message_id(level, slot)
+        return self.decoder.solve(mask) is not None
 
     def slot_code(self, slot: int, code: Code | None = None) -> wire.SlotCode:
         """What slot `slot` needs of the code (default: the one in use): its partitions in order and its
@@ -333,6 +350,7 @@ class Coordinator:
         it.sent.add(conn.slot)
         it.awaiting.add(conn.slot)
         t = it.timing[conn.slot]
+        t.worker_id, t.host = conn.worker_id, conn.host  # who held the slot for this task (attribution)
         t.task_sent_ms = it.now_ms() if t.task_sent_ms is None else t.task_sent_ms
         t.bytes_down += it.task_bytes
 

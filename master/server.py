@@ -143,6 +143,7 @@ async def serve(cfg: MasterConfig, on_port: Callable[[int], None] | None = None,
                                                    "checks": adapter.checks},
             "model": data.model, "samples": data.samples, "delay": cfg.delay, "delay_seed": cfg.delay_seed,
             "next_iteration": trainer.state.iteration, "failure": None if ended is None else str(ended),
+            "by_worker": trainer.stragglers.summary(),
             "versions": _versions(), "machine": _machine()})
         if out is not None and failure is None:
             try:

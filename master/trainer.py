@@ -34,6 +34,7 @@ from flexgc.master.coordinator import Coordinator, Outcome
 from flexgc.master.data import JobData
 from flexgc.master.metrics import Metrics
 from flexgc.master.rundir import write_atomic
+from flexgc.master.stragglers import StragglerScores
 
 _log = logging.getLogger(__name__)
 _T = TypeVar("_T")
@@ -99,6 +100,7 @@ class Trainer:
         self.outcomes: Counter[str] = Counter()
         self._progress_at = -math.inf
         self.last_loss: float | None = None
+        self.stragglers = StragglerScores(code.k, metrics)  # who straggles, by worker id and host
         self._log_error: BaseException | None = None   # from a run-log flush run as a loop callback
 
     def restore(self) -> None:
@@ -261,10 +263,13 @@ class Trainer:
         dec = outcome.decoding
         code = self.coordinator.code
         stragglers = code.n - len({code.message_of(m)[1] for m in dec.messages}) if dec else code.n
+        slowest = self.stragglers.slowest()
+        who = "" if slowest is None else (f" slowest={slowest.label} slowest_vs_median={slowest.relative:.2f} "
+                                           f"window={slowest.samples}")
         _log.info("progress iteration=%d/%d loss=%s latency_ms=%.1f level=%s stragglers=%d exact=%d approximate=%d "
-                  "failed=%d", t + 1, self.cfg.iterations, "-" if loss is None else f"{loss:.6g}",
+                  "failed=%d%s", t + 1, self.cfg.iterations, "-" if loss is None else f"{loss:.6g}",
                   outcome.latency_ms, "-" if dec is None else dec.level, stragglers, self.outcomes["EXACT"],
-                  self.outcomes["APPROXIMATE"], self.outcomes["FAILED"])
+                  self.outcomes["APPROXIMATE"], self.outcomes["FAILED"], who)
 
     def _flush_log(self, newest: int) -> None:
         try:
@@ -282,6 +287,7 @@ class Trainer:
                 if w["partitions_done"] is not None and w["task_sent_ms"] is not None:
                     left = self.coordinator.code.max_partitions(w["slot"]) - w["partitions_done"]
                     self.metrics.cancelled_partitions.inc(max(0, left))
+            self.stragglers.observe(rec)
             if self.adapter is not None:
                 self.adapter.observe(rec)
             self.metrics.bytes.labels(direction="up").inc(rec["bytes_up"])

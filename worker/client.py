@@ -482,7 +482,7 @@ async def run_worker(cfg: WorkerConfig, stop: asyncio.Event | None = None,
             channel = transport.aio_channel(cfg.master, tls, server_name=cfg.server_name)
             try:
                 stub = pb_grpc.CoordinatorStub(channel)
-                ask = wire.JoinAsk(cfg.identity, slot, __version__, instance_id)
+                ask = wire.JoinAsk(cfg.identity, slot, __version__, instance_id, cfg.machine)
                 try:
                     grant, job = wire.joined(await stub.Join(wire.join_request(ask), timeout=10,
                                                              metadata=wire.token_metadata(cfg.token)))

@@ -348,7 +348,19 @@ class RunData:
         return {"i": rec["iteration"], "plan": int(rec.get("plan") or 0), "lat": _round(rec["latency_ms"]),
                 "ideal": self.ideal_ms[index],
                 "outcome": rec["outcome"], "level": rec["level"], "stragglers": rec["stragglers"],
-                "used": used, "w": slots}
+                "used": used, "w": slots, "who": [worker_label(w) for w in rec["workers"]]}
+
+    def worker_scores(self) -> list[Any]:
+        """Who straggled over the whole run, per worker id (`master.stragglers`: relative and individual scores,
+        straggle rate, stalls), the slowest first; [] without the job's code or worker ids (an older run log)."""
+        from flexgc.master.stragglers import StragglerScores
+
+        if self.code is None or not any(w.get("worker_id") for r in self.records for w in r["workers"]):
+            return []
+        scores = StragglerScores(self.code.k, window=max(1, len(self.records)))
+        for rec in self.records:
+            scores.observe(rec)
+        return scores.scores()
 
     def series(self) -> dict[str, list[Any]]:
         """Per-iteration columns of the page's step control: iteration, latency (a FAILED one: until the
@@ -356,6 +368,12 @@ class RunData:
         return {"iteration": [r["iteration"] for r in self.records],
                 "latency": [_round(r["latency_ms"]) for r in self.records],
                 "outcome": [r["outcome"] for r in self.records]}
+
+
+def worker_label(w: dict[str, Any]) -> str:
+    """worker@host of a record's slot entry ("" when the run log does not say: an older run, or no task)."""
+    worker_id, host = w.get("worker_id"), w.get("host")
+    return "" if not worker_id else f"{worker_id}@{host}" if host else str(worker_id)
 
 
 def comparison_target(runs: Sequence[RunData], target_loss: float | None = None) -> tuple[float | None, str]:

@@ -224,7 +224,9 @@
   function timelineFigure(run, e, xmax) {
     const n = e.w.length;
     const code = planOf(run, e);
-    const lanes = Array.from({ length: n }, (_, s) => `slot ${s}`);
+    // a lane names its slot and the worker that held it in this iteration (charts.lane_label does the same)
+    const lanes = Array.from({ length: n }, (_, s) => (e.who && e.who[s] ? `slot ${s} · ${esc(e.who[s])}` :
+      `slot ${s}`));
     const stragglers = new Set(e.stragglers);
     const used = new Map();
     for (let j = 0; j + 2 < e.used.length; j += 3) used.set(`${e.used[j]}:${e.used[j + 1]}`, e.used[j + 2]);
@@ -281,7 +283,7 @@
       height: 150 + lane * n, barmode: "overlay", bargap: 0.35, hovermode: "closest",
       margin: { l: 110, r: 20, t: 40, b: 40 }, legend: { font: { size: 10 } },
       xaxis: { title: { text: "ms since the iteration started (master clock)" }, range: [0, xmax], zeroline: false },
-      yaxis: { type: "category", categoryorder: "array", categoryarray: lanes, autorange: "reversed",
+      yaxis: { type: "category", categoryorder: "array", categoryarray: lanes, autorange: "reversed", automargin: true,
         tickvals: lanes, ticktext: lanes.map((l, s) => (stragglers.has(s) ? `${l} (straggler)` : l)),
         fixedrange: true },
       template: DATA.template,

@@ -79,6 +79,8 @@ def cmd_master(args: argparse.Namespace) -> int:
     print(json.dumps({"event": "summary", **summary}), flush=True)
     if summary.get("interrupted_by"):
         return 128 + int(signal.Signals[summary["interrupted_by"]])
+    if summary.get("nothing_to_run"):
+        return 0  # started again on a finished job (its own exit code was the job's): nothing failed now
     return 0 if summary.get("failed_iterations", 0) == 0 or cfg.on_deadline != "fail" else 1
 
 

@@ -204,6 +204,7 @@ def _finished_summary(out: Path | None, trainer: Trainer) -> dict[str, Any]:
     except (OSError, ValueError):
         summary = {"next_iteration": trainer.state.iteration}
     summary["params"] = trainer.state.params
+    summary["nothing_to_run"] = True  # exit 0: a restart policy (on-failure) must not start it again and again
     return summary
 
 

@@ -150,3 +150,20 @@ def test_the_masters_flexgc_delay_is_not_every_workers_override(tmp_path: Path) 
     assert delays and max(delays) < 250, delays
     help_text = run_cli("worker", "--help").stdout
     assert "FLEXGC_WORKER_DELAY" in help_text
+
+
+def test_a_finished_job_with_failed_iterations_started_again_exits_0_and_touches_nothing(tmp_path: Path) -> None:
+    # Prepare: a job whose every iteration fails (its one worker never answers): exit 1, as documented
+    job = ["--workers", "1", "--code", "uncoded", "--iterations", "2", "--deadline-s", "0.5", "--samples", "20",
+           "--features", "3", "--checkpoint-every", "1"]  # the checkpoint says the job is complete
+    rc, err, _ = _run_job_env(tmp_path, {"FLEXGC_WORKER_DELAY": "none/dead:workers=0"}, job, workers=1)
+    assert rc == 1, err
+    files = {p.name: p.read_bytes() for p in (tmp_path / "run").iterdir() if p.is_file()}
+
+    # Execute: what a restart policy (compose: on-failure) does with the master's container
+    again = run_cli("master", "--port", "0", "--out", str(tmp_path / "run"), *job)
+
+    # Assert: nothing to run is no failure (else the policy restarts it again and again), and nothing changed
+    assert again.returncode == 0, again.stderr
+    assert "is complete (iteration 2 of 2): nothing to run" in again.stderr
+    assert {p.name: p.read_bytes() for p in (tmp_path / "run").iterdir() if p.is_file()} == files

@@ -266,8 +266,9 @@ class Trainer:
         slowest = self.stragglers.slowest()
         who = "" if slowest is None else (f" slowest={slowest.label} slowest_vs_median={slowest.relative:.2f} "
                                            f"window={slowest.samples}")
-        _log.info("progress iteration=%d/%d loss=%s latency_ms=%.1f level=%s stragglers=%d exact=%d approximate=%d "
-                  "failed=%d%s", t + 1, self.cfg.iterations, "-" if loss is None else f"{loss:.6g}",
+        # iteration: its number as run.jsonl, the report and every other line count (from 0); done: how many ran
+        _log.info("progress iteration=%d done=%d/%d loss=%s latency_ms=%.1f level=%s stragglers=%d exact=%d "
+                  "approximate=%d failed=%d%s", t, t + 1, self.cfg.iterations, "-" if loss is None else f"{loss:.6g}",
                   outcome.latency_ms, "-" if dec is None else dec.level, stragglers, self.outcomes["EXACT"],
                   self.outcomes["APPROXIMATE"], self.outcomes["FAILED"], who)
 

@@ -48,6 +48,10 @@ def test_demo_models_take_the_measured_compute_like_the_live_run(tmp_path: Path,
     median = sorted(compute)[len(compute) // 2]
     # CRC(1) computes two partitions per worker before it can send: at least twice one partition's compute
     assert rows["crc:s=1 (model, same delays + compute)"] >= 1.5 * median > 0, rows
+    # and no injected delay was recorded where none was injected (the report's grey bars)
+    delays = [ms for line in (tmp_path / "run.jsonl").read_text().splitlines() if '"workers"' in line
+              for w in json.loads(line)["workers"] for ms in w["delay_ms"]]
+    assert delays and set(delays) == {0.0}, delays
 
 
 def test_demo_of_crc_does_not_compare_crc_with_itself(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -135,7 +135,7 @@ def test_sigint_and_sigterm_exit_130_and_143_and_the_progress_shows(tmp_path: Pa
                     child.kill()
                 child.wait(10)
         assert proc.returncode == rc, err
-        assert "progress iteration=1/100000 loss=" in err and "stragglers=" in err
+        assert "progress iteration=0 done=1/100000 loss=" in err and "stragglers=" in err
         assert f"interrupted by {sig.name}:" in err
         assert json.loads((out / "summary.json").read_text())["interrupted_by"] == sig.name
 

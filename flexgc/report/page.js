@@ -282,6 +282,7 @@
         font: { size: 13 } },
       height: 150 + lane * n, barmode: "overlay", bargap: 0.35, hovermode: "closest",
       margin: { l: 110, r: 20, t: 40, b: 40 }, legend: { font: { size: 10 } },
+      modebar: { orientation: "v" },  // upright at the right edge: across the top it covered the title
       xaxis: { title: { text: "ms since the iteration started (master clock)" }, range: [0, xmax], zeroline: false },
       yaxis: { type: "category", categoryorder: "array", categoryarray: lanes, autorange: "reversed", automargin: true,
         tickvals: lanes, ticktext: lanes.map((l, s) => (stragglers.has(s) ? `${l} (straggler)` : l)),
@@ -325,7 +326,8 @@
     if (i === null || i === undefined || !list.includes(i)) i = nearest(list, i === null || i === undefined ? 0 : i);
     state.iteration = i;
     $("iteration").value = i;
-    $("position").textContent = `${list.indexOf(i) + 1} of ${list.length} iterations with a timeline`;
+    $("position").textContent = `iteration ${i}: #${list.indexOf(i) + 1} of the ${list.length} iterations ` +
+      "that keep a timeline";
     const entries = await Promise.all(state.shown.map((r) => getEntry(r, i)));
     if (state.iteration !== i) return; // a newer request won
     const xmax = Math.max(1, ...entries.filter(Boolean).map(extent)) * 1.04;

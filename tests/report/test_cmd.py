@@ -173,3 +173,27 @@ def test_the_report_names_each_slots_worker_and_scores_the_workers(real_run: Pat
     chart = next(c for c in data["charts"] if c["key"] == "worker_score")
     names = {x for trace in chart["data"] for x in trace["x"]}
     assert names == {f"local-worker-{slot}@{socket.gethostname()}" for slot in range(4)}
+
+
+def test_many_runs_put_the_legend_below_and_no_mode_bar_covers_a_title(real_run: Path, tmp_path: Path) -> None:
+    # Prepare: seven runs (copies of one) on one page, as `flexgc bench` makes
+    runs = []
+    for j in range(7):
+        run = tmp_path / f"run{j}"
+        run.mkdir()
+        for name in ("run.jsonl", "summary.json", "job.json"):
+            if (real_run / name).exists():
+                (run / name).write_bytes((real_run / name).read_bytes())
+        runs.append(str(run))
+
+    assert main(["report", *runs, "--out", str(tmp_path / "many.html")]) == 0
+    assert main(["report", str(real_run), "--out", str(tmp_path / "one.html")]) == 0
+
+    # Assert: below the chart in rows with seven runs, beside it with one; the mode bar upright at the edge
+    many, one = (page_payload((tmp_path / f"{name}.html").read_text()) for name in ("many", "one"))
+    latency = next(c for c in many["charts"] if c["key"] == "latency")
+    assert latency["layout"]["legend"]["orientation"] == "h"
+    assert "orientation" not in next(c for c in one["charts"] if c["key"] == "latency")["layout"]["legend"]
+    assert all(c["layout"]["modebar"]["orientation"] == "v" for c in many["charts"])
+    page = (tmp_path / "one.html").read_text()
+    assert "iterations ` +" in page and "that keep a timeline" in page and 'modebar: { orientation: "v" }' in page

@@ -109,8 +109,8 @@ def run_demo(args: argparse.Namespace) -> int:
     print("(stalls: iterations the scheme could never decode, because a worker it cannot do without was "
           "unresponsive;\n the mean is over the other iterations)")
     if compute_ms > 0:
-        print(f"(model rows: the live run's injected delays, each partition also taking the {compute_ms:.3g} ms "
-              f"the live run computed one; communication excluded)")
+        print(f"(model rows: the run's injected delays plus its measured compute, {compute_ms:.3g} ms a partition; "
+              f"communication excluded)")
     lat = summary["latency_ms"]
     crc_values = crc_comparison(code, models)  # none when the run's code is CRC(s_max) itself
     crc = crc_values[np.isfinite(crc_values)] if crc_values is not None else None

@@ -443,7 +443,7 @@ def saving_sentence(live_mean_ms: float, smax: int, crc_mean_ms: float, compute_
     same compute per partition (the demo's last line)."""
     gain = 100 * (1 - live_mean_ms / crc_mean_ms)
     side = "below" if gain >= 0 else "above"
-    same = f"same delays and compute ({compute_ms:.3g} ms a partition)" if compute_ms > 0 else "same delays"
+    same = "same delays and compute" if compute_ms > 0 else "same delays"
     return (f"live mean latency {live_mean_ms:.1f} ms is {abs(gain):.0f}% {side} what CRC(s={smax}) needs on the "
             f"{same} ({crc_mean_ms:.1f} ms, model)")
 

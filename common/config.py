@@ -113,6 +113,12 @@ class MasterConfig(_Tls):
     batch_size: int = option(0, "mini-batch rows per partition and iteration, drawn from a seeded schedule the "
                              "workers share (0: full batch)", minimum=0)
     batch_seed: int = option(0, "seed of the mini-batch schedule", minimum=0)
+    val_fraction: float = option(0.0, "hold out this fraction of the data as a validation split, drawn with "
+                                 "--data-seed (a dataset: its rows leave the training data; synthetic: as many "
+                                 "extra rows of the same distribution); the model's loss and accuracy on it go to "
+                                 "run.jsonl and summary.json (0: none)", minimum=0.0)
+    eval_every: int = option(0, "evaluate on the validation split every K iterations, and after the last (0: only "
+                             "after the last, when --val-fraction is set)", minimum=0)
     deadline_s: float = option(30.0, "per-iteration deadline when more than s_max workers straggle (0: wait "
                                "forever)", minimum=0.0)
     on_deadline: str = option("fail", "what happens at the deadline", choices=ON_DEADLINE)
@@ -127,6 +133,8 @@ class MasterConfig(_Tls):
                            "OUT/previous-<time>/) and start a new one; without it the master resumes a run of "
                            "the same job and refuses one of another job")
     metrics_port: int = option(0, "Prometheus metrics port (0: off)", minimum=0)
+    tensorboard: str | None = option(None, "write TensorBoard event files to this directory: loss, latency, level, "
+                                     "load, straggler scores, validation (extra flexgc[tensorboard])")
     join_timeout_s: float = option(120.0, "how long to wait for the first n workers", minimum=0.0)
     chunk_bytes: int = option(1 << 20, "bytes per chunk on the wire", minimum=1024)
     heartbeat_s: float = option(2.0, "worker heartbeat interval", minimum=0.05)
@@ -162,6 +170,10 @@ class MasterConfig(_Tls):
             raise ConfigError(f"adapt_split={self.adapt_split}; allowed 1..64")
         if self.max_workers and self.max_workers < self.workers:
             raise ConfigError(f"max_workers={self.max_workers}; must be 0 or >= workers={self.workers}")
+        if not self.val_fraction < 1.0:
+            raise ConfigError(f"val_fraction={self.val_fraction}; must be in [0, 1)")
+        if self.eval_every and not self.val_fraction:
+            raise ConfigError(f"eval_every={self.eval_every} needs a validation split: set val_fraction (e.g. 0.2)")
         if self.model == "logistic" and self.classes != 2:
             raise ConfigError(f"classes={self.classes}; logistic regression has 2 classes (use model=softmax)")
         parse_model(self.model)
@@ -215,7 +227,8 @@ class WorkerConfig(_Tls):
     slots: int = option(1, "worker slots in this process, each its own worker (id WORKER_ID-i when more than "
                         "one), sharing one event loop and the compute threads", minimum=1)
     compute_threads: int = option(0, "threads computing partial gradients for the slots of this process (0: "
-                                  "min(slots, CPUs))", minimum=0)
+                                  "min(slots, CPUs); a task with an injected --delay runs in a thread per slot "
+                                  "instead, so one slot's delay never holds up another's)", minimum=0)
     model_modules: str | None = option(None, "comma-separated modules (and their submodules) a master may name "
                                        "in --model MODULE:FACTORY; the worker imports no other (default: none)")
     blas_threads: int = option(1, "BLAS threads in this process (several workers share the cores)", minimum=1)

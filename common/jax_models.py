@@ -110,6 +110,10 @@ class JaxModel:
         """Scores (m, C)."""
         return np.asarray(self._scores(*self._inputs(params, X)))
 
+    def unflatten(self, params: np.ndarray) -> Any:
+        """The Equinox module with these parameters (in the model's dtype): the inverse of the raveling."""
+        return eqx.combine(self._unravel(jnp.asarray(params, dtype=self.dtype)), self._static)
+
 
 def _is_float_leaf(x: Any) -> bool:
     return isinstance(x, jax.ShapeDtypeStruct) and jnp.issubdtype(x.dtype, jnp.inexact)

@@ -9,9 +9,10 @@ per-partition gradients decodes exactly (docs/design.md §1). A model (`Model`) 
   summed gradient, shape (d,), over the rows of one partition (or of its mini-batch).
 
 Optional: ``row_chunks`` (default True: a partition may be computed in row chunks whose results are
-summed, so a Cancel is noticed between chunks; a jitted JAX gradient sets False and is one chunk) and
-``predict(params, X)`` (scores, for accuracies). The numpy models here (`logistic`, `softmax`,
-`least-squares`), the JAX networks of `flexgc.common.jax_models` (`jax-mlp`, `jax-cnn`, extra
+summed, so a Cancel is noticed between chunks; a jitted JAX gradient sets False and is one chunk),
+``predict(params, X)`` (scores, for accuracies and the validation split) and ``unflatten(params)`` (the
+flat vector in the model's own form, for reading a run back: `flexgc.load_run`). The numpy models here
+(`logistic`, `softmax`, `least-squares`), the JAX networks of `flexgc.common.jax_models` (`jax-mlp`, `jax-cnn`, extra
 ``flexgc[jax]``) and user models given by import path (``--model module:factory[,key=value...]``, see
 docs/models.md) all implement it; the master, the worker loop and the decoder never ask which one runs.
 
@@ -37,6 +38,7 @@ import functools
 import importlib
 import logging
 import re
+import sys
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -149,13 +151,14 @@ def label_kind(model: str) -> LabelKind:
     ms = parse_model(model)
     if ms.target is None:
         return _LABELS[ms.family]
-    kind = getattr(_factory(ms), "labels", "multiclass")
+    kind = getattr(_target(ms), "labels", "multiclass")
     if kind not in LABEL_KINDS:
         raise ConfigError(f"model={model!r}: factory.labels={kind!r}; allowed: {', '.join(LABEL_KINDS)}")
     return kind  # type: ignore[return-value]
 
 
-def _factory(ms: ModelSpec) -> Callable[..., Any]:
+def _target(ms: ModelSpec) -> Any:
+    """What an import-path spec names: a factory, or a model object (`is_model_object`)."""
     assert ms.target is not None
     module, _, name = ms.target.partition(":")
     try:
@@ -163,10 +166,32 @@ def _factory(ms: ModelSpec) -> Callable[..., Any]:
     except ImportError as exc:
         raise ConfigError(f"model={ms.text!r}: cannot import {module!r} ({exc}); the module must be importable "
                           f"on the master and every worker (installed, or on PYTHONPATH)") from None
-    factory = getattr(mod, name, None)
-    if not callable(factory):
-        raise ConfigError(f"model={ms.text!r}: {module!r} has no callable {name!r}")
-    return factory  # type: ignore[no-any-return]
+    target = getattr(mod, name, None)
+    if not (callable(target) or is_model_object(target)):
+        raise ConfigError(f"model={ms.text!r}: {module!r} has no factory or model object {name!r}")
+    return target
+
+
+def is_model_object(obj: Any) -> bool:
+    """Whether `obj` is a model itself (d, init_params, loss_and_grad), not a factory or a class."""
+    return isinstance(obj, Model) and not isinstance(obj, type)
+
+
+def object_spec(obj: Any) -> str | None:
+    """The import path ``module:name`` of a model object: a module-level name bound to this very object in
+    an importable module (its class's module first, then every loaded one); None when there is none
+    (an object made in a function, or one that lives in ``__main__``: a script or a notebook)."""
+    home = getattr(type(obj), "__module__", None)
+    names = sorted(sys.modules, key=lambda m: (m != home, m))
+    for module_name in names:
+        mod = sys.modules.get(module_name)
+        if module_name in ("__main__", "__mp_main__") or module_name.startswith("flexgc.common.local_models") or \
+                getattr(mod, "__spec__", None) is None or not _IMPORT_PATH.match(f"{module_name}:x"):
+            continue
+        for name, value in list(vars(mod).items()):
+            if value is obj and _IMPORT_PATH.match(f"{module_name}:{name}"):
+                return f"{module_name}:{name}"
+    return None
 
 
 def check_model_allowed(model: str, allowed_modules: str | None) -> None:
@@ -183,7 +208,16 @@ def check_model_allowed(model: str, allowed_modules: str | None) -> None:
 
 
 def build_model(spec: DataSpec) -> Model:
-    """The model of `spec` (cached per model, features and classes: JAX compiles once per process)."""
+    """The model of `spec` (cached per model, features and classes: JAX compiles once per process; a spec
+    that names a model object is that object, looked up each time)."""
+    ms = spec.model_spec
+    if ms.target is not None:
+        target = _target(ms)
+        if is_model_object(target):
+            if ms.params:
+                raise ConfigError(f"model={ms.text!r}: {ms.target} is a model object, not a factory: it takes no "
+                                  f"key=value options")
+            return _checked(target, spec.model)
     return _build(spec.model, spec.features, spec.classes)
 
 
@@ -206,15 +240,19 @@ def _build(model: str, features: int, classes: int) -> Model:
     else:
         kwargs = {k: _literal(v) for k, v in ms.params}
         try:
-            built = _factory(ms)(features=features, classes=classes, **kwargs)
+            built = _target(ms)(features=features, classes=classes, **kwargs)
         except ConfigError:
             raise
         except Exception as exc:  # a user factory: say whose error it is
             raise ConfigError(f"model={model!r}: the factory raised {type(exc).__name__}: {exc}") from exc
+    return _checked(built, model)
+
+
+def _checked(built: Any, model: str) -> Model:
     if not isinstance(built, Model) or not isinstance(built.d, int) or built.d < 1:
         raise ConfigError(f"model={model!r}: the factory must return an object with an int d >= 1, "
                           f"init_params(seed) and loss_and_grad(params, X, y) (flexgc.common.models.Model)")
-    return built  # type: ignore[no-any-return]
+    return built
 
 
 def _literal(raw: str) -> Any:
@@ -271,6 +309,10 @@ class LeastSquares:
         """Xw, (m,)."""
         return X @ params
 
+    def unflatten(self, params: np.ndarray) -> dict[str, np.ndarray]:
+        """{"w": (features,)}."""
+        return {"w": np.array(params, dtype=np.float64)}
+
 
 @dataclass(frozen=True, slots=True)
 class Logistic:
@@ -297,6 +339,10 @@ class Logistic:
     def predict(self, params: np.ndarray, X: np.ndarray) -> np.ndarray:
         """P(y = 1), (m,)."""
         return 0.5 * (1.0 + np.tanh(0.5 * (X @ params)))
+
+    def unflatten(self, params: np.ndarray) -> dict[str, np.ndarray]:
+        """{"w": (features,)}."""
+        return {"w": np.array(params, dtype=np.float64)}
 
 
 @dataclass(frozen=True, slots=True)
@@ -332,6 +378,10 @@ class Softmax:
     def predict(self, params: np.ndarray, X: np.ndarray) -> np.ndarray:
         """Class scores X W, (m, classes)."""
         return X @ params.reshape(X.shape[1], self.classes)
+
+    def unflatten(self, params: np.ndarray) -> dict[str, np.ndarray]:
+        """{"W": (features, classes)}, the flat vector's row-major layout."""
+        return {"W": np.array(params, dtype=np.float64).reshape(self.features, self.classes)}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -411,19 +461,28 @@ def batch_rows(spec: DataSpec, j: int, iteration: int) -> np.ndarray | None:
 def synthetic_partition(spec: DataSpec, j: int) -> tuple[np.ndarray, np.ndarray]:
     """Rows of partition j of the seeded synthetic dataset: X (m, features) float64, y (m,)."""
     start, stop = spec.partition_bounds(j)
+    return _synthetic_rows(spec, np.random.default_rng([spec.seed, 1, j]), stop - start)
+
+
+def synthetic_validation(spec: DataSpec, rows: int) -> tuple[np.ndarray, np.ndarray]:
+    """`rows` more rows of the synthetic dataset's distribution (the same true weights), from a stream of
+    their own: the validation split of synthetic data, which leaves every training partition as it is."""
+    return _synthetic_rows(spec, np.random.default_rng([spec.seed, 2]), rows)
+
+
+def _synthetic_rows(spec: DataSpec, rng: np.random.Generator, m: int) -> tuple[np.ndarray, np.ndarray]:
     kind = label_kind(spec.model)
     truth_rng = np.random.default_rng([spec.seed, 0xF1E8])
     if kind == "multiclass":
         w = truth_rng.standard_normal((spec.features, spec.classes))
     else:
         w = truth_rng.standard_normal(spec.features)
-    rng = np.random.default_rng([spec.seed, 1, j])
-    X = rng.standard_normal((stop - start, spec.features)) / np.sqrt(spec.features)
+    X = rng.standard_normal((m, spec.features)) / np.sqrt(spec.features)
     z = X @ w
     if kind == "real":
-        y = z + spec.noise * rng.standard_normal(stop - start)
+        y = z + spec.noise * rng.standard_normal(m)
     elif kind == "binary":
-        y = (rng.random(stop - start) < 1.0 / (1.0 + np.exp(-4 * z))).astype(np.float64)
+        y = (rng.random(m) < 1.0 / (1.0 + np.exp(-4 * z))).astype(np.float64)
     else:
         y = np.argmax(4 * z + rng.gumbel(size=z.shape), axis=1).astype(np.float64)
     return X, y

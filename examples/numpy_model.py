@@ -20,6 +20,7 @@ class HuberRegression:
     """Σ_rows huber_δ(x·w + b − y); parameters [w (features,), b]: d = features + 1."""
 
     row_chunks = True  # a sum over rows: the worker may split a partition into row chunks (cancel between them)
+    labels = "real"    # what it trains on, for a model handed over as an object (the factory says it below)
 
     def __init__(self, features: int, delta: float) -> None:
         self.features, self.delta = features, delta
@@ -40,6 +41,10 @@ class HuberRegression:
     def predict(self, params: np.ndarray, X: np.ndarray) -> np.ndarray:
         """Predictions (m,)."""
         return X @ params[:-1] + params[-1]
+
+    def unflatten(self, params: np.ndarray) -> dict[str, np.ndarray]:
+        """{"w": (features,), "b": ()}: what `flexgc.load_run(DIR).unflatten()` gives back."""
+        return {"w": params[:-1].copy(), "b": params[-1].copy()}
 
 
 def build(features: int, classes: int, delta: float = 1.0) -> HuberRegression:

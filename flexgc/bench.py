@@ -21,11 +21,13 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import datetime
 import hashlib
 import json
 import logging
 import math
+import os
 import re
 import signal
 import time
@@ -44,28 +46,36 @@ from flexgc.master.adapt import AdaptPolicy
 from flexgc.master.rundir import check_out_dir
 from flexgc.report import write_report_if_available
 from flexgc.report.data import RunData, comparison_target
+from flexgc.scenarios import SCENARIO_JOB, SCENARIO_SCHEMES, SCENARIOS, NamedScenario, named_scenarios
 from flexgc.targets import rank_key
 
 _log = logging.getLogger(__name__)
 
 FULL_CODES = ("nested:levels=0,1,2,3", "nested:levels=0,1,2,3,decoder=per-level", "crc:s=3", "frc:s=1",
               "nested-frc:groups=1,2", "uncoded", "ignore:s=3", "multimessage:smax=3")
+DEFAULT_WORKERS = 10
+DEFAULT_DELAY = "shifted-exp:a=1,mu=1,unit_s=0.5"
 QUICK_CODES = ("nested:levels=0,1,2,3", "nested:levels=0,1,2,3,decoder=per-level", "crc:s=3", "uncoded")
 ADAPT_SUFFIX = "+adapt"
 DEFAULT_SPLIT = AdaptPolicy().split  # the master's --adapt-split default
 RUNS = "runs"
+SLOTS_PER_PROCESS = 8
 # what a bench writes in OUT: a new bench moves a previous one's aside
 BENCH_FILES = (RUNS, "bench.csv", "bench.json", "report.html", "latency_vs_dead_p*.png", "latency_cdf_p*.png")
 
 
 @dataclass(frozen=True)
 class Scenario:
+    """r dead workers and an unresponsive probability p on the bench's base delay, or a named scenario
+    (flexgc.scenarios: its own n, delay and iterations)."""
+
     dead: tuple[int, ...]
     p: float
+    named: NamedScenario | None = None
 
     @property
     def label(self) -> str:
-        return f"r={len(self.dead)},p={self.p:g}"
+        return self.named.name if self.named is not None else f"r={len(self.dead)},p={self.p:g}"
 
 
 @dataclass(frozen=True)
@@ -101,7 +111,7 @@ def parse_schemes(texts: list[str], n: int, adapt: str, split: int) -> list[Sche
 
 
 def delay_spec(base: str, scenario: Scenario) -> str:
-    spec = base
+    spec = scenario.named.delay if scenario.named is not None else base
     if scenario.p > 0:
         spec += f",p={scenario.p:g}" if ":" in spec.split("/")[0] else f":p={scenario.p:g}"
     if scenario.dead:
@@ -115,6 +125,8 @@ def _slug(text: str) -> str:
 
 def run_dir_name(scenario: Scenario, scheme: Scheme) -> str:
     """OUT/runs/<this>: the scenario and the scheme, readable and safe as a file name."""
+    if scenario.named is not None:
+        return f"{scenario.named.name}-{_slug(scheme.label)}"
     return f"r{len(scenario.dead)}-p{scenario.p:g}-{_slug(scheme.label)}"
 
 
@@ -139,7 +151,9 @@ def _live_run(scheme: Scheme, n: int, delay: str, seed: int, iterations: int, de
                         **{"join_timeout_s": 60.0, "new_run": True, **job})
     with LocalCluster(cfg) as cluster:
         cluster.start_master()
-        cluster.start_workers()
+        # beyond 16 slots, several slots per worker process (`flexgc worker --slots`): 32 Python processes
+        # would spend a 2-core machine on their own wake-ups
+        cluster.start_workers(per_process=1 if n <= 16 else SLOTS_PER_PROCESS)
         rc = cluster.wait_master(iterations * (deadline_s + 2) + 60)
     if rc != 0:
         raise RuntimeError(f"bench run {scheme.label} / {delay}: master exit code {rc}")
@@ -170,6 +184,7 @@ def _live_run(scheme: Scheme, n: int, delay: str, seed: int, iterations: int, de
         "median_ms": float(np.median(finite)) if finite.size else math.nan,
         "p90_ms": float(np.percentile(finite, 90)) if finite.size else math.nan,
         "ideal_mean_ms": mean_ideal,
+        "ideal_p90_ms": float(np.percentile(ideal_ms[ok], 90)) if ok.any() else math.nan,
         "measured_over_ideal": mean_meas / mean_ideal if ok.any() else math.nan,
         "mean_load": float(np.mean(loads)) if loads else math.nan,
         "uploads_per_worker_iteration": float(np.mean(uploads)) if uploads else math.nan,
@@ -207,21 +222,35 @@ def _move_previous_bench(out: Path) -> Path | None:
 def run_bench(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    n = args.workers
     split = args.adapt_split or DEFAULT_SPLIT
-    schemes = parse_schemes(args.code or list(QUICK_CODES if args.quick else FULL_CODES), n, args.adapt, split)
-    rs = [int(x) for x in args.dead.split(",")] if args.dead else ([0, 2] if args.quick else [0, 1, 2, 3])
-    ps = [float(x) for x in args.p.split(",")] if args.p else ([0.0] if args.quick else [0.0, 0.1])
-    iterations = args.iterations or (10 if args.quick else 30)
-    base = args.delay
-    parse_delay(base).check_slots(n)
-    scenarios = [Scenario(dead_slots(n, r, "random", args.seed), p) for p in ps for r in rs]
+    base = args.delay or DEFAULT_DELAY
+    job: dict[str, Any] = {k: getattr(args, k, None) for k in ("model", "data", "optimizer", "replan_every")}
+    if args.scenario:
+        given = [flag for flag, value in (("--delay", args.delay), ("--dead", args.dead), ("--p", args.p),
+                                          ("--workers", args.workers), ("--quick", args.quick or None)) if value]
+        if given:
+            raise ConfigError(f"bench: --scenario sets its own workers, delay and dead workers; drop {', '.join(given)}"
+                              f" (or drop --scenario for the r x p grid on --delay)")
+        named = named_scenarios(args.scenario)
+        scenarios = [Scenario(dead_slots(sc.n, sc.dead, "random", args.seed), 0.0, sc) for sc in named]
+        texts = args.code or list(SCENARIO_SCHEMES)
+        job = {**SCENARIO_JOB, **{k: v for k, v in job.items() if v}}
+    else:
+        n = args.workers or DEFAULT_WORKERS
+        rs = [int(x) for x in args.dead.split(",")] if args.dead else ([0, 2] if args.quick else [0, 1, 2, 3])
+        ps = [float(x) for x in args.p.split(",")] if args.p else ([0.0] if args.quick else [0.0, 0.1])
+        parse_delay(base).check_slots(n)
+        scenarios = [Scenario(dead_slots(n, r, "random", args.seed), p) for p in ps for r in rs]
+        texts = args.code or list(QUICK_CODES if args.quick else FULL_CODES)
+    # every scenario's schemes, parsed for its n before anything runs (a bad spec fails at once)
+    schemes_of = {sc: parse_schemes(texts, _n(sc, args), args.adapt, split) for sc in scenarios}
+    for sc in scenarios:
+        parse_delay(delay_spec(base, sc)).check_slots(_n(sc, args))
     out = Path(args.out)
     check_out_dir(out)
     aside = _move_previous_bench(out)
     if aside is not None:
         print(f"a previous bench's files in {out} moved to {aside}")
-    job: dict[str, Any] = {k: getattr(args, k, None) for k in ("model", "data", "optimizer", "replan_every")}
     job = {k: v for k, v in job.items() if v}
     if args.adapt_split:
         job["adapt_split"] = args.adapt_split
@@ -229,7 +258,7 @@ def run_bench(args: argparse.Namespace) -> int:
         job["snapshot_every"] = 1  # the full-batch loss of every step, approximate ones included
     rows: list[dict[str, Any]] = []
     started = time.perf_counter()
-    total = len(scenarios) * len(schemes)
+    total = sum(len(schemes) for schemes in schemes_of.values())
     interrupted: str | None = None
     current: Path | None = None
     try:
@@ -239,19 +268,22 @@ def run_bench(args: argparse.Namespace) -> int:
     try:
         with tqdm(total=total, unit="run", disable=args.no_progress) as bar:
             for sc in scenarios:
-                delay = delay_spec(base, sc)
-                for scheme in schemes:
+                delay, n = delay_spec(base, sc), _n(sc, args)
+                iterations = args.iterations or (sc.named.iterations if sc.named is not None
+                                                 else 10 if args.quick else 30)
+                for scheme in schemes_of[sc]:
                     bar.set_postfix_str(f"{sc.label} {scheme.label}")
                     if len(sc.dead) > scheme.code.s_max:
                         row: dict[str, Any] = {"code": scheme.label, "decoder": scheme.code.decoder, "delay": delay,
-                                               "skipped": f"tolerates {scheme.code.s_max} < r={len(sc.dead)}"}
+                                               "skipped": f"tolerates {scheme.code.s_max} < r={len(sc.dead)}: "
+                                                          f"never decodes"}
                     else:
                         current = out / RUNS / run_dir_name(sc, scheme)
                         row, run = _live_run(scheme, n, delay, args.seed, iterations, args.deadline_s, current,
                                              args.samples, args.features, **job)
                         row["_run"] = run  # for the time to target, once every run is in
                         current = None
-                    row.update(r=len(sc.dead), p=sc.p, n=n)
+                    row.update(scenario=sc.label, r=len(sc.dead), p=sc.p, n=n)
                     rows.append(row)
                     bar.update(1)
     except KeyboardInterrupt:
@@ -279,6 +311,10 @@ def run_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _n(sc: Scenario, args: argparse.Namespace) -> int:
+    return sc.named.n if sc.named is not None else args.workers or DEFAULT_WORKERS
+
+
 def _rank(rows: list[dict[str, Any]], target_loss: float | None) -> tuple[float | None, str]:
     """Add each run's time to target and its rank within its scenario; the target and how it was set."""
     runs = [row["_run"] for row in rows if "_run" in row]
@@ -286,17 +322,18 @@ def _rank(rows: list[dict[str, Any]], target_loss: float | None) -> tuple[float 
     for row in rows:
         if "_run" in row and target is not None:
             row.update(row["_run"].time_to_target(target).as_dict())
-    for scenario in dict.fromkeys((row["r"], row["p"]) for row in rows):
-        ranked = sorted((row for row in rows if (row["r"], row["p"]) == scenario and "skipped" not in row),
+    for scenario in dict.fromkeys(row["scenario"] for row in rows):
+        ranked = sorted((row for row in rows if row["scenario"] == scenario and "skipped" not in row),
                         key=lambda row: rank_key(row["approximate"] > 0, row.get("time_to_target_s"), row["mean_ms"]))
         for k, row in enumerate(ranked, start=1):
             row["rank"] = k
     return target, rule
 
 
-_COLUMNS = ("r", "p", "rank", "code", "decoder", "iterations", "exact", "approximate", "failed", "time_to_target_s",
+_COLUMNS = ("scenario", "n", "r", "p", "rank", "code", "decoder", "iterations", "exact", "approximate", "failed",
+            "time_to_target_s",
             "target_iterations", "target_loss", "best_full_batch_loss", "run_s", "mean_ms", "median_ms", "p90_ms",
-            "ideal_mean_ms", "measured_over_ideal", "mean_load", "uploads_per_worker_iteration",
+            "ideal_mean_ms", "ideal_p90_ms", "measured_over_ideal", "mean_load", "uploads_per_worker_iteration",
             "cancel_latency_ms_median", "compute_ms_per_partition_median", "compute_share", "plan_switches", "out",
             "skipped")
 
@@ -309,9 +346,12 @@ def _write(out: Path, rows: list[dict[str, Any]], wall: float, args: argparse.Na
         for row in rows:
             # losses keep every digit (two schemes' losses differ in the 5th); the rest 4 decimals
             w.writerow({k: (round(v, 4) if isinstance(v, float) and "loss" not in k else v) for k, v in row.items()})
-    meta = {"workers": args.workers, "delay": args.delay, "seed": args.seed, "wall_s": round(wall, 1),
-            "quick": args.quick, "adapt": args.adapt, "target_loss": target, "target_rule": rule,
-            "runs": str(out / RUNS), "interrupted": interrupted}
+    meta = {"workers": args.workers or DEFAULT_WORKERS, "delay": args.delay or DEFAULT_DELAY, "seed": args.seed,
+            "wall_s": round(wall, 1), "quick": args.quick, "adapt": args.adapt, "target_loss": target,
+            "target_rule": rule, "runs": str(out / RUNS), "interrupted": interrupted,
+            "scenarios": {name: dataclasses.asdict(SCENARIOS[name]) for name in dict.fromkeys(
+                row["scenario"] for row in rows) if name in SCENARIOS},
+            "winners": winners(rows), "load_average": list(os.getloadavg())}
     (out / "bench.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1, default=str) + "\n")
     try:
         import matplotlib
@@ -320,22 +360,74 @@ def _write(out: Path, rows: list[dict[str, Any]], wall: float, args: argparse.Na
     except ImportError:
         _log.warning("matplotlib missing: no plots (pip install 'flexgc[plot]')")
         return
-    for p in sorted({r["p"] for r in rows}):
+    named = [r for r in rows if r["scenario"] in SCENARIOS]
+    if named:
+        _plot_time_to_target(plt, named, out / "time_to_target.png")
+    for p in sorted({r["p"] for r in rows if r not in named}):
         fig, ax = plt.subplots(figsize=(7, 4.5))
         for spec in dict.fromkeys(r["code"] for r in rows):
             pts = sorted((r["r"], r["mean_ms"]) for r in rows if r["code"] == spec and r["p"] == p
-                         and "mean_ms" in r)
+                         and "mean_ms" in r and r not in named)
             if pts:
                 ax.plot([x for x, _ in pts], [y for _, y in pts], marker="o", label=spec)
         _save(plt, fig, ax, "dead workers r", "mean iteration latency (ms, live)",
               f"flexgc bench, n={args.workers}, {args.delay}, p={p:g}", out / f"latency_vs_dead_p{p:g}.png")
         fig, ax = plt.subplots(figsize=(7, 4.5))
         for row in rows:
-            if row["p"] == p and row["r"] == 0 and row.get("latencies_ms"):
+            if row["p"] == p and row["r"] == 0 and row.get("latencies_ms") and row not in named:
                 xs = np.sort(row["latencies_ms"])
                 ax.step(xs, np.arange(1, xs.size + 1) / xs.size, where="post", label=row["code"])
         _save(plt, fig, ax, "iteration latency (ms, live)", "CDF", f"latency CDF, r=0, p={p:g}",
               out / f"latency_cdf_p{p:g}.png")
+
+
+def _plot_time_to_target(plt: Any, rows: list[dict[str, Any]], path: Path) -> None:
+    """Grouped bars: each scenario's time to target per scheme (never: a hatched bar at the longest run)."""
+    scenarios = list(dict.fromkeys(r["scenario"] for r in rows))
+    schemes = list(dict.fromkeys(r["code"] for r in rows))
+    width = 0.8 / max(len(schemes), 1)
+    fig, ax = plt.subplots(figsize=(max(7.0, 1.4 * len(scenarios)), 4.5))
+    cap = max((r.get("run_s") or 0.0 for r in rows), default=1.0) or 1.0
+    for j, spec in enumerate(schemes):
+        xs, ys, never = [], [], []
+        for i, name in enumerate(scenarios):
+            row = next((r for r in rows if r["scenario"] == name and r["code"] == spec), None)
+            if row is None or "skipped" in row:
+                continue
+            seconds = row.get("time_to_target_s")
+            xs.append(i + (j - (len(schemes) - 1) / 2) * width)
+            ys.append(seconds if seconds is not None else cap)
+            never.append(seconds is None)
+        bars = ax.bar(xs, ys, width=width, label=("≈ " if spec.startswith("ignore") else "") + spec)
+        for bar, hatch in zip(bars, never):
+            if hatch:
+                bar.set_hatch("//")
+                bar.set_alpha(0.4)
+    ax.set_xticks(range(len(scenarios)), scenarios)
+    _save(plt, fig, ax, "scenario", "time to target (s, live; hatched: never)",
+          "flexgc bench --scenario: wall-clock seconds to the target loss", path)
+
+
+def winners(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per scenario: the scheme that reached the target first among those without approximate iterations,
+    its time, and how that compares with the runner-up and with uncoded (what users run today)."""
+    out: dict[str, dict[str, Any]] = {}
+    for name in dict.fromkeys(r["scenario"] for r in rows):
+        ranked = sorted((r for r in rows if r["scenario"] == name and "rank" in r), key=lambda r: r["rank"])
+        exact = [r for r in ranked if not r["approximate"] and r.get("time_to_target_s") is not None]
+        if not exact:
+            continue
+        best = exact[0]
+        entry: dict[str, Any] = {"scheme": best["code"], "time_to_target_s": best["time_to_target_s"]}
+        if len(exact) > 1:
+            entry["runner_up"] = exact[1]["code"]
+            entry["over_runner_up"] = best["time_to_target_s"] / exact[1]["time_to_target_s"]
+        uncoded = next((r for r in ranked if r["code"].partition(":")[0] == "uncoded" and r["adapt"] == "off"), None)
+        if uncoded is not None and uncoded is not best:
+            seconds = uncoded.get("time_to_target_s")
+            entry["over_uncoded"] = best["time_to_target_s"] / seconds if seconds else 0.0
+        out[name] = entry
+    return out
 
 
 def _save(plt: Any, fig: Any, ax: Any, xlabel: str, ylabel: str, title: str, path: Path) -> None:
@@ -351,8 +443,8 @@ def _save(plt: Any, fig: Any, ax: Any, xlabel: str, ylabel: str, title: str, pat
 
 def _print_table(rows: list[dict[str, Any]], target: float | None, rule: str) -> None:
     head = (f"{'r':>2} {'p':>4} {'#':>2}  {'code':44s} {'exact':>5} {'approx':>6} {'failed':>6} {'target s':>8} "
-            f"{'mean':>7} {'median':>7} {'p90':>7} {'ideal':>7} {'meas/ideal':>10} {'load':>6} {'uploads':>7} "
-            f"{'cancel':>7}")
+            f"{'mean':>7} {'median':>7} {'p90':>7} {'ideal':>7} {'ideal90':>7} {'meas/ideal':>10} {'load':>6} "
+            f"{'uploads':>7} {'cancel':>7}")
     if target is not None:
         print(f"target s: wall-clock seconds from the first iteration until the full-batch loss first reached "
               f"{target:.6g}; never: not within the run (target {rule})")
@@ -360,13 +452,17 @@ def _print_table(rows: list[dict[str, Any]], target: float | None, rule: str) ->
         print(f"target s: no target ({rule})")
     print("#: rank within the scenario (schemes without approximate iterations first, then by time to target); "
           "≈: approximate gradients (ignore:s), whose loss is measured on their own parameters")
-    print("exact / approx / failed: iterations; mean, median, p90, ideal, cancel: ms; load: fraction of the data per"
-          " worker; uploads: coded vectors per worker and iteration")
+    print("exact / approx / failed: iterations; mean, median, p90, cancel: ms, live; ideal, ideal90: the model's mean "
+          "and p90 on the same delays (ms); load: fraction of the data per worker; uploads: coded vectors per worker "
+          "and iteration")
     print(head)
     print("-" * len(head))
-    scenarios = dict.fromkeys((r["r"], r["p"]) for r in rows)
+    scenarios = dict.fromkeys(r["scenario"] for r in rows)
     for scenario in scenarios:
-        group = [r for r in rows if (r["r"], r["p"]) == scenario]
+        group = [r for r in rows if r["scenario"] == scenario]
+        if scenario in SCENARIOS:
+            sc = SCENARIOS[scenario]
+            print(f"-- {scenario} (n={sc.n}, {sc.delay}{f', {sc.dead} dead' if sc.dead else ''}): {sc.about}")
         for r in sorted(group, key=lambda r: r.get("rank", math.inf)):
             if "skipped" in r:
                 print(f"{r['r']:>2} {r['p']:>4g} {'':>2}  {r['code']:44s} skipped: {r['skipped']}")
@@ -376,8 +472,18 @@ def _print_table(rows: list[dict[str, Any]], target: float | None, rule: str) ->
             cell = "-" if target is None else "never" if seconds is None else f"{seconds:.2f}"
             print(f"{r['r']:>2} {r['p']:>4g} {r['rank']:>2}  {name:44s} {r['exact']:5d} {r['approximate']:6d} "
                   f"{r['failed']:6d} {cell:>8} {r['mean_ms']:7.1f} {r['median_ms']:7.1f} {r['p90_ms']:7.1f} "
-                  f"{r['ideal_mean_ms']:7.1f} {r['measured_over_ideal']:10.3f} {r['mean_load']:6.3f} "
+                  f"{r['ideal_mean_ms']:7.1f} {r.get('ideal_p90_ms', math.nan):7.1f} {r['measured_over_ideal']:10.3f} "
+                  f"{r['mean_load']:6.3f} "
                   f"{r['uploads_per_worker_iteration']:7.2f} {_num(r['cancel_latency_ms_median'], 7, 2)}")
+    won = winners(rows)
+    if won and target is not None:
+        print("\nwinner per scenario (first to the target without approximate iterations):")
+        for name, w in won.items():
+            vs = [f"{w['over_runner_up']:.2f}x the runner-up {w['runner_up']}"] if "runner_up" in w else []
+            if "over_uncoded" in w:
+                vs.append(f"{w['over_uncoded']:.2f}x uncoded's time" if w["over_uncoded"]
+                          else "uncoded never got there")
+            print(f"  {name}: {w['scheme']} in {w['time_to_target_s']:.2f} s" + (f" ({'; '.join(vs)})" if vs else ""))
 
 
 def _num(x: float | None, width: int, digits: int) -> str:
@@ -395,8 +501,13 @@ def register(sub: Any) -> None:
         "their approximate steps reached (a snapshot per iteration, evaluated on the whole data). Every run's "
         "directory stays in OUT/runs/ (flexgc report opens it); Ctrl-C or SIGTERM keeps the runs finished so "
         "far, writes their table and exits 130 (143).")
+    p.add_argument("--scenario", action="append", metavar="NAME",
+                   help=f"a named straggling scenario instead of the r x p grid (repeatable; all: every one): "
+                   f"{', '.join(SCENARIOS)}; each sets n, the delay, dead workers and iterations, and by default "
+                   f"compares {', '.join(SCENARIO_SCHEMES)} on softmax regression on sklearn:digits "
+                   f"(docs/traces.md, BENCHMARKS.md §11)")
     p.add_argument("--quick", action="store_true", help="a short run (< 3 min on 2 cores)")
-    p.add_argument("--workers", type=int, default=10)
+    p.add_argument("--workers", type=int, default=None, help=f"(default: {DEFAULT_WORKERS})")
     p.add_argument("--code", action="append",
                    help=f"code spec, or SPEC{ADAPT_SUFFIX} for that code with the master's --adapt speed "
                    "(repeatable; default: the full comparison)")
@@ -413,11 +524,12 @@ def register(sub: Any) -> None:
     p.add_argument("--no-snapshots", action="store_true",
                    help="keep no parameter snapshot per iteration (then only exact iterations' losses count, so "
                    "an always-approximate scheme never reaches the target)")
-    p.add_argument("--delay", default="shifted-exp:a=1,mu=1,unit_s=0.5",
-                   help="base delay spec; r dead workers and p are added per scenario")
+    p.add_argument("--delay", default=None,
+                   help=f"base delay spec; r dead workers and p are added per scenario (default: {DEFAULT_DELAY})")
     p.add_argument("--dead", default=None, help="comma-separated dead-worker counts r (default 0,1,2,3)")
     p.add_argument("--p", default=None, help="comma-separated unresponsive probabilities (default 0,0.1)")
-    p.add_argument("--iterations", type=int, default=None, help="iterations per run (default 30; quick 10)")
+    p.add_argument("--iterations", type=int, default=None,
+                   help="iterations per run (default 30; quick 10; a named scenario's own, 40 or 100)")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--deadline-s", type=float, default=5.0, help="per-iteration deadline (then FAILED)")
     p.add_argument("--samples", type=int, default=10_000)

@@ -1,9 +1,9 @@
-"""`flexgc master`, `flexgc worker`, `flexgc health` and `flexgc demo`."""
+"""`flexgc master`, `flexgc worker`, `flexgc health` and `flexgc demo`: a thin layer over the Python API
+(`flexgc.api`: `Job.serve`, `Worker.run`, `Job.run_local`), whose options are these commands' options."""
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import signal
@@ -12,6 +12,7 @@ import time
 from typing import Any
 
 from flexgc.common.config import (
+    ADAPT_MODES,
     MASTER_OPTIONS,
     WORKER_OPTIONS,
     MasterConfig,
@@ -58,7 +59,7 @@ def register(sub: Any) -> None:
                         "train on sklearn:digits with adam:lr=3e-3 unless --data / --optimizer say otherwise)")
     p.add_argument("--data", default=None, help="data source (default: synthetic, or sklearn:digits for jax-*)")
     p.add_argument("--optimizer", default=None, help="optimizer spec (default: gd, or adam:lr=3e-3 for jax-*)")
-    p.add_argument("--adapt", choices=("off", "speed"), default="off", help="the master's --adapt")
+    p.add_argument("--adapt", choices=ADAPT_MODES, default="off", help="the master's --adapt")
     p.set_defaults(handler=cmd_demo)
 
 
@@ -67,15 +68,14 @@ def _master_config(args: argparse.Namespace) -> MasterConfig:
 
 
 def cmd_master(args: argparse.Namespace) -> int:
-    from flexgc.master.server import serve
+    from flexgc.api import Job
 
     cfg = _master_config(args)
 
     def report(port: int) -> None:
         print(json.dumps({"event": "listening", "port": port}), flush=True)
 
-    summary = asyncio.run(serve(cfg, on_port=report))
-    summary.pop("params", None)
+    summary = Job.from_config(cfg).serve(on_port=report).summary
     print(json.dumps({"event": "summary", **summary}), flush=True)
     if summary.get("interrupted_by"):
         return 128 + int(signal.Signals[summary["interrupted_by"]])
@@ -85,10 +85,10 @@ def cmd_master(args: argparse.Namespace) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    from flexgc.worker.client import run_workers
+    from flexgc.api import Worker
 
     cfg = config_from(WorkerConfig, WORKER_OPTIONS, vars(args), os.environ, args.config)
-    return asyncio.run(run_workers(cfg))
+    return Worker.from_config(cfg).run()
 
 
 def cmd_health(args: argparse.Namespace) -> int:

@@ -6,13 +6,11 @@ delays)."""
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import math
 import signal
 import sys
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -20,8 +18,7 @@ from flexgc.common.codes import parse_code
 from flexgc.common.config import master_config
 from flexgc.common.delays import parse_delay
 from flexgc.common.models import parse_model
-from flexgc.harness.local import worker_process_main, worker_values
-from flexgc.harness.processes import SpawnedChild, stop_all
+from flexgc.master.hooks import IterationInfo
 from flexgc.master.rundir import RunDir, job_identity
 
 
@@ -42,7 +39,7 @@ def default_out(model: str) -> str:
 def run_demo(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from flexgc.master.server import serve
+    from flexgc.api import Job
 
     if args.log_level == "INFO":  # the default: keep the demo's screen to the progress bar and the table
         logging.getLogger("flexgc").setLevel(logging.WARNING)
@@ -64,29 +61,20 @@ def run_demo(args: argparse.Namespace) -> int:
     adapting = "" if adapt == "off" else f"; --adapt {adapt}"
     print(f"flexgc demo: n={n} workers, code {code.spec} (tolerates {code.s_max} stragglers{adapting}), "
           f"delay {delay.spec}, {args.iterations} iterations, {what}")
-    workers: list[SpawnedChild] = []
     RunDir(out).clear_own_run(job_identity(cfg))  # a demo starts fresh, but never over another job's run
     bar = tqdm(total=args.iterations, unit="it", disable=args.no_progress, file=sys.stderr,
                bar_format="{l_bar}{bar:20}| {n_fmt}/{total_fmt} [{elapsed}] {postfix}")
-    records: list[dict[str, Any]] = []
 
-    def on_record(rec: dict[str, Any]) -> None:
-        records.append(rec)
+    def progress(info: IterationInfo) -> None:
         bar.update(1)
-        bar.set_postfix_str(f"loss={rec['loss'] if rec['loss'] is None else round(rec['loss'], 4)} "
-                            f"latency={rec['latency_ms']:.0f}ms level={rec['level']} "
-                            f"stragglers={len(rec['stragglers'])}")
+        bar.set_postfix_str(f"loss={info.loss if info.loss is None else round(info.loss, 4)} "
+                            f"latency={info.latency_ms:.0f}ms level={info.level} stragglers={len(info.stragglers)}")
 
-    def on_port(port: int) -> None:
-        for slot in range(n):
-            values = worker_values(f"127.0.0.1:{port}", slot)
-            workers.append(SpawnedChild(worker_process_main, (values, "WARNING"), f"flexgc-worker-{slot}"))
-
-    try:
-        summary = asyncio.run(serve(cfg, on_port=on_port, on_record=on_record))
+    try:  # the master here, a worker process per slot (the API's local cluster)
+        run = Job.from_config(cfg, callbacks=[progress]).run_local(processes=True)
     finally:
         bar.close()
-        stop_all(workers, exit_wait_s=10)  # the master has told them to stop; SIGTERM what is left
+    summary, records = run.summary, run.records
     if summary.get("interrupted"):
         by = summary.get("interrupted_by") or "SIGINT"
         print(f"demo interrupted ({by}) after {len(records)} of {args.iterations} iterations; what ran is in {out}",

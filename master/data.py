@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -14,7 +14,14 @@ from flexgc.common import wire
 from flexgc.common.codes import Code
 from flexgc.common.config import MasterConfig
 from flexgc.common.errors import ConfigError, StaleIterationError, UnknownSlotError, WireError
-from flexgc.common.models import DataSpec, label_kind, load_dataset, parse_model, synthetic_partition
+from flexgc.common.models import (
+    DataSpec,
+    label_kind,
+    load_dataset,
+    parse_model,
+    synthetic_partition,
+    synthetic_validation,
+)
 from flexgc.master.membership import Membership
 
 Partition = tuple[np.ndarray, np.ndarray]  # rows X (m, features) and labels y (m,)
@@ -24,9 +31,10 @@ class JobData:
     """The job's DataSpec and its partitions (read from the master's rows, or generated like the workers)."""
 
     def __init__(self, spec: DataSpec, rows: Callable[[int], Partition] | None = None,
-                 fingerprint: str | None = None) -> None:
+                 fingerprint: str | None = None, validation: Partition | None = None) -> None:
         self.spec = spec
         self._rows = rows  # partition j -> (X, y) when the master holds the data
+        self.validation = validation  # the held-out rows (--val-fraction), never sent to a worker
         s = spec
         # what identifies the rows: their generator's parameters, or a hash of the loaded arrays
         self.fingerprint = fingerprint or (f"synthetic:samples={s.samples},features={s.features},"
@@ -43,10 +51,13 @@ class JobData:
         multiclass = label_kind(model) == "multiclass"
         batch = {"batch": cfg.batch_size, "batch_seed": cfg.batch_seed}
         if cfg.data == "synthetic":
-            return cls(DataSpec(model=model, source="synthetic", samples=cfg.samples, features=cfg.features,
-                                classes=cfg.classes if multiclass else 1, seed=cfg.data_seed,
-                                partitions=code.k, **batch))
+            spec = DataSpec(model=model, source="synthetic", samples=cfg.samples, features=cfg.features,
+                            classes=cfg.classes if multiclass else 1, seed=cfg.data_seed, partitions=code.k,
+                            **batch)
+            held = max(1, round(cfg.val_fraction * cfg.samples)) if cfg.val_fraction else 0
+            return cls(spec, validation=synthetic_validation(spec, held) if held else None)
         X, y = load_dataset(cfg.data, model)
+        X, y, validation = split_validation(X, y, cfg.val_fraction, cfg.data_seed)
         classes = int(y.max()) + 1 if multiclass else 1
         spec = DataSpec(model=model, source="master", samples=X.shape[0], features=X.shape[1],
                         classes=classes, seed=cfg.data_seed, partitions=code.k, **batch)
@@ -57,18 +68,34 @@ class JobData:
 
         digest = hashlib.sha256(np.ascontiguousarray(X).tobytes())
         digest.update(np.ascontiguousarray(y).tobytes())
-        return cls(spec, rows, f"sha256:{digest.hexdigest()[:16]}")
+        return cls(spec, rows, f"sha256:{digest.hexdigest()[:16]}", validation)
 
     def partition(self, j: int) -> Partition:
         """Partition j's rows, wherever they come from (the master's verify mode reads every one)."""
         return self._rows(j) if self._rows is not None else synthetic_partition(self.spec, j)
 
-    def rows_for(self, ask: wire.PartitionAsk, members: Membership, code: Code) -> Partition:
-        """The rows a FetchPartition asks for, if the asking slot holds that partition in this session."""
+    def rows_for(self, ask: wire.PartitionAsk, members: Membership, codes: Sequence[Code]) -> Partition:
+        """The rows a FetchPartition asks for, if the asking slot holds that partition in this session under
+        one of `codes` (the plan in use, and an announced plan whose data the workers load ahead of it)."""
         if ask.session_id != members.session_id:
             raise StaleIterationError("session_id is not this job's session; join again")
-        if not 0 <= ask.slot < code.n or ask.partition not in code.order[ask.slot]:
+        if not any(0 <= ask.slot < code.n and ask.partition in code.order[ask.slot] for code in codes):
             raise UnknownSlotError(f"slot={ask.slot} does not hold partition={ask.partition}")
         if self._rows is None:
             raise WireError("this job's data is synthetic: workers generate it themselves")
         return self._rows(ask.partition)
+
+
+def split_validation(X: np.ndarray, y: np.ndarray, fraction: float,
+                     seed: int) -> tuple[np.ndarray, np.ndarray, Partition | None]:
+    """Hold out round(fraction * rows) rows (at least one), drawn from `seed`: the training rows (in their
+    order, so fraction 0 keeps the dataset and its fingerprint as they were) and the validation rows."""
+    if not fraction:
+        return X, y, None
+    held = max(1, round(fraction * X.shape[0]))
+    if held >= X.shape[0]:
+        raise ConfigError(f"val_fraction={fraction}: holds out {held} of the {X.shape[0]} rows; leave some to "
+                          f"train on")
+    chosen = np.zeros(X.shape[0], dtype=bool)
+    chosen[np.random.default_rng([seed, 0x5A11]).permutation(X.shape[0])[:held]] = True
+    return X[~chosen], y[~chosen], (X[chosen], y[chosen])

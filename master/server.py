@@ -10,7 +10,6 @@ import asyncio
 import json
 import logging
 import signal
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -28,6 +27,7 @@ from flexgc.master.accounting import RunLog, summarize
 from flexgc.master.adapt import Adapter, AdaptPolicy, job_code
 from flexgc.master.coordinator import Coordinator
 from flexgc.master.data import JobData
+from flexgc.master.hooks import IterationHook
 from flexgc.master.metrics import Metrics
 from flexgc.master.rundir import RunDir, job_identity, write_atomic
 from flexgc.master.service import SERVICE_NAME, CoordinatorService, TokenCheck, add_coordinator_service
@@ -38,8 +38,12 @@ _log = logging.getLogger(__name__)
 
 async def serve(cfg: MasterConfig, on_port: Callable[[int], None] | None = None,
                 stop: asyncio.Event | None = None,
-                on_record: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+                on_record: Callable[[dict[str, Any]], None] | None = None,
+                on_iteration: IterationHook | None = None) -> dict[str, Any]:
     """Run one job to completion; returns the summary (also written to OUT/summary.json).
+
+    `on_record` gets every run-log record once written; `on_iteration` an `IterationInfo` right after each
+    iteration's step (returning True ends the job after that iteration: the Python API's callbacks).
 
     Raises ConfigError for what the user can fix before the job starts (a run directory of another job,
     a port in use) and StorageError when the run directory cannot be written any more: then the job
@@ -63,7 +67,7 @@ async def serve(cfg: MasterConfig, on_port: Callable[[int], None] | None = None,
                               max_workers=cfg.max_workers, metrics=metrics,
                               liveness_s=3 * cfg.heartbeat_s)  # three missed heartbeats: silent
     adapter = Adapter(policy, coordinator) if policy.on else None
-    trainer = Trainer(cfg, code, job_data, coordinator, metrics, RunLog(None), on_record, adapter)
+    trainer = Trainer(cfg, code, job_data, coordinator, metrics, RunLog(None), on_record, adapter, on_iteration)
     job = wire.JobInfo(n=code.n, k=code.k, code_spec=code.spec, data=data, dtype=cfg.dtype,
                        chunk_bytes=cfg.chunk_bytes, heartbeat_interval_s=cfg.heartbeat_s, delay_spec=cfg.delay,
                        delay_seed=cfg.delay_seed)
@@ -77,6 +81,7 @@ async def serve(cfg: MasterConfig, on_port: Callable[[int], None] | None = None,
     metrics_server = _start_metrics(cfg, metrics)  # both ports are bound before the run directory is touched
     out = Path(cfg.out) if cfg.out else None
     complete = False
+    claimed = False  # not sys.exc_info(): serve() may run inside a caller's `except` (flexgc.api's loop does)
     try:
         if out is None:
             _log.warning("no --out: nothing of this job will be saved (no run log, checkpoint, parameters or "
@@ -84,8 +89,9 @@ async def serve(cfg: MasterConfig, on_port: Callable[[int], None] | None = None,
         elif _claim(RunDir(out), cfg, job_data):
             trainer.restore()
             complete = trainer.state.iteration >= cfg.iterations and not cfg.linger
+        claimed = True
     finally:
-        if complete or sys.exc_info()[0] is not None:
+        if complete or not claimed:
             await server.stop(None)
             if metrics_server is not None:
                 metrics_server.shutdown()
@@ -136,12 +142,14 @@ async def serve(cfg: MasterConfig, on_port: Callable[[int], None] | None = None,
         summary = summarize(code, trainer.runlog.records, {
             "wall_s": round(time.perf_counter() - started, 3), "interrupted": interrupted,
             "interrupted_by": signals[0].name if signals else None,
-            "stopped_at_target_loss": trainer.stopped_early, "rejected": dict(metrics.rejected_by_kind),
+            "stopped_at_target_loss": trainer.stopped_early, "stopped_by_callback": trainer.stopped_by_callback,
+            "validation": trainer.last_validation, "rejected": dict(metrics.rejected_by_kind),
             "decoder_cache": coordinator.decoder.cache_info(), "dtype": cfg.dtype, "d": data.d,
             "adapt": None if adapter is None else {"mode": policy.mode, "plan": coordinator.plan,
                                                    "code": coordinator.code.spec, "switches": adapter.switches,
                                                    "checks": adapter.checks},
-            "model": data.model, "samples": data.samples, "delay": cfg.delay, "delay_seed": cfg.delay_seed,
+            "model": data.model, "samples": data.samples, "features": data.features, "classes": data.classes,
+            "delay": cfg.delay, "delay_seed": cfg.delay_seed,
             "next_iteration": trainer.state.iteration, "failure": None if ended is None else str(ended),
             "by_worker": trainer.stragglers.summary(),
             "versions": _versions(), "machine": _machine()})

@@ -207,7 +207,8 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
         """The rows of one partition the asking slot holds, in chunks."""
         c = self._coordinator
         try:
-            X, y = self._data.rows_for(wire.partition_ask(request), c.members, c.code)
+            codes = [c.code] if c.pending is None else [c.code, c.pending.code]  # an announced plan loads ahead
+            X, y = self._data.rows_for(wire.partition_ask(request), c.members, codes)
         except _ERRORS as exc:
             refusal = self._status_of(exc)
         else:

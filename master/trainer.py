@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from flexgc.common.codes import Code
+from flexgc.common.codes import Code, removed_slots
 from flexgc.common.config import MasterConfig
 from flexgc.common.errors import TrainingDivergedError, TrainingFailedError
 from flexgc.common.models import build_model, full_gradient
@@ -32,6 +32,8 @@ from flexgc.master.accounting import RunLog
 from flexgc.master.adapt import Adapter
 from flexgc.master.coordinator import Coordinator, Outcome
 from flexgc.master.data import JobData
+from flexgc.master.evaluation import Validation
+from flexgc.master.hooks import IterationHook, iteration_info
 from flexgc.master.metrics import Metrics
 from flexgc.master.rundir import write_atomic
 from flexgc.master.stragglers import StragglerScores
@@ -83,7 +85,7 @@ class Trainer:
 
     def __init__(self, cfg: MasterConfig, code: Code, data: JobData, coordinator: Coordinator,
                  metrics: Metrics, runlog: RunLog, on_record: Callable[[dict[str, Any]], None] | None = None,
-                 adapter: Adapter | None = None) -> None:
+                 adapter: Adapter | None = None, on_iteration: IterationHook | None = None) -> None:
         self.cfg, self.code, self.job_data, self.data = cfg, code, data, data.spec
         self.coordinator = coordinator
         self.metrics = metrics
@@ -97,6 +99,10 @@ class Trainer:
         self.state = TrainState(params, self.optimizer.init(params), self.optimizer.spec, 0, cfg.data_seed,
                                 cfg.delay_seed)
         self.stopped_early = False
+        self.on_iteration = on_iteration  # after every step; True stops the job (the Python API's callbacks)
+        self.stopped_by_callback = False
+        self.validation = Validation(self.data, data.validation) if data.validation is not None else None
+        self.last_validation: dict[str, Any] | None = None  # the latest evaluation's figures (the summary's)
         self.outcomes: Counter[str] = Counter()
         self._progress_at = -math.inf
         self.last_loss: float | None = None
@@ -148,24 +154,35 @@ class Trainer:
                          "(use another --out, or raise --iterations to continue it)", cfg.out,
                          self.state.iteration, cfg.iterations)
             return
-        joined = await _until(c.members.wait_for_workers(self.code.n, cfg.join_timeout_s), stop,
-                              c.failures.ended_event)
+        # the slots with work under the plan in use (a resumed elastic plan holds nothing for removed slots)
+        holders = c.code.n - len(removed_slots(c.code))
+        if self.adapter is not None and self.adapter.policy.elastic:
+            # elastic: once an exact decode is possible, wait for the rest only --replace-after-s (a worker gone
+            # for good is removed from the plan that long after the start anyway)
+            joined = await _until(c.members.wait_for_workers(holders - c.code.s_max, cfg.join_timeout_s), stop,
+                                  c.failures.ended_event)
+            if joined:
+                joined = await _until(c.members.wait_for_workers(
+                    holders, max(self.adapter.policy.replace_after_s, 1e-3)), stop, c.failures.ended_event)
+        else:
+            joined = await _until(c.members.wait_for_workers(holders, cfg.join_timeout_s), stop,
+                                  c.failures.ended_event)
         if stop.is_set():
             return
         self._check_failures()
         if not joined:
-            need = self.code.n - self.code.s_max
+            need = holders - c.code.s_max
             if c.members.joined < need:
                 # nothing could decode exactly: end now rather than fail one iteration per --deadline-s
                 raise TrainingFailedError(
-                    f"only {c.members.joined} of {self.code.n} workers joined within --join-timeout-s="
-                    f"{cfg.join_timeout_s:g}; an exact decode needs at least {need} ({self.code.spec} does without "
-                    f"at most {self.code.s_max}): are the workers started, and can they reach this master?")
+                    f"only {c.members.joined} of {holders} workers joined within --join-timeout-s="
+                    f"{cfg.join_timeout_s:g}; an exact decode needs at least {need} ({c.code.spec} does without "
+                    f"at most {c.code.s_max}): are the workers started, and can they reach this master?")
             # a worker that joins later gets the current iteration's task at once (pods scheduled late,
             # restarts); while fewer than n - s_max answer, iterations end at --deadline-s by the policy
             _log.warning("join timeout joined=%d of n=%d after --join-timeout-s=%g (an exact decode needs %d); "
                          "starting with them: iterations wait up to --deadline-s=%g for late workers, then "
-                         "--on-deadline %s", c.members.joined, self.code.n, cfg.join_timeout_s, need,
+                         "--on-deadline %s", c.members.joined, holders, cfg.join_timeout_s, need,
                          cfg.deadline_s, cfg.on_deadline)
         d = self.data.d
         for t in range(self.state.iteration, cfg.iterations):
@@ -215,6 +232,13 @@ class Trainer:
             self.runlog.add(it, outcome, loss, verify)
             self._check_failures()
             self._progress(t, outcome, loss)
+            evaluated = None
+            if self.validation is not None and cfg.eval_every and (t + 1) % cfg.eval_every == 0:
+                evaluated = await self._evaluate(t)
+            if self.on_iteration is not None and self.on_iteration(
+                    iteration_info(it, outcome, loss, cfg.iterations, self.state.params, evaluated)):
+                self.stopped_by_callback = True
+                _log.info("stopped by a callback iteration=%d", t)
             if cfg.checkpoint_every and (t + 1) % cfg.checkpoint_every == 0:
                 # the run log must hold every iteration before the checkpoint, or a resume leaves a gap
                 self._emit(self.runlog.flush(self.code, force=True))
@@ -223,6 +247,11 @@ class Trainer:
                 self.stopped_early = True
                 _log.info("target loss reached iteration=%d loss=%.6g", t, loss)
                 break
+            if self.stopped_by_callback:
+                break
+        if self.validation is not None and self.state.iteration and not stop.is_set() and (
+                self.last_validation is None or self.last_validation["iteration"] != self.state.iteration - 1):
+            await self._evaluate(self.state.iteration - 1)  # the final parameters, once
         # give the last iteration's cancel acks a moment to arrive, for the accounting
         await _until(c.wait_settled(self.state.iteration - 1, ACK_WAIT_S), stop)
         self._emit(self.runlog.flush(self.code, force=True))
@@ -252,6 +281,17 @@ class Trainer:
             before = "" if self.last_loss is None else f"; loss={self.last_loss:.6g} at iteration {div.iteration - 1}"
             raise TrainingDivergedError(f"training diverged at iteration {div.iteration} ({div.reason}, computed by "
                                         f"worker {div.worker_id}{before}); lower the learning rate")
+
+    async def _evaluate(self, t: int) -> dict[str, Any]:
+        """The validation figures of the parameters after iteration t's step (off the event loop), also
+        appended to the run log as an ``eval`` event."""
+        assert self.validation is not None
+        figures = await asyncio.get_running_loop().run_in_executor(None, self.validation.evaluate,
+                                                                   self.state.params)
+        self.last_validation = {"iteration": t, **figures}
+        self.runlog.event({"event": "eval", **self.last_validation})
+        _log.info("evaluated iteration=%d %s", t, " ".join(f"{k}={v:.6g}" for k, v in figures.items()))
+        return figures
 
     def _progress(self, t: int, outcome: Outcome, loss: float | None) -> None:
         """One INFO line per iteration, or per PROGRESS_S when iterations are faster (whichever is rarer)."""

@@ -14,10 +14,11 @@ from typing import Any
 import numpy as np
 
 from flexgc.common.config import MasterConfig, master_config
-from flexgc.common.models import DataSpec, full_gradient, synthetic_partition
+from flexgc.common.models import full_gradient
 from flexgc.harness.local import LocalCluster
 from flexgc.master.accounting import read_run_log
 from flexgc.master.adapt import AdaptPolicy, job_code
+from flexgc.master.data import JobData
 from flexgc.v1 import coordinator_pb2 as pb
 
 
@@ -68,10 +69,10 @@ def run_job(cfg: MasterConfig, dead: tuple[int, ...] = (), timeout_s: float = 90
 
 def centralized_params(cfg: MasterConfig) -> np.ndarray:
     """Full-batch gradient descent with the same data, optimizer and iteration count, in one process."""
-    k = job_code(cfg.code, cfg.workers, AdaptPolicy.of(cfg)).k  # --adapt runs on finer partitions
-    spec = DataSpec(model=cfg.model, samples=cfg.samples, features=cfg.features,
-                    classes=cfg.classes if cfg.model == "softmax" else 1, seed=cfg.data_seed, partitions=k)
-    parts = [synthetic_partition(spec, j) for j in range(k)]
+    code = job_code(cfg.code, cfg.workers, AdaptPolicy.of(cfg))  # --adapt runs on finer partitions
+    data = JobData.from_config(cfg, code)  # synthetic rows, or the dataset the master loads (sklearn:NAME, a file)
+    spec = data.spec
+    parts = [data.partition(j) for j in range(code.k)]
     w = np.zeros(spec.d)
     v = np.zeros(spec.d)
     for _ in range(cfg.iterations):

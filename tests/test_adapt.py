@@ -133,3 +133,45 @@ def test_elastic_removes_gone_workers_restores_tolerance_and_takes_a_newcomer_in
     last = parse_code(events[-1]["code"], 6)
     assert last.s_max == 2 and sum(1 for o in last.order if o) == 4  # 3 removed, one taken back in
     assert any(r["workers"][1]["task_sent_ms"] is not None for r in records[before:])  # the newcomer works
+
+
+def test_a_plan_switch_on_a_dataset_the_master_serves_loads_its_partitions_and_stays_exact(tmp_path: Path) -> None:
+    # the workers fetch a plan's partitions from the master (FetchPartition) before it is in use
+    cfg = job_config(tmp_path, workers=6, code="nested:levels=0,1,2", iterations=20, adapt="speed",
+                     replan_every=5, delay=TWO_CLASS, model="softmax", data="sklearn:digits", momentum=0.0)
+    _, records, params = run_job(cfg, timeout_s=180)
+
+    _assert_exact_and_centralized(cfg, records, params)
+    switches = read_run_events(tmp_path / "run.jsonl", "plan")
+    assert switches and sorted(switches[0]["ready_workers"]) == list(range(6))
+
+
+def test_a_master_killed_after_a_removal_resumes_the_plan_without_waiting_for_the_gone_worker(tmp_path: Path) -> None:
+    # the resumed master waits only for the slots its checkpointed plan gives work to: the join timeout
+    # (120 s) would outlast the test's wait if it waited for the removed slot's worker
+    cfg = job_config(tmp_path, workers=5, code="nested:levels=0,1", iterations=300, adapt="elastic",
+                     replace_after_s=0.3, delay="shifted-exp:a=1,mu=20,unit_s=0.05", samples=1000, momentum=0.0,
+                     checkpoint_every=1, port=_free_port(), join_timeout_s=120.0)
+    out = tmp_path
+    with LocalCluster(cfg) as cluster:
+        cluster.start_master()
+        cluster.start_workers(reconnect_max_s=0.2)
+        wait_for(lambda: len(read_records(out)) >= 3, 60, "3 iterations")
+        cluster.workers[2].kill()
+
+        def removed_and_checkpointed() -> bool:
+            events = read_run_events(out / "run.jsonl", "plan")
+            return bool(events) and len(read_records(out)) >= events[0]["iteration"] + 3
+        wait_for(removed_and_checkpointed, 60, "the removal and a checkpoint after it")
+        assert cluster.master is not None
+        cluster.master.kill()
+        cluster.master.join(10)
+        with np.load(out / "checkpoint.npz") as ckpt:
+            saved = parse_code(json.loads(str(ckpt["extra"]))["adapt"]["code"], 5)
+        assert saved.order[2] == () and saved.s_max == 1
+        assert len(read_records(out)) < cfg.iterations, "the job ended before the master was killed"
+        cluster.start_master()
+        assert cluster.wait_master(60) == 0
+    records = read_records(out)
+    assert [r["iteration"] for r in records] == list(range(cfg.iterations))
+    _assert_exact_and_centralized(cfg, records, np.load(out / "params.npy"))

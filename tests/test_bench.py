@@ -35,7 +35,7 @@ def test_bench_keeps_its_runs_ranks_them_and_marks_approximate_ones(tmp_path: Pa
     rows = list(csv.DictReader((tmp_path / "bench.csv").open()))
     assert [(r["r"], r["code"]) for r in rows] == [("0", "nested:levels=0,1"), ("0", "ignore:s=1"), ("0", "uncoded"),
                                                    ("1", "nested:levels=0,1"), ("1", "ignore:s=1"), ("1", "uncoded")]
-    assert rows[5]["skipped"] == "tolerates 0 < r=1" and rows[5]["rank"] == ""
+    assert rows[5]["skipped"] == "tolerates 0 < r=1: never decodes" and rows[5]["rank"] == ""
     for r in rows[:5]:
         ratio = float(r["measured_over_ideal"])
         assert math.isfinite(ratio) and 0.9 < ratio < 3.0, r   # the live run pays communication on top
@@ -117,3 +117,38 @@ def test_an_interrupted_bench_keeps_and_reports_the_runs_it_finished(tmp_path: P
     assert json.loads((tmp_path / "bench.json").read_text())["meta"]["interrupted"] == how
     unfinished = line.rsplit(" stay in ", 1)[-1]
     assert Path(unfinished).is_dir() and Path(unfinished).parent == tmp_path / "runs"
+
+
+def test_a_named_scenario_runs_its_own_cluster_and_names_the_winner(tmp_path: Path,
+                                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    rc = main(["bench", "--scenario", "dead-1", "--code", "uncoded", "--code", "nested:levels=0,1",
+               "--iterations", "3", "--no-progress", "--out", str(tmp_path)])
+
+    assert rc == 0
+    printed = capsys.readouterr().out
+    rows = list(csv.DictReader((tmp_path / "bench.csv").open()))
+    # the scenario's own n, delay model and dead worker; uncoded cannot decode with a dead worker
+    assert [(r["scenario"], r["n"], r["code"]) for r in rows] == [("dead-1", "10", "uncoded"),
+                                                                  ("dead-1", "10", "nested:levels=0,1")]
+    uncoded, nested = rows
+    job = json.loads(Path(nested["out"], "job.json").read_text())
+    assert nested["exact"] == "3" and (job["model"], job["data"]) == ("softmax", "sklearn:digits")
+    assert job["delay"].startswith("lognormal:") and "/dead:workers=" in job["delay"]
+    assert uncoded["skipped"] == "tolerates 0 < r=1: never decodes"
+    meta = json.loads((tmp_path / "bench.json").read_text())["meta"]
+    assert meta["scenarios"]["dead-1"]["dead"] == 1 and meta["winners"]["dead-1"]["scheme"] == "nested:levels=0,1"
+    assert "-- dead-1 (n=10" in printed and "dead-1: nested:levels=0,1 in" in printed
+    assert (tmp_path / "time_to_target.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize(("args", "words"), [
+    (["--scenario", "cloudy"], "scenario='cloudy'; allowed: mild, two-class"),
+    (["--scenario", "mild", "--delay", "none"], "--scenario sets its own workers, delay and dead workers; drop "
+                                                "--delay"),
+    (["--scenario", "mild", "--workers", "4", "--dead", "1"], "drop --dead, --workers"),
+])
+def test_a_scenario_bench_refuses_what_it_cannot_honour(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                        args: list[str], words: str) -> None:
+    assert main(["bench", *args, "--out", str(tmp_path)]) == 2
+    assert words in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())  # refused before anything was written

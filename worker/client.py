@@ -87,6 +87,7 @@ class Session:
 
     def __init__(self, cfg: WorkerConfig, grant: wire.JoinGrant, job: wire.JobInfo, stub: pb_grpc.CoordinatorStub,
                  compute: PartitionCompute, executor: concurrent.futures.Executor, instance_id: str = "",
+                 delayed_executor: concurrent.futures.Executor | None = None,
                  model_failure: str | None = None) -> None:
         self.cfg = cfg
         # the model failed (before the first task, or in one): reported to the master, then the stream ends
@@ -98,6 +99,9 @@ class Session:
         self.stub = stub
         self.compute = compute
         self.executor = executor
+        # tasks with an injected delay: the delay is served in the computing thread (an interruptible wait),
+        # so slots sharing a process must not queue behind each other's delays (each slot is its own worker)
+        self.delayed_executor = delayed_executor or executor
         self.delay = parse_delay(cfg.delay if cfg.delay is not None else job.delay_spec or "none")
         self.outbox: asyncio.Queue[_Outgoing | None] = asyncio.Queue()
         self.state = WorkerState.IDLE
@@ -116,6 +120,7 @@ class Session:
         self.plans: dict[int, wire.SlotCode] = {grant.plan: grant.slot_code}
         self._preparing: dict[int, asyncio.Task[None]] = {}
         self._closing = False             # the writer half-closes the stream after the last message queued
+        self._announced: dict[int, wire.SlotCode] = {}  # plans announced and not yet used: loaded on a task if need be
 
     def advance(self, to: WorkerState) -> None:
         """Move to `to`, or raise InvalidTransitionError if the table does not allow it."""
@@ -212,6 +217,7 @@ class Session:
         elif isinstance(event, wire.Pull):
             self._pull(event.iteration, event.level)
         elif isinstance(event, wire.Plan) and event.plan not in self.plans and event.plan not in self._preparing:
+            self._announced[event.plan] = event.slot_code
             self._preparing[event.plan] = asyncio.create_task(self._prepare(event))
 
     async def _prepare(self, plan: wire.Plan) -> None:
@@ -219,8 +225,14 @@ class Session:
         goes on computing meanwhile), then tell the master it is ready for that plan."""
         missing = [j for j in plan.slot_code.partitions if j not in self.compute.data]
         t0 = time.perf_counter()
-        self.compute.data.update(await load_partitions(self.stub, self.slot, self.grant.session_id, self.job,
-                                                       self.cfg, missing))
+        try:
+            self.compute.data.update(await load_partitions(self.stub, self.slot, self.grant.session_id, self.job,
+                                                           self.cfg, missing))
+        except (grpc.aio.AioRpcError, OSError, ValueError) as exc:
+            # no PlanReady: the master switches without this worker after a few boundaries, and its first task
+            # under the plan loads the partitions again (Session._switch)
+            _log.warning("plan %d: loading its partitions failed slot=%d: %s", plan.plan, self.slot, _one_line(exc))
+            return
         self.plans[plan.plan] = plan.slot_code
         _log.info("plan ready slot=%d plan=%d partitions=%d loaded=%d seconds=%.3f", self.slot, plan.plan,
                   len(plan.slot_code.partitions), len(missing), time.perf_counter() - t0)
@@ -230,10 +242,16 @@ class Session:
         """Compute under `plan` from this task on: its data is loaded (waiting for a load still running)."""
         preparing = self._preparing.pop(plan, None)
         if preparing is not None:
+            await preparing  # a load that failed is tried once more below, now that the task needs it
+        if plan not in self.plans and plan in self._announced:
+            slot_code = self._announced[plan]
+            missing = [j for j in slot_code.partitions if j not in self.compute.data]
             try:
-                await preparing
+                self.compute.data.update(await load_partitions(self.stub, self.slot, self.grant.session_id, self.job,
+                                                               self.cfg, missing))
             except (grpc.aio.AioRpcError, OSError, ValueError) as exc:
-                raise WireError(f"task under plan {plan}: loading its partitions failed: {exc}") from None
+                raise WireError(f"task under plan {plan}: loading its partitions failed: {_one_line(exc)}") from None
+            self.plans[plan] = slot_code
         if plan not in self.plans:
             raise WireError(f"task under plan {plan}, which this worker was never sent (it holds "
                             f"{sorted(self.plans)})")
@@ -241,6 +259,8 @@ class Session:
         self.plan = plan
         for old in [p for p in self.plans if p < plan]:
             del self.plans[old]  # plans only move forward
+        for old in [p for p in self._announced if p <= plan]:
+            del self._announced[old]
 
     def _start(self) -> None:
         assert self._header is not None and self._params is not None
@@ -276,7 +296,7 @@ class Session:
             future: asyncio.Future[None] = loop.create_future()
             future.set_result(None)
         elif idle:
-            future = loop.run_in_executor(self.executor, self.compute.run, task, emit)
+            future = loop.run_in_executor(self._executor_for(task), self.compute.run, task, emit)
         else:  # the last task's compute is still returning: this slot's tasks run in order (one partial buffer)
             assert previous is not None
             future = asyncio.ensure_future(self._after(previous, task, emit))
@@ -323,7 +343,10 @@ class Session:
                      emit: Callable[[int, np.ndarray], None]) -> None:
         with contextlib.suppress(Exception):
             await asyncio.shield(previous)
-        await asyncio.get_running_loop().run_in_executor(self.executor, self.compute.run, task, emit)
+        await asyncio.get_running_loop().run_in_executor(self._executor_for(task), self.compute.run, task, emit)
+
+    def _executor_for(self, task: TaskRun) -> concurrent.futures.Executor:
+        return self.delayed_executor if np.any(task.durations_s) else self.executor
 
     def _pull(self, iteration: int, level: int) -> None:
         task = self.task
@@ -424,11 +447,12 @@ async def load_partitions(stub: pb_grpc.CoordinatorStub, slot: int, session_id: 
 EXIT_OK, EXIT_RUNTIME, EXIT_REFUSED = 0, 1, 2  # see `flexgc worker --help`
 
 
-async def run_workers(cfg: WorkerConfig) -> int:
+async def run_workers(cfg: WorkerConfig, stop: asyncio.Event | None = None) -> int:
     """`flexgc worker`: --slots worker slots in this process, each with its own identity (worker_id-i when
     there are several), stream, task state and cancels, sharing one event loop and a pool of
-    --compute-threads threads. Returns the worst exit code of the slots (see run_worker)."""
-    stop = asyncio.Event()
+    --compute-threads threads. Returns the worst exit code of the slots (see run_worker). Setting `stop`
+    ends them; SIGTERM/SIGINT set it (where this loop can handle signals)."""
+    stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
@@ -437,12 +461,16 @@ async def run_workers(cfg: WorkerConfig) -> int:
         return await run_worker(cfg, stop)
     threads = cfg.compute_threads or min(cfg.slots, os.cpu_count() or 1)
     executor = concurrent.futures.ThreadPoolExecutor(max_workers=threads, thread_name_prefix="compute")
+    # a job with injected delays emulates a machine per slot: a thread each, so one slot's delay (a wait, no
+    # CPU) never holds up another's task (threads are started only when tasks overlap)
+    delayed = concurrent.futures.ThreadPoolExecutor(max_workers=max(threads, cfg.slots), thread_name_prefix="delayed")
     slots = [dataclasses.replace(cfg, worker_id=f"{cfg.identity}-{i}", slots=1,
                                  slot=cfg.slot + i if cfg.slot >= 0 else -1) for i in range(cfg.slots)]
     try:
-        codes = await asyncio.gather(*(run_worker(one, stop, executor) for one in slots))
+        codes = await asyncio.gather(*(run_worker(one, stop, executor, delayed) for one in slots))
     finally:
         executor.shutdown(wait=False, cancel_futures=True)
+        delayed.shutdown(wait=False, cancel_futures=True)
     return max(codes)
 
 
@@ -453,11 +481,12 @@ def reason_kind(reason: str) -> str:
 
 
 async def run_worker(cfg: WorkerConfig, stop: asyncio.Event | None = None,
-                     executor: concurrent.futures.Executor | None = None) -> int:
+                     executor: concurrent.futures.Executor | None = None,
+                     delayed_executor: concurrent.futures.Executor | None = None) -> int:
     """One worker slot: join and work until the master's Shutdown (exit 0), a refusal that retrying cannot
     fix (exit 2), no successful join within --join-timeout-s (exit 1), or `stop` (exit 0). Without `stop`
     it stops on SIGTERM/SIGINT itself; `executor` is a compute pool shared with other slots (else its own
-    thread)."""
+    thread), `delayed_executor` the pool for tasks with an injected delay (default: `executor`)."""
     if stop is None:
         stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -545,7 +574,7 @@ async def run_worker(cfg: WorkerConfig, stop: asyncio.Event | None = None,
                 if grant.session_id != session_id:
                     # a new master session (e.g. restarted from a checkpoint) may repeat iterations
                     session_id, last_iteration = grant.session_id, -1
-                session = Session(cfg, grant, job, stub, compute, executor, instance_id, failure)
+                session = Session(cfg, grant, job, stub, compute, executor, instance_id, delayed_executor, failure)
                 session.last_iteration = last_iteration
                 backoff = 0.05
                 run = asyncio.ensure_future(session.run())
@@ -576,6 +605,13 @@ async def run_worker(cfg: WorkerConfig, stop: asyncio.Event | None = None,
         if own_executor:
             executor.shutdown(wait=False, cancel_futures=True)
     return EXIT_OK
+
+
+def _one_line(exc: BaseException) -> str:
+    """An RPC failure as its status and details (an AioRpcError's str spans lines, debug string included)."""
+    if isinstance(exc, grpc.aio.AioRpcError):
+        return f"{exc.code().name}: {exc.details()}"
+    return str(exc)
 
 
 def _same_code(a: wire.SlotCode, b: wire.SlotCode) -> bool:

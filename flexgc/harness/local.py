@@ -42,11 +42,11 @@ def master_process_main(values: Mapping[str, Any], port_queue: Any, log_level: s
 
 
 def worker_process_main(values: Mapping[str, Any], log_level: str = "WARNING") -> None:
-    from flexgc.worker.client import run_worker
+    from flexgc.worker.client import run_worker, run_workers
 
     _setup_child_logging(log_level)
     cfg = WorkerConfig.from_values(values)
-    raise SystemExit(asyncio.run(run_worker(cfg)))
+    raise SystemExit(asyncio.run(run_workers(cfg) if cfg.slots > 1 else run_worker(cfg)))
 
 
 def worker_values(master: str, slot: int, **overrides: Any) -> dict[str, Any]:
@@ -115,9 +115,12 @@ class LocalCluster:
         self._children.append(child)
         return child.process
 
-    def start_workers(self, **overrides: Any) -> None:
-        for slot in range(self.cfg.workers):
-            self.start_worker(slot, **overrides)
+    def start_workers(self, per_process: int = 1, **overrides: Any) -> None:
+        """A worker for every slot: one process each, or `per_process` slots per process (`--slots`; the
+        process of slots s.. is `workers[s]`)."""
+        for first in range(0, self.cfg.workers, per_process):
+            slots = min(per_process, self.cfg.workers - first)
+            self.start_worker(first, **({"slots": slots} if slots > 1 else {}), **overrides)
 
     def signal_worker(self, slot: int, sig: int) -> None:
         self._workers[slot].send(sig)

@@ -177,6 +177,23 @@ def worker_charts(runs: Sequence[RunData], labels: Sequence[str]) -> list[Chart]
                   "without it", "worker@host", "share of iterations", rate_series)]
 
 
+def validation_charts(runs: Sequence[RunData], labels: Sequence[str]) -> list[Chart]:
+    """Validation accuracy and loss (--val-fraction, --eval-every) against the iteration whose step the
+    parameters include; none when no run evaluated."""
+    charts = []
+    for key, title, ylabel in (("val_accuracy", "Validation accuracy (held-out rows, --val-fraction)", "accuracy"),
+                               ("val_loss", "Validation loss (mean over the held-out rows)", "loss")):
+        series = []
+        for g, (run, label) in enumerate(zip(runs, labels)):
+            points = [(e["iteration"], e[key]) for e in run.evaluations if e.get(key) is not None]
+            if points:
+                series.append(Series(label, [x for x, _ in points], [y for _, y in points], markers=True, group=g,
+                                     text=[f"after iteration {x}: {key} {y:.6g}" for x, y in points]))
+        if series:
+            charts.append(Chart(key, title, "iteration", ylabel, series))
+    return charts
+
+
 def summary_charts(runs: Sequence[RunData], labels: Sequence[str], target: float | None = None) -> list[Chart]:
     """Every chart below the timeline, in page order (`target`: the loss the time-to-target table uses)."""
     return [
@@ -185,6 +202,7 @@ def summary_charts(runs: Sequence[RunData], labels: Sequence[str], target: float
         loss_time_chart(runs, labels, target),
         _per_iteration("loss", "Loss (full batch, at the iteration's parameters; an approximate iteration's: "
                        "an estimate)", "loss", runs, labels, lambda r: r["loss"]),
+        *validation_charts(runs, labels),
         level_chart(runs, labels),
         load_chart(runs, labels),
         bytes_chart(runs, labels),

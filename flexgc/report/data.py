@@ -67,6 +67,7 @@ class RunData:
     model_note: str = "the job's identity (job.json or summary.json) is not there yet"
     generation: int = 0  # +1 whenever run.jsonl was rewritten rather than appended to
     plans: list[dict[str, Any]] = field(default_factory=list)  # the adaptive plan switches (`plan` events)
+    evaluations: list[dict[str, Any]] = field(default_factory=list)  # validation figures (`eval` events)
     snapshots: SnapshotLosses | None = None  # full-batch losses of the parameter snapshots, evaluated once
     _offset: int = 0
     _lines: int = 0                  # lines of run.jsonl read so far (to name a bad one)
@@ -111,7 +112,7 @@ class RunData:
             changed = changed or bool(self.records)
             self.generation += self._inode is not None
             self._inode, self._offset, self._lines = st.st_ino, 0, 0
-            self.records, self.durations_s, self.ideal_ms, self.plans = [], [], [], []
+            self.records, self.durations_s, self.ideal_ms, self.plans, self.evaluations = [], [], [], [], []
         if st.st_size == self._offset:
             return changed
         with log.open("rb") as fh:
@@ -138,6 +139,11 @@ class RunData:
             from flexgc.master.accounting import apply_record
 
             self.plans += [rec for rec in new if rec.get("event") == "plan"]
+            for rec in new:  # a resume drops the evaluations of the iterations it runs again
+                if rec.get("event") == "resume":
+                    self.evaluations = [e for e in self.evaluations if e["iteration"] < rec["from_iteration"]]
+                elif rec.get("event") == "eval":
+                    self.evaluations.append(rec)
             records = list(self.records)
             for rec in new:
                 apply_record(records, rec)
@@ -262,6 +268,11 @@ class RunData:
         if s.get("interrupted"):
             outcome += " (interrupted)"
         pairs.append(("outcome", outcome))
+        val = s.get("validation")
+        if isinstance(val, dict):
+            figures = ", ".join(f"{k} {val[k]:.4g}" for k in ("val_accuracy", "val_loss") if val.get(k) is not None)
+            pairs.append(("validation", f"{figures} after iteration {val.get('iteration')} "
+                          f"({val.get('val_samples')} held-out rows)"))
         adapt = s.get("adapt")
         if isinstance(adapt, dict):
             pairs.append(("adapt", f"{adapt.get('mode')}: {adapt.get('switches')} plan switches in "

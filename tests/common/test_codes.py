@@ -647,9 +647,11 @@ def test_a_raised_max_cond_builds_what_the_bound_refused() -> None:
     # Execute
     code = parse_code("crc:s=5,max_cond=1e7", 32)
 
-    # Assert: the contiguous bound is the validated worst (sharp)
+    # Assert: the contiguous bound is the validated worst (sharp): equal up to the SVD's own accuracy, whose
+    # smallest singular value is good to about eps * sigma_max, a relative error of eps * cond (3.4e4 here)
     bound, _ = contiguous_bound(32, 5)
-    assert code.construction == ("cyclic-mds",) and code.worst_cond[0] == pytest.approx(bound, rel=1e-12)
+    assert code.construction == ("cyclic-mds",)
+    assert code.worst_cond[0] == pytest.approx(bound, rel=100 * np.finfo(np.float64).eps * bound)
 
 
 @pytest.mark.parametrize(("n", "expected"), [

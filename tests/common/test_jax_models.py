@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 
@@ -110,6 +112,22 @@ def test_predictions_and_accuracy() -> None:
 
     assert scores.shape == (40, 3)
     assert 0.0 <= accuracy(m, m.init_params(0), X, y) <= 1.0
+
+
+@pytest.mark.parametrize("model", ["jax-mlp:hidden=8,dtype=float64", "jax-cnn:channels=2,hidden=5,dtype=float64"])
+def test_unflatten_gives_the_equinox_module_of_the_parameters(model: str) -> None:
+    import equinox as eqx
+    import jax
+
+    m = build_model(_spec(model))
+    X, _ = _data()
+    params = np.random.default_rng(2).standard_normal(m.d)
+
+    module: Any = m.unflatten(params)  # type: ignore[attr-defined]
+
+    scores = np.asarray(jax.vmap(module)(X))
+    assert isinstance(module, eqx.Module)
+    np.testing.assert_allclose(scores, m.predict(params, X), rtol=1e-12)  # type: ignore[attr-defined]
 
 
 def test_shapes_the_networks_cannot_take_are_refused() -> None:

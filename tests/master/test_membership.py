@@ -282,3 +282,23 @@ def test_joins_per_peer_are_bounded() -> None:
 
     assert error.startswith("too many joins from ipv4:10.9.8.7: at most 4 per second (bursts of 8)")
     assert granted <= N
+
+
+def test_a_released_slot_is_free_at_once_and_a_live_one_is_kept() -> None:
+    # an elastic plan removed slot 1 (its worker gone for good): any worker may take it, reservation or not
+    async def scenario() -> list[int | str]:
+        job = Job()
+        conns = [job.connect(slot) for slot in range(N)]
+        job.c.members.close_stream(conns[1], "SIGKILL")
+        seen: list[int | str] = []
+        try:
+            seen.append(job.join("spare", -1).slot)          # reserved for w1: a spare must wait
+        except SlotsFullError as exc:
+            seen.append(str(exc).split(":")[0])
+        job.c.members.release(1)
+        job.c.members.release(0)                              # live: released only when it is gone
+        seen.append(job.join("spare", -1).slot)
+        seen.append(job.c.members.connections[0].worker_id)
+        return seen
+
+    assert run(scenario) == ["all 3 slots are taken", 1, "w0"]

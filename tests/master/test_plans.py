@@ -11,9 +11,11 @@ import pytest
 
 from flexgc.common import wire
 from flexgc.common.codes import parse_code, weighted_code
+from flexgc.common.errors import UnknownSlotError
+from flexgc.master.data import JobData
 from flexgc.master.speeds import SpeedTracker, per_unit_times
 from flexgc.v1 import coordinator_pb2 as pb
-from tests.master.jobs import Job, N, assert_exact, drain, run
+from tests.master.jobs import FEATURES, Job, N, assert_exact, drain, run
 
 SPLIT = "nested:levels=0,1,split=2"      # k = 6 on N = 3 slots
 PLAN = weighted_code((1, 2, 3), (2, 1, 0), 1)
@@ -157,3 +159,19 @@ def test_speed_tracker_chronic_is_robust_to_a_stall_and_follows_a_persistent_cha
     assert tracker.samples(0) == 1 and tracker.chronic()[0] == 9.0
     assert tracker.matrix().shape == (26, 2) and tracker.matrix()[0, 0] == 9.0  # padded with its median
     assert [row["worker_id"] for row in tracker.snapshot()] == ["c", "b"]
+
+
+def test_fetch_partition_serves_an_announced_plans_partitions_and_still_refuses_others() -> None:
+    # the rows a FetchPartition may take: those of the plan in use and of the plan announced ahead of it
+    job = Job(code=SPLIT)
+    data = JobData(job.c.data, rows=lambda j: (np.full((1, FEATURES), float(j)), np.zeros(1)))
+    sid = job.c.members.session_id
+    # slot 2 holds partitions 4, 5 under SPLIT (plus its backup's); under PLAN its own block is 3, 4, 5 and more
+    new = next(j for j in PLAN.order[2] if j not in job.c.code.order[2])
+    with pytest.raises(UnknownSlotError):
+        data.rows_for(wire.PartitionAsk(2, new, sid), job.c.members, [job.c.code])
+    X, _ = data.rows_for(wire.PartitionAsk(2, new, sid), job.c.members, [job.c.code, PLAN])
+    assert X[0, 0] == new
+    held_by_nobody_at_slot_2 = next(j for j in range(6) if j not in PLAN.order[2] and j not in job.c.code.order[2])
+    with pytest.raises(UnknownSlotError):
+        data.rows_for(wire.PartitionAsk(2, held_by_nobody_at_slot_2, sid), job.c.members, [job.c.code, PLAN])

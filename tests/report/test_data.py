@@ -15,7 +15,7 @@ from flexgc.common.analysis import ideal_latencies_ms
 from flexgc.common.codes import parse_code
 from flexgc.common.delays import parse_delay
 from flexgc.common.errors import ConfigError, FlexgcError
-from flexgc.report.charts import latency_chart
+from flexgc.report.charts import latency_chart, summary_charts
 from flexgc.report.data import (
     RunData,
     comparison_target,
@@ -105,6 +105,29 @@ def test_a_rewritten_log_starts_over(real_run: Path, tmp_path: Path) -> None:
     tmp.write_text(lines[0])
     os.replace(tmp, tmp_path / "run.jsonl")  # what a resumed master does
     assert run.refresh() is True and len(run.records) == 1 and run.generation == 1
+
+
+def test_evaluations_are_read_with_resume_markers_and_charted(real_run: Path, tmp_path: Path) -> None:
+    lines = (real_run / "run.jsonl").read_text().splitlines(keepends=True)
+    events = [{"event": "eval", "iteration": 0, "val_loss": 0.7, "val_accuracy": 0.5},
+              {"event": "eval", "iteration": 2, "val_loss": 0.6, "val_accuracy": 0.6},
+              {"event": "resume", "from_iteration": 2},
+              {"event": "eval", "iteration": 2, "val_loss": 0.5, "val_accuracy": 0.7}]
+    summary = json.loads((real_run / "summary.json").read_text())
+    summary["validation"] = {"iteration": 2, "val_loss": 0.5, "val_accuracy": 0.7, "val_samples": 40}
+    (tmp_path / "summary.json").write_text(json.dumps(summary))
+    (tmp_path / "run.jsonl").write_text("".join(lines[:3]) + "".join(
+        json.dumps({"schema": "flexgc.run.v1", **e}) + "\n" for e in events))
+    without = RunData.open(real_run)
+
+    run = RunData.open(tmp_path)
+
+    assert [(e["iteration"], e["val_loss"]) for e in run.evaluations] == [(0, 0.7), (2, 0.5)]
+    charts = {c.key: c for c in summary_charts([run, without], ["a", "b"])}
+    assert [s.y for s in charts["val_accuracy"].series] == [[0.5, 0.7]]  # only the run that evaluated
+    assert [s.x for s in charts["val_loss"].series] == [[0, 2]]
+    assert not {"val_accuracy", "val_loss"} & {c.key for c in summary_charts([without], ["b"])}
+    assert ("validation", "val_accuracy 0.7, val_loss 0.5 after iteration 2 (40 held-out rows)") in run.identity()
 
 
 def test_open_refuses_a_folder_that_is_not_a_run(tmp_path: Path) -> None:

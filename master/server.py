@@ -10,7 +10,6 @@ import asyncio
 import json
 import logging
 import signal
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -77,6 +76,7 @@ async def serve(cfg: MasterConfig, on_port: Callable[[int], None] | None = None,
     metrics_server = _start_metrics(cfg, metrics)  # both ports are bound before the run directory is touched
     out = Path(cfg.out) if cfg.out else None
     complete = False
+    claimed = False  # not sys.exc_info(): serve() may run inside a caller's `except` (flexgc.api's loop does)
     try:
         if out is None:
             _log.warning("no --out: nothing of this job will be saved (no run log, checkpoint, parameters or "
@@ -84,8 +84,9 @@ async def serve(cfg: MasterConfig, on_port: Callable[[int], None] | None = None,
         elif _claim(RunDir(out), cfg, job_data):
             trainer.restore()
             complete = trainer.state.iteration >= cfg.iterations and not cfg.linger
+        claimed = True
     finally:
-        if complete or sys.exc_info()[0] is not None:
+        if complete or not claimed:
             await server.stop(None)
             if metrics_server is not None:
                 metrics_server.shutdown()

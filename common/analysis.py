@@ -537,7 +537,9 @@ def simulate(code: Code, model: DelayModel, trials: int, seed: int,
     return result
 
 
-def ideal_latencies_ms(code: Code, model: DelayModel, seed: int, iterations: list[int]) -> np.ndarray:
+def ideal_latencies_ms(code: Code, model: DelayModel, seed: int, iterations: list[int],
+                       compute_s: float = 0.0) -> np.ndarray:
     """What `code` needs per iteration, in ms, on exactly the delays a live run with `seed` injects: the
-    model's decode instant on the realized durations (communication and compute excluded)."""
-    return decode_times(code, realized_durations(code, model, seed, iterations)).latency * 1e3
+    model's decode instant on the realized durations, each partition taking `compute_s` more (its measured
+    compute, so that a compute-dominated run is compared like with like; communication excluded)."""
+    return decode_times(code, realized_durations(code, model, seed, iterations) + compute_s).latency * 1e3

@@ -16,12 +16,13 @@ import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, get_args, get_type_hints
+from typing import Any, TypeVar, get_args, get_type_hints
 
 from flexgc.common.errors import ConfigError
 from flexgc.common.models import MODELS, parse_model
 from flexgc.common.optim import parse_optimizer
 
+_C = TypeVar("_C")
 DTYPES = ("float64", "float32")
 ON_DEADLINE = ("fail", "approximate")
 ADAPT_MODES = ("auto", "off", "speed", "elastic", "all")
@@ -47,6 +48,7 @@ class Option:
     choices: tuple[str, ...] | None = None
     minimum: float | None = None
     secret: bool = False
+    env_name: str | None = None  # an environment variable of its own (default FLEXGC_<NAME>)
 
     @property
     def flag(self) -> str:
@@ -56,13 +58,14 @@ class Option:
     @property
     def env(self) -> str:
         """The environment variable, e.g. FLEXGC_DEADLINE_S."""
-        return "FLEXGC_" + self.name.upper()
+        return self.env_name or "FLEXGC_" + self.name.upper()
 
 
 def option(default: Any, help: str, *, choices: tuple[str, ...] | None = None, minimum: float | None = None,
-           secret: bool = False) -> Any:
-    """A config field declared once: its default, its help, and what values are allowed."""
-    meta = {"help": help, "choices": choices, "minimum": minimum, "secret": secret}
+           secret: bool = False, env: str | None = None) -> Any:
+    """A config field declared once: its default, its help, and what values are allowed (`env`: its own
+    environment variable, where FLEXGC_<NAME> would mean something else to another role)."""
+    meta = {"help": help, "choices": choices, "minimum": minimum, "secret": secret, "env": env}
     return field(default=default, metadata=meta, repr=not secret)
 
 
@@ -75,7 +78,7 @@ def options_of(cls: type) -> list[Option]:
     for f in own + inherited:
         kind = next(k for k in (bool, int, float, str) if k is hints[f.name] or k in get_args(hints[f.name]))
         m = f.metadata
-        out.append(Option(f.name, kind, f.default, m["help"], m["choices"], m["minimum"], m["secret"]))
+        out.append(Option(f.name, kind, f.default, m["help"], m["choices"], m["minimum"], m["secret"], m["env"]))
     return out
 
 
@@ -218,7 +221,13 @@ class WorkerConfig(_Tls):
     worker_id: str | None = option(None, "stable identity; a reconnecting worker with the same id gets its slot "
                                    "back (default: hostname)")
     slot: int = option(-1, "slot to ask for (-1: any free)", minimum=-1)
-    delay: str | None = option(None, "override the master's injected delay spec for this worker")
+    node: str | None = option(None, "the machine this worker runs on, as the master records it and places slots by "
+                              "(one machine's slots fail together; default: the hostname; in Kubernetes the node's "
+                              "name, from the downward API's spec.nodeName)")
+    # not FLEXGC_DELAY: that is the master's (the job's) delay, and an environment shared by master and workers
+    # would make every worker override it while job.json and the summary record the master's
+    delay: str | None = option(None, "override the master's injected delay spec for this worker (tests, "
+                               "experiments; the job's record keeps the master's)", env="FLEXGC_WORKER_DELAY")
     server_name: str | None = option(None, "TLS server name to verify (default: the host in --master)")
     reconnect_max_s: float = option(5.0, "maximum reconnect backoff", minimum=0.01)
     join_timeout_s: float = option(0.0, "give up (exit 1) after this long without a successful join (0: retry "
@@ -247,6 +256,11 @@ class WorkerConfig(_Tls):
     def identity(self) -> str:
         """The worker's stable id: --worker-id, or the hostname."""
         return self.worker_id or socket.gethostname()
+
+    @property
+    def machine(self) -> str:
+        """The worker's failure domain: --node, or the hostname."""
+        return self.node or socket.gethostname()
 
     @classmethod
     def from_values(cls, values: Mapping[str, Any]) -> WorkerConfig:
@@ -342,6 +356,25 @@ def resolve(options: Sequence[Option], cli: Mapping[str, Any], env: Mapping[str,
         else:
             values[opt.name] = opt.default
     return values
+
+
+def config_from(cls: type[_C], options: Sequence[Option], cli: Mapping[str, Any], env: Mapping[str, str],
+                config_file: str | None) -> _C:
+    """`resolve`, then the config dataclass: an error of a check across fields (a code for n, a delay spec)
+    names where its value came from when that was not the command line, as a single value's error does
+    (`code (from FLEXGC_CODE)='crc:s=9': ...`)."""
+    values = resolve(options, cli, env, config_file)
+    try:
+        return cls.from_values(values)  # type: ignore[attr-defined, no-any-return]
+    except ConfigError as exc:
+        message = str(exc)
+        for opt in options:
+            if cli.get(opt.name) is not None or not message.startswith((f"{opt.name}=", f"{opt.name} ")):
+                continue
+            source = opt.env if opt.env in env else (config_file or env.get("FLEXGC_CONFIG"))
+            if source and values[opt.name] != opt.default:
+                raise ConfigError(f"{opt.name} (from {source}){message[len(opt.name):]}") from None
+        raise
 
 
 def master_config(**overrides: Any) -> MasterConfig:

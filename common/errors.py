@@ -9,6 +9,10 @@ class ConfigError(FlexgcError, ValueError):
     """A configuration value is invalid; the message names the field, the value and what is allowed."""
 
 
+class ModelOutputError(FlexgcError):
+    """A model's loss_and_grad returned something else than (scalar loss, gradient of shape (d,))."""
+
+
 class CodeConstructionError(ConfigError):
     """No code with the requested parameters meets the numerical-quality bound."""
 
@@ -65,3 +69,12 @@ class StorageError(FlexgcError):
         super().__init__(f"cannot write {path}: [{name}] {exc.strerror or exc}{hint}")
         self.path = path
         self.errno = exc.errno
+
+
+class TrainingFailedError(FlexgcError):
+    """The job cannot go on: too few workers joined, or more than s_max of them cannot compute the model
+    (the message says which and why); the master ends the job and exits 1."""
+
+
+class TrainingDivergedError(TrainingFailedError):
+    """The loss or the parameters became NaN/Inf ("training diverged at iteration N (loss=...)")."""

@@ -47,7 +47,7 @@ from typing import Any, ClassVar, Literal, Protocol, runtime_checkable
 
 import numpy as np
 
-from flexgc.common.errors import ConfigError
+from flexgc.common.errors import ConfigError, ModelOutputError
 from flexgc.common.specs import Spec, as_int, parse_spec, reject_unknown
 
 _log = logging.getLogger(__name__)
@@ -437,6 +437,12 @@ class DataSpec:
         """N of iteration t: rows whose gradients the decoded vector sums (k·B, or every sample)."""
         return self.batch * self.partitions if self.batch else self.samples
 
+    def partition_samples(self) -> np.ndarray:
+        """``(k,)`` rows of each partition in an iteration's sums (B each, or the partition's rows)."""
+        if self.batch:
+            return np.full(self.partitions, float(self.batch))
+        return np.array([b - a for a, b in map(self.partition_bounds, range(self.partitions))], dtype=float)
+
 
 def batch_rows(spec: DataSpec, j: int, iteration: int) -> np.ndarray | None:
     """Rows of partition j (indices into it, sorted, (B,)) in iteration t's mini-batch; None: every row.
@@ -539,6 +545,8 @@ def _read_npz(path: Path, source: str) -> tuple[np.ndarray, np.ndarray]:
                 raise ConfigError(f"data={source!r}: the .npz needs arrays 'X' and 'y' (it has "
                                   f"{', '.join(f.files) or 'none'})")
             return f["X"], f["y"]
+    except ConfigError:
+        raise  # (a ValueError too) an archive that lacks X or y, said as such
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
         raise ConfigError(f"data={source!r} is not a readable .npz archive ({type(exc).__name__}); write one with "
                           f"numpy.savez(path, X=X, y=y)") from None
@@ -552,12 +560,22 @@ def _is_number(text: str) -> bool:
     return True
 
 
+def csv_delimiter(first_line: str) -> str:
+    """The CSV's delimiter, from its first line: ';' where it has one (the files that write decimal commas
+    separate with it), else ',' where it has one, else a tab, else ','."""
+    return next((d for d in ";,\t" if d in first_line), ",")
+
+
 def _read_csv(path: Path, source: str) -> tuple[np.ndarray, np.ndarray]:
-    """Rows of numbers, the last column the label; a first row with any non-number is a header (skipped,
-    logged); a text column, a row of another width or an empty file is refused naming the row/column."""
+    """Rows of numbers separated by commas, semicolons or tabs (`csv_delimiter`), the last column the label; a
+    first row with any non-number is a header (skipped, logged); a text column, a row of another width or an
+    empty file is refused naming the row/column."""
     try:
         with path.open(newline="") as fh:
-            rows = [(line, r) for line, r in enumerate(csv.reader(fh), start=1) if any(c.strip() for c in r)]
+            delimiter = csv_delimiter(fh.readline())
+            fh.seek(0)
+            rows = [(line, r) for line, r in enumerate(csv.reader(fh, delimiter=delimiter), start=1)
+                    if any(c.strip() for c in r)]
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise ConfigError(f"data={source!r}: cannot read it as CSV ({exc})") from None
     if not rows:
@@ -579,8 +597,10 @@ def _read_csv(path: Path, source: str) -> tuple[np.ndarray, np.ndarray]:
         for j, cell in enumerate(r):
             if not _is_number(cell):
                 name = f"column {j + 1} ({header[j]!r})" if header else f"column {j + 1}"
+                comma = re.fullmatch(r"\s*[-+]?\d*,\d+\s*", cell) is not None
                 raise ConfigError(f"data={source!r}: {name} holds text ({cell.strip()!r} on line {line}); every "
-                                  f"column must be numbers: encode it as numbers or drop it")
+                                  f"column must be numbers: " + ("write decimals with a point (1.5, not 1,5)" if
+                                                                 comma else "encode it as numbers or drop it"))
     raw = np.array([r for _, r in rows], dtype=np.float64)
     return raw[:, :-1], raw[:, -1]
 
@@ -602,6 +622,10 @@ def partial_gradient(model: Model, w: np.ndarray, X: np.ndarray, y: np.ndarray, 
         if should_stop is not None and should_stop():
             return False
         loss, grad = model.loss_and_grad(w, X[start:start + step], y[start:start + step])
+        if np.shape(grad) != (d,) or np.ndim(loss) != 0:
+            # a gradient that merely broadcasts (a scalar, shape (1,)) would be summed in silently
+            raise ModelOutputError(f"loss_and_grad returned a gradient of shape {np.shape(grad)} and a loss of shape "
+                                   f"{np.shape(loss)}; expected ({d},) and a scalar")
         out[:d] += grad
         out[d] += loss
     return True

@@ -43,13 +43,30 @@ class TlsConfig:
         return bool(self.cert or self.key or self.ca)
 
 
+_PEM_OF = {"tls_cert": b"CERTIFICATE", "tls_ca": b"CERTIFICATE", "tls_key": b"PRIVATE KEY"}
+
+
 def _read(path: str | None, field: str) -> bytes | None:
+    """The PEM file of `field`, checked to hold what that field needs (a certificate, or a private key): a file
+    given for the wrong option would otherwise fail later as a TLS handshake that says something else."""
     if path is None:
         return None
     try:
-        return Path(path).read_bytes()
+        data = Path(path).read_bytes()
     except OSError as exc:
         raise ConfigError(f"{field}={path!r}: cannot read ({exc.strerror})") from None
+    want = _PEM_OF[field]
+    if b"-----BEGIN " not in data:
+        raise ConfigError(f"{field}={path!r}: not a PEM file (no '-----BEGIN' line); {field} needs a PEM "
+                          f"{want.decode().lower()}")
+    if b"-----BEGIN " + want not in data and not (want == b"PRIVATE KEY" and b"PRIVATE KEY-----" in data):
+        holds = "a private key" if b"PRIVATE KEY-----" in data else "a certificate" if b"CERTIFICATE-----" in data \
+            else "another PEM object"
+        raise ConfigError(f"{field}={path!r} holds {holds}, not a {want.decode().lower()}: "
+                          + ("give the CA's certificate (the key stays with whoever signs)" if field == "tls_ca" else
+                             "give the certificate here, its key to --tls-key" if field == "tls_cert" else
+                             "give the private key of --tls-cert here"))
+    return data
 
 
 def _limits(max_message_bytes: int) -> list[tuple[str, int]]:
@@ -109,9 +126,36 @@ def bind(server: grpc.aio.Server, address: str, tls: TlsConfig) -> int:
     except RuntimeError:  # grpc: "Failed to bind to address ..."
         port = 0
     if port == 0:
-        raise ConfigError(f"port: cannot listen on {address} (another process has the port? pick another --port, "
-                          f"or 0 for a free one)")
+        raise ConfigError(f"cannot listen on {address}: {bind_failure(address)}")
     return port
+
+
+def bind_failure(address: str) -> str:
+    """Why binding HOST:PORT fails, in words a user can act on (gRPC only says that it failed): the host is not
+    an address of this machine, the port is in use, or it needs privileges."""
+    import errno
+    import socket
+
+    host, _, port = address.rpartition(":")
+    host = host.strip("[]")
+    try:
+        infos = socket.getaddrinfo(host or None, int(port), type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except (OSError, ValueError):
+        return f"cannot resolve host {host!r} (--host: an address or name of this machine, or 0.0.0.0 for all)"
+    for family, kind, proto, _, sockaddr in infos:
+        with socket.socket(family, kind, proto) as sock:
+            try:
+                sock.bind(sockaddr)
+            except OSError as exc:
+                if exc.errno == errno.EADDRNOTAVAIL:
+                    return (f"{host} is not an address of this machine (--host: one of its addresses, or 0.0.0.0 "
+                            f"for all of them)")
+                if exc.errno == errno.EADDRINUSE:
+                    return "another process has the port (pick another --port, or 0 for a free one)"
+                if exc.errno == errno.EACCES:
+                    return f"permission denied for port {port} (ports below 1024 need privileges; pick another --port)"
+                return f"{exc.strerror}"
+    return "another process has the port? pick another --port, or 0 for a free one"
 
 
 def aio_channel(target: str, tls: TlsConfig, max_message_bytes: int = MAX_MESSAGE_BYTES,

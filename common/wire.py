@@ -340,6 +340,7 @@ class JoinAsk:
     preferred_slot: int
     version: str = ""
     instance_id: str = ""      # random per worker process: a reconnect vs a second process of one id
+    host: str = ""             # the worker's machine (its hostname; "" for an older worker)
 
 
 @dataclass(frozen=True, slots=True)
@@ -370,12 +371,15 @@ class JobInfo:
 def join_request(ask: JoinAsk) -> pb.JoinRequest:
     """The JoinRequest of `ask`."""
     return pb.JoinRequest(worker_id=ask.worker_id, preferred_slot=ask.preferred_slot, version=ask.version,
-                          instance_id=ask.instance_id)
+                          instance_id=ask.instance_id, host=ask.host)
 
 
-def join_ask(msg: pb.JoinRequest) -> JoinAsk:
+def join_ask(msg: pb.JoinRequest | Undecodable) -> JoinAsk:
     """The domain value of a JoinRequest."""
-    return JoinAsk(msg.worker_id, msg.preferred_slot, msg.version, msg.instance_id[:64])
+    if isinstance(msg, Undecodable):
+        raise msg.error()
+    return JoinAsk(msg.worker_id, msg.preferred_slot, msg.version, msg.instance_id[:64],
+                   "".join(c for c in msg.host[:128] if c.isprintable()))
 
 
 def join_reply(grant: JoinGrant, job: JobInfo) -> pb.JoinReply:
@@ -466,12 +470,19 @@ class PlanReady:
     plan: int
 
 
+TASK_MODEL_FAILED = "model"      # TaskRejected.cause: loss_and_grad raised or returned a wrong shape
+TASK_NON_FINITE = "non_finite"   # TaskRejected.cause: the loss or gradient computed is NaN/Inf
+TASK_REJECTION_CAUSES = ("", TASK_MODEL_FAILED, TASK_NON_FINITE)
+
+
 @dataclass(frozen=True, slots=True)
 class TaskRejected:
-    """The worker refused a malformed task of `iteration`."""
+    """The worker did not compute the task of `iteration`: a malformed task (`cause` ""), a model that
+    raised or returned a wrong shape (TASK_MODEL_FAILED), or a NaN/Inf loss or gradient (TASK_NON_FINITE)."""
 
     iteration: int
     reason: str
+    cause: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -510,17 +521,21 @@ WorkerEvent = Ready | LevelDone | CancelAck | Heartbeat | TaskRejected | PlanRea
 MasterEvent = pb.Task | pb.ParamsChunk | Cancel | Pull | Shutdown | Plan
 
 
-def hello(msg: pb.WorkerMessage) -> Hello:
+def hello(msg: pb.WorkerMessage | Undecodable) -> Hello:
     """The hello a Work stream must open with, or WireError."""
+    if isinstance(msg, Undecodable):
+        raise msg.error()
     if msg.WhichOneof("kind") != "hello":
         raise WireError("the first message on Work must be hello")
     h = msg.hello
     return Hello(h.slot, h.session_id, h.worker_id, h.instance_id[:64])
 
 
-def worker_event(msg: pb.WorkerMessage, slot: int, max_partitions: int) -> WorkerEvent:
+def worker_event(msg: pb.WorkerMessage | Undecodable, slot: int, max_partitions: int) -> WorkerEvent:
     """A worker's message after its hello on the stream of `slot`, as a domain value; `max_partitions`
     bounds its time lists."""
+    if isinstance(msg, Undecodable):
+        raise msg.error()
     kind = msg.WhichOneof("kind")
     if kind == "result":
         return msg.result
@@ -536,7 +551,11 @@ def worker_event(msg: pb.WorkerMessage, slot: int, max_partitions: int) -> Worke
     if kind == "heartbeat":
         return Heartbeat()
     if kind == "task_rejected":
-        return TaskRejected(msg.task_rejected.iteration, msg.task_rejected.reason[:200])
+        r = msg.task_rejected
+        if r.cause not in TASK_REJECTION_CAUSES:
+            raise WireError(f"slot={slot}: task_rejected cause={r.cause[:40]!r}; allowed: "
+                            f"{', '.join(repr(c) for c in TASK_REJECTION_CAUSES)}")
+        return TaskRejected(r.iteration, " ".join(r.reason[:300].split()), r.cause)
     if kind == "plan_ready":
         return PlanReady(msg.plan_ready.plan)
     raise WireError(f"slot={slot}: unexpected message kind {kind!r} on Work")
@@ -563,7 +582,8 @@ def worker_message(event: Hello | Ready | LevelDone | CancelAck | Heartbeat | Ta
         return pb.WorkerMessage(heartbeat=pb.Heartbeat())
     if isinstance(event, PlanReady):
         return pb.WorkerMessage(plan_ready=pb.PlanReady(plan=event.plan))
-    return pb.WorkerMessage(task_rejected=pb.TaskRejected(iteration=event.iteration, reason=event.reason))
+    return pb.WorkerMessage(task_rejected=pb.TaskRejected(iteration=event.iteration, reason=event.reason,
+                                                          cause=event.cause))
 
 
 def master_event(msg: pb.MasterMessage, k: int = 0) -> MasterEvent:
@@ -616,8 +636,10 @@ def partition_request(ask: PartitionAsk) -> pb.PartitionRequest:
     return pb.PartitionRequest(slot=ask.slot, partition=ask.partition, session_id=ask.session_id)
 
 
-def partition_ask(msg: pb.PartitionRequest) -> PartitionAsk:
+def partition_ask(msg: pb.PartitionRequest | Undecodable) -> PartitionAsk:
     """The domain value of a PartitionRequest."""
+    if isinstance(msg, Undecodable):
+        raise msg.error()
     return PartitionAsk(msg.slot, msg.partition, msg.session_id)
 
 
@@ -664,6 +686,39 @@ class PartitionReceiver:
         if set(self._arrays) != {"X", "y"} or any(self._filled[k] != self._arrays[k].size for k in self._arrays):
             raise WireError(f"partition {self.partition}: incomplete transfer")
         return self._arrays["X"].reshape(self._shapes["X"]), self._arrays["y"]
+
+
+# ---------------------------------------------------------------------------------------------
+# requests whose bytes do not parse
+
+
+@dataclass(frozen=True, slots=True)
+class Undecodable:
+    """What the master's deserializer hands over for request bytes that do not parse as the method's message
+    (gRPC would answer UNKNOWN, uncounted, had the deserializer raised); the readers below refuse it with a
+    WireError (INVALID_ARGUMENT, counted). It keeps the size, never the bytes."""
+
+    message: str
+    size: int
+
+    def error(self) -> WireError:
+        """The refusal: which message did not parse, and how large it was."""
+        return WireError(f"{self.size} bytes that do not parse as a {self.message} (protobuf)")
+
+
+def request_parser(message: type[Any]) -> Any:
+    """A request deserializer for `message` (a protobuf class) that returns Undecodable instead of raising."""
+    from google.protobuf.message import DecodeError
+
+    name = message.__name__
+
+    def parse(data: bytes) -> Any:
+        try:
+            return message.FromString(data)
+        except DecodeError:
+            return Undecodable(name, len(data))
+
+    return parse
 
 
 # ---------------------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ from flexgc.common.config import (
     MasterConfig,
     WorkerConfig,
     add_options,
-    resolve,
+    config_from,
 )
 from flexgc.common.errors import ConfigError
 
@@ -51,7 +51,8 @@ def register(sub: Any) -> None:
     p.add_argument("--delay", default="shifted-exp:a=1,mu=1,p=0.03,unit_s=0.4",
                    help="injected delay spec (model A, 3%% unresponsive per iteration)")
     p.add_argument("--delay-seed", type=int, default=1, help="seed of the delay realization")
-    p.add_argument("--out", default="runs/demo", help="run directory")
+    p.add_argument("--out", default=None, help="run directory (default: runs/demo, or runs/demo-MODEL for another "
+                   "--model, so that the demos of different jobs do not share one)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--model", default="logistic",
                    help="model spec (default logistic on synthetic data; jax-cnn / jax-mlp need flexgc[jax] and "
@@ -63,8 +64,7 @@ def register(sub: Any) -> None:
 
 
 def _master_config(args: argparse.Namespace) -> MasterConfig:
-    values = resolve(MASTER_OPTIONS, vars(args), os.environ, args.config)
-    return MasterConfig.from_values(values)
+    return config_from(MasterConfig, MASTER_OPTIONS, vars(args), os.environ, args.config)
 
 
 def cmd_master(args: argparse.Namespace) -> int:
@@ -79,14 +79,16 @@ def cmd_master(args: argparse.Namespace) -> int:
     print(json.dumps({"event": "summary", **summary}), flush=True)
     if summary.get("interrupted_by"):
         return 128 + int(signal.Signals[summary["interrupted_by"]])
+    if summary.get("nothing_to_run"):
+        return 0  # started again on a finished job (its own exit code was the job's): nothing failed now
     return 0 if summary.get("failed_iterations", 0) == 0 or cfg.on_deadline != "fail" else 1
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
     from flexgc.api import Worker
 
-    values = resolve(WORKER_OPTIONS, vars(args), os.environ, args.config)
-    return Worker.from_config(WorkerConfig.from_values(values)).run()
+    cfg = config_from(WorkerConfig, WORKER_OPTIONS, vars(args), os.environ, args.config)
+    return Worker.from_config(cfg).run()
 
 
 def cmd_health(args: argparse.Namespace) -> int:

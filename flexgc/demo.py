@@ -30,6 +30,12 @@ def _fmt(values: np.ndarray) -> tuple[str, str, str]:
     return mean, med, f"{stalled:d}" if stalled else "-"
 
 
+def default_out(model: str) -> str:
+    """The demo's run directory unless --out says otherwise: one per model (a run directory holds one job)."""
+    return "runs/demo" if model == "logistic" else "runs/demo-" + "".join(
+        c if c.isalnum() or c in "-_." else "-" for c in model)
+
+
 def run_demo(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
@@ -41,8 +47,8 @@ def run_demo(args: argparse.Namespace) -> int:
     code = parse_code(args.code, n)
     delay = parse_delay(args.delay)
     delay.check_slots(n)
-    out = Path(args.out)
     model = getattr(args, "model", None) or "logistic"
+    out = Path(args.out or default_out(model))
     jax = parse_model(model).needs_jax  # a JAX network trains on digits with Adam unless told otherwise
     data = getattr(args, "data", None) or ("sklearn:digits" if jax else "synthetic")
     optimizer = getattr(args, "optimizer", None) or ("adam:lr=3e-3" if jax else "gd")
@@ -74,21 +80,28 @@ def run_demo(args: argparse.Namespace) -> int:
         print(f"demo interrupted ({by}) after {len(records)} of {args.iterations} iterations; what ran is in {out}",
               file=sys.stderr)
         return 128 + int(signal.Signals[by])
-    from flexgc.report.data import model_comparison, saving_sentence
+    from flexgc.report.data import crc_comparison, measured_compute_ms, model_comparison, saving_sentence
 
     iters = [r["iteration"] for r in records]
     measured = np.array([r["latency_ms"] if r["outcome"] != "FAILED" else math.inf for r in records])
     smax = code.s_max
-    rows = [(f"{code.spec} (measured, live)", measured), *model_comparison(code, delay, args.delay_seed, iters)]
+    compute_ms = measured_compute_ms(records)  # the models take the compute the live run measured: like with like
+    models = model_comparison(code, delay, args.delay_seed, iters, compute_ms)
+    rows = [(f"{code.spec} (measured, live)", measured), *models]
     print()
-    print(f"{'scheme':48s} {'mean ms':>8s} {'median':>8s} {'stalls':>8s}")
+    width = max(48, *(len(name) for name, _ in rows))
+    print(f"{'scheme':{width}s} {'mean ms':>8s} {'median':>8s} {'stalls':>8s}")
     for name, values in rows:
         mean, med, stalled = _fmt(values)
-        print(f"{name:48s} {mean} {med} {stalled:>8s}")
+        print(f"{name:{width}s} {mean} {med} {stalled:>8s}")
     print("(stalls: iterations the scheme could never decode, because a worker it cannot do without was "
           "unresponsive;\n the mean is over the other iterations)")
+    if compute_ms > 0:
+        print(f"(model rows: the run's injected delays plus its measured compute, {compute_ms:.3g} ms a partition; "
+              f"communication excluded)")
     lat = summary["latency_ms"]
-    crc = next((v[np.isfinite(v)] for name, v in rows if name.startswith(f"crc:s={smax} ")), None)
+    crc_values = crc_comparison(code, models)  # none when the run's code is CRC(s_max) itself
+    crc = crc_values[np.isfinite(crc_values)] if crc_values is not None else None
     print()
     print(f"iterations: {summary['exact_iterations']} exact, {summary['approximate_iterations']} approximate, "
           f"{summary['failed_iterations']} failed; final loss {summary['final_loss']:.5f}; "
@@ -98,7 +111,7 @@ def run_demo(args: argparse.Namespace) -> int:
         print(f"adaptive placement: {summary['adapt']['switches']} plan switches in {summary['adapt']['checks']} "
               f"checks, last plan {summary['adapt']['code']}")
     if lat["mean"] is not None and crc is not None and crc.size:
-        print(saving_sentence(lat["mean"], smax, float(crc.mean())))
+        print(saving_sentence(lat["mean"], smax, float(crc.mean()), compute_ms))
     print(f"run log: {out / 'run.jsonl'}  summary: {out / 'summary.json'}")
     from flexgc.report import write_report_if_available
 

@@ -81,6 +81,7 @@ class Chart:
 # plotly (interactive)
 
 _PLOTLY_DASH = {"solid": "solid", "dash": "dash", "dot": "dot"}
+LEGEND_BESIDE_MAX = 6  # legend entries shown beside a chart; more go below it
 
 
 def _clean(values: Sequence[Any]) -> list[Any]:
@@ -135,7 +136,15 @@ def plotly_figure(chart: Chart, height: int = 320) -> dict[str, Any]:
         "yaxis": {"title": {"text": chart.ylabel}, "zeroline": False},
         "height": height, "margin": {"l": 60, "r": 20, "t": 40, "b": 45},
         "legend": {"font": {"size": 10}}, "barmode": "group", "hovermode": "closest",
+        "modebar": {"orientation": "v"},  # upright at the right edge: across the top it covers the title
     }
+    entries = sum(1 for s in chart.series if s.legend)
+    if entries > LEGEND_BESIDE_MAX:
+        # many runs: the legend goes below the plot, in rows, instead of taking half its width beside it
+        rows = math.ceil(entries / 3)
+        layout["legend"].update(orientation="h", x=0, xanchor="left", y=-0.3, yanchor="top")
+        layout["margin"]["b"] += 18 * rows
+        layout["height"] = height + 18 * rows
     if chart.xrange is not None:
         layout["xaxis"]["range"] = list(chart.xrange)
     if chart.integer_x:

@@ -9,10 +9,12 @@ Run log schema (one JSON object per iteration, `schema: "flexgc.run.v1"`):
     (push: the worker's whole task arrived, flagged task_done; such a worker gets no Cancel, so its
     cancel_sent_ms is null unless a Cancel crossed the flag, and then cancel_ack_ms is the flag's
     arrival), partitions_done, finished, load,
-    compute_ms[p], delay_ms[p], bytes_up, bytes_down, slot; `plan`: the id of the plan (code) the
-    iteration ran under (0: the job's code; docs/design.md §2.10); `started_ms`: when the iteration started,
-    in ms since the first iteration this master process ran started (a resumed master starts again at 0),
-    on the same monotonic clock, so started_ms + latency_ms is the decode's wall-clock instant.
+    compute_ms[p], delay_ms[p], bytes_up, bytes_down, slot, worker_id and host (who held the slot when it
+    was sent the task, and its machine: the worker's hostname, or its address; null when no task went out);
+    `plan`: the id of the plan (code) the iteration ran under (0: the job's code; docs/design.md §2.10);
+    `started_ms`: when the iteration started, in ms since the first iteration this master process ran
+    started (a resumed master starts again at 0), on the same monotonic clock, so started_ms + latency_ms is
+    the decode's wall-clock instant.
 Event records carry `event` instead of an iteration: ``resume`` (a resumed master runs on from
 `from_iteration`) and ``plan`` (an adaptive plan switch: iteration, plan, code, reason, predicted_gain,
 current_ms, predicted_ms, speeds_s, workers); `read_run_log` applies the first and skips the others.
@@ -68,6 +70,7 @@ def iteration_record(code: Code, it: Iteration, outcome: Outcome, loss: float | 
             "compute_ms": [_r(x) for x in t.compute_ms], "delay_ms": [_r(x) for x in t.delay_ms],
             "bytes_up": t.bytes_up, "bytes_down": t.bytes_down,
             "load": round(code.load(done), 6) if slot in it.sent else 0.0, "slot": slot,
+            "worker_id": t.worker_id, "host": t.host,
         })
         if t.cancel_ack_ms is not None and t.cancel_sent_ms is not None:
             cancel_lat.append(t.cancel_ack_ms - t.cancel_sent_ms)

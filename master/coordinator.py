@@ -33,6 +33,7 @@ from flexgc.common.errors import (
 )
 from flexgc.common.models import DataSpec
 from flexgc.master.buffer import ReceiveBuffer
+from flexgc.master.failures import WorkerFailures
 from flexgc.master.membership import LIVENESS_S, Connection, Membership, SlotState
 from flexgc.master.metrics import Metrics
 from flexgc.v1 import coordinator_pb2 as pb
@@ -83,6 +84,8 @@ class WorkerTiming:
     delay_ms: list[float] = field(default_factory=list)
     bytes_up: int = 0
     bytes_down: int = 0
+    worker_id: str | None = None         # the worker that held the slot when it was sent the task
+    host: str | None = None              # and its machine
 
     @property
     def answered(self) -> bool:
@@ -178,7 +181,8 @@ class Coordinator:
         self.chunk_bytes = chunk_bytes
         self.deadline_s = deadline_s
         self.on_deadline = on_deadline
-        self.members = Membership(code.n, max_workers=max_workers, on_lost=self._lost, liveness_s=liveness_s)
+        self.members = Membership(code.n, max_workers=max_workers, on_lost=self._lost, liveness_s=liveness_s,
+                                  can_lose=self._can_lose)
         self.metrics = metrics or Metrics()
         self.decoder = Decoder(code)
         self._all_partitions = (1 << code.k) - 1
@@ -191,6 +195,7 @@ class Coordinator:
         self.plan = 0                                 # id of the plan (code) in use (docs/design.md §2.10)
         self.pending: PendingPlan | None = None       # a plan announced to the workers, not yet in use
         self._granted: dict[int, int] = {}            # slot -> plan of the slot code its last JoinReply held
+        self.failures = WorkerFailures(code.n)        # workers that cannot compute the job (failures.py)
 
     # -- membership (members decides who holds a slot; this adds the code and the iterations) ----------
     def join(self, ask: wire.JoinAsk, peer: str = "") -> wire.JoinGrant:
@@ -201,6 +206,20 @@ class Coordinator:
                          ask.worker_id, ask.version, __version__)
         self._granted[slot] = self.plan
         return wire.JoinGrant(slot, self.members.session_id, self.slot_code(slot), self.plan)
+
+    def _can_lose(self, slots: frozenset[int]) -> bool:
+        """Whether the code in use still decodes exactly from every other slot's messages (a host that holds
+        `slots` may fail; membership places slots by it). Any s_max slots, by construction; beyond that it
+        depends on which (e.g. FRC: not a whole group)."""
+        code = self.code
+        if len(slots) <= code.s_max or code.ignore_s is not None:
+            return True
+        mask = 0
+        for slot in range(code.n):
+            if slot not in slots:
+                for level in range(code.n_levels):
+                    mask |= 1 << code.message_id(level, slot)
+        return self.decoder.solve(mask) is not None
 
     def slot_code(self, slot: int, code: Code | None = None) -> wire.SlotCode:
         """What slot `slot` needs of the code (default: the one in use): its partitions in order and its
@@ -331,6 +350,7 @@ class Coordinator:
         it.sent.add(conn.slot)
         it.awaiting.add(conn.slot)
         t = it.timing[conn.slot]
+        t.worker_id, t.host = conn.worker_id, conn.host  # who held the slot for this task (attribution)
         t.task_sent_ms = it.now_ms() if t.task_sent_ms is None else t.task_sent_ms
         t.bytes_down += it.task_bytes
 
@@ -350,11 +370,17 @@ class Coordinator:
         elif isinstance(event, wire.PlanReady):
             self.on_plan_ready(conn, event.plan)
         else:
-            _log.warning("task rejected slot=%d iteration=%d reason=%r", conn.slot, event.iteration, event.reason)
-            self.metrics.reject("task_rejected_by_worker")
+            if event.cause:  # it cannot compute the job (failures.py logs it once, naming the worker)
+                self.failures.report(conn.slot, conn.worker_id, event, self.code.s_max)
+            else:
+                _log.warning("task rejected slot=%d iteration=%d reason=%r", conn.slot, event.iteration,
+                             event.reason)
+            self.metrics.reject("task_rejected_by_worker" if not event.cause else f"task_failed_{event.cause}")
             it = self._recent(event.iteration)
             if it is not None:
                 self._answered(it, conn.slot)  # the worker is done with that task: it will not compute it
+            if self.failures.ended and self.current is not None:
+                self._on_deadline(self.current, fail=True)  # the job ends: nothing more to wait for
 
     def on_ready(self, conn: Connection, after_iteration: int) -> None:
         """The worker is idle: it gets the current task if that is newer than `after_iteration`."""
@@ -540,12 +566,14 @@ class Coordinator:
         phase = IterationPhase.EXACT if decoding.exact else IterationPhase.APPROXIMATE
         self._finish(it, phase, decoding)
 
-    def _on_deadline(self, it: Iteration) -> None:
+    def _on_deadline(self, it: Iteration, fail: bool = False) -> None:
+        """The deadline passed (or, `fail`, the job ends now: the iteration fails without waiting)."""
         if it.phase is not IterationPhase.COLLECTING:
             return
-        _log.warning("deadline iteration=%d policy=%s complete_messages=%d", it.number, self.on_deadline,
-                     it.complete.bit_count())
-        if self.on_deadline == "approximate" and it.complete:
+        if not fail:
+            _log.warning("deadline iteration=%d policy=%s complete_messages=%d", it.number, self.on_deadline,
+                         it.complete.bit_count())
+        if self.on_deadline == "approximate" and it.complete and not fail:
             self._finish(it, IterationPhase.APPROXIMATE, self.decoder.approximate(it.complete))
         else:
             self._finish(it, IterationPhase.FAILED, None)

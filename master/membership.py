@@ -18,6 +18,9 @@ The join rules (docs/design.md §4.2):
   Joins of the same id do not renew it, and once it lapses the id must wait JOIN_GRACE_S before it may
   join again (so a client that joins and never works cannot keep a slot).
 - Joins are limited per peer host (a token bucket: burst max(8, 2n), refill max(4, n) per second).
+- Failure domains: a worker without a preferred slot gets the lowest free slot that keeps its host's slots a
+  set the code can lose (`can_lose`, from the coordinator); when none does, the lowest free one, and a
+  warning naming the host once.
 
 The join token is checked before any of this, by the servicer's interceptor (service.py). Membership
 knows nothing of iterations; the coordinator moves a connection between IDLE, WORKING and
@@ -89,6 +92,7 @@ class Connection:
     epoch: int
     outbox: asyncio.Queue[Any]
     instance_id: str = ""                # the worker process behind it (empty: an older worker)
+    host: str = ""                       # the machine it runs on (its hostname, or its address)
     state: SlotState = SlotState.JOINED
     last_seen: float = field(default_factory=time.monotonic)  # last message from the worker
     ready_after: int | None = None       # waiting for the first task newer than this
@@ -106,9 +110,16 @@ def is_close(item: Any) -> bool:
     return item is CLOSE
 
 
+def peer_host(peer: str) -> str:
+    """The address part of a gRPC peer string ("ipv4:10.0.0.7:51234" -> "10.0.0.7", "ipv6:[::1]:5" -> "::1")."""
+    address = peer.split(":", 1)[1] if peer.startswith(("ipv4:", "ipv6:")) else peer
+    return address.rsplit(":", 1)[0].strip("[]") if ":" in address else address
+
+
 @dataclass
 class _Slot:
     owner: str | None = None             # worker_id
+    host: str = ""                       # the owner's machine
     granted_at: float = -math.inf        # first Join of the current grant (not renewed by more Joins)
     streamed: bool = False               # the owner has had a live stream (then its slot is reserved)
     lost_at: float = -math.inf           # when the owner's last live connection ended
@@ -125,9 +136,13 @@ class Membership:
 
     def __init__(self, n: int, *, max_workers: int = 0,
                  on_lost: Callable[[Connection], None] | None = None, reservation_s: float = RESERVATION_S,
-                 liveness_s: float = LIVENESS_S) -> None:
+                 liveness_s: float = LIVENESS_S, can_lose: Callable[[frozenset[int]], bool] | None = None) -> None:
         self.n = n
         self._on_lost = on_lost  # told of every live connection that ends (closed or replaced)
+        # whether the code still decodes exactly without these slots: a host's slots are placed so that losing
+        # the host is within the tolerance where that is possible (failure domains)
+        self._can_lose = can_lose
+        self._warned_hosts: set[str] = set()
         self.session_id = uuid.uuid4().hex
         self._max_workers = max_workers or n
         self._reservation_s = reservation_s
@@ -152,6 +167,7 @@ class Membership:
         if not -1 <= ask.preferred_slot < n:
             raise UnknownSlotError(f"preferred_slot={ask.preferred_slot}; allowed -1 or 0..{n - 1}")
         self._take_join_token(peer)
+        host = ask.host or peer_host(peer)
         now = time.monotonic()
         if now < self._unstreamed.get(worker_id, -math.inf):
             raise RateLimitedError(f"worker_id={worker_id!r} was granted a slot and never opened its Work stream; "
@@ -173,15 +189,20 @@ class Membership:
             if self._slots[slot].streamed:
                 self._slots[slot].granted_at = now
             # else: the grant stands from the first Join; repeated Joins renew nothing
+            self._slots[slot].host = host
         else:
-            slot = self._free_slot(ask.preferred_slot, now)
+            slot = self._free_slot(ask.preferred_slot, now, host)
             old = self._slots[slot].owner
             if old is not None:
                 self._slot_of.pop(old, None)
-            self._slots[slot] = _Slot(owner=worker_id, granted_at=now)
+            self._slots[slot] = _Slot(owner=worker_id, host=host, granted_at=now)
             self._slot_of[worker_id] = slot
-        _log.info("joined slot=%d worker_id=%s", slot, worker_id)
+        _log.info("joined slot=%d worker_id=%s host=%s", slot, worker_id, host)
         return slot
+
+    def host_of(self, slot: int) -> str:
+        """The machine of the worker that holds `slot` ("" if none)."""
+        return self._slots[slot].host if 0 <= slot < self.n else ""
 
     def release(self, slot: int) -> None:
         """Free a slot with no live connection at once, reservation or not (an elastic plan removed it: any
@@ -209,15 +230,33 @@ class Membership:
             for key in [k for k, b in self._buckets.items() if now - b.at > 60.0]:
                 del self._buckets[key]
 
-    def _free_slot(self, preferred: int, now: float) -> int:
+    def _free_slot(self, preferred: int, now: float, host: str = "") -> int:
         if preferred >= 0 and self._is_free(preferred, now):
             return preferred
-        for slot in range(self.n):
-            if self._is_free(slot, now):
-                return slot
+        free = [slot for slot in range(self.n) if self._is_free(slot, now)]
+        if free:
+            return self._place(free, host, now)
         raise SlotsFullError(f"all {self.n} slots are taken: held by connected workers, reserved for "
                              f"disconnected ones that may come back (for {self._reservation_s:g} s after they "
                              f"left), or granted in the last {JOIN_GRACE_S:g} s to workers about to connect")
+
+    def _place(self, free: list[int], host: str, now: float) -> int:
+        """The free slot for a worker of `host`: the first that keeps the host's slots a set the code can lose
+        (docs/design.md §4.2, failure domains); the first free one, and a warning naming the host once, when
+        none does."""
+        if self._can_lose is None or not host:
+            return free[0]
+        held = frozenset(slot for slot, s in enumerate(self._slots)
+                         if s.host == host and s.owner is not None and not self._is_free(slot, now))
+        for slot in free:
+            if self._can_lose(held | {slot}):
+                return slot
+        if host not in self._warned_hosts:
+            self._warned_hosts.add(host)
+            _log.warning("failure domain host=%s: its slots %s would take more than the code tolerates if the host "
+                         "failed (no free slot keeps it within the tolerance); spread the workers over more hosts "
+                         "or use a code with a larger s_max", host, sorted(held | {free[0]}))
+        return free[0]
 
     def _is_free(self, slot: int, now: float) -> bool:
         s = self._slots[slot]
@@ -262,7 +301,7 @@ class Membership:
             self._refuse_if_live_elsewhere(old, hello.instance_id, now)
             self.close_stream(old, "replaced by a new connection of the same worker")
         self._epoch += 1
-        conn = Connection(slot, worker_id, self._epoch, asyncio.Queue(), hello.instance_id)
+        conn = Connection(slot, worker_id, self._epoch, asyncio.Queue(), hello.instance_id, self._slots[slot].host)
         self.connections[slot] = conn
         self._slots[slot].streamed = True
         self.slots_changed.set()
@@ -287,6 +326,13 @@ class Membership:
     def connected(self) -> int:
         """Number of live connections."""
         return len(self.connections)
+
+    @property
+    def joined(self) -> int:
+        """Workers that hold a slot now: connected, or granted one moments ago and about to connect."""
+        now = time.monotonic()
+        return sum(1 for slot, s in enumerate(self._slots) if s.owner is not None and (
+            slot in self.connections or (not s.streamed and now - s.granted_at <= JOIN_GRACE_S)))
 
     async def wait_for_workers(self, count: int, timeout_s: float) -> bool:
         """Wait until `count` workers are connected (True) or `timeout_s` passes (False; 0 = forever)."""

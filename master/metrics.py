@@ -40,6 +40,14 @@ class Metrics:
                                   ["slot", "worker_id"], registry=r)
         self.plan = Gauge("flexgc_plan", "--adapt: id of the plan (code) in use", registry=r)
         self.plan_switches = Counter("flexgc_plan_switches_total", "--adapt: plan switches", registry=r)
+        self.worker_info = Gauge("flexgc_worker_info", "1 for the worker (and its host) that holds a slot now",
+                                 ["slot", "worker_id", "host"], registry=r)
+        self.straggler_score = Gauge("flexgc_worker_straggler_score", "a worker's straggler score (master/stragglers"
+                                     ".py): relative = its median time over the last 50 iterations / the median "
+                                     "worker's; individual = its recent time / its own best", ["worker_id", "host",
+                                                                                               "score"], registry=r)
+        self.worker_straggles = Counter("flexgc_worker_straggles_total", "iterations whose decode did without the "
+                                        "worker", ["worker_id", "host"], registry=r)
         self.rejected_by_kind: dict[str, int] = {}  # for summary.json
 
     def reject(self, kind: str) -> None:

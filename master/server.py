@@ -10,7 +10,6 @@ import asyncio
 import json
 import logging
 import signal
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -23,7 +22,7 @@ from threadpoolctl import threadpool_limits
 from flexgc import __version__
 from flexgc.common import transport, wire
 from flexgc.common.config import MasterConfig
-from flexgc.common.errors import ConfigError, StorageError
+from flexgc.common.errors import ConfigError, StorageError, TrainingFailedError
 from flexgc.master.accounting import RunLog, summarize
 from flexgc.master.adapt import Adapter, AdaptPolicy, job_code
 from flexgc.master.coordinator import Coordinator
@@ -82,6 +81,7 @@ async def serve(cfg: MasterConfig, on_port: Callable[[int], None] | None = None,
     metrics_server = _start_metrics(cfg, metrics)  # both ports are bound before the run directory is touched
     out = Path(cfg.out) if cfg.out else None
     complete = False
+    claimed = False  # not sys.exc_info(): serve() may run inside a caller's `except` (flexgc.api's loop does)
     try:
         if out is None:
             _log.warning("no --out: nothing of this job will be saved (no run log, checkpoint, parameters or "
@@ -89,8 +89,9 @@ async def serve(cfg: MasterConfig, on_port: Callable[[int], None] | None = None,
         elif _claim(RunDir(out), cfg, job_data):
             trainer.restore()
             complete = trainer.state.iteration >= cfg.iterations and not cfg.linger
+        claimed = True
     finally:
-        if complete or sys.exc_info()[0] is not None:
+        if complete or not claimed:
             await server.stop(None)
             if metrics_server is not None:
                 metrics_server.shutdown()
@@ -99,7 +100,13 @@ async def serve(cfg: MasterConfig, on_port: Callable[[int], None] | None = None,
     await server.start()
     for name in ("", SERVICE_NAME):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    _log.info("serving port=%d code=%s n=%d d=%d version=%s", port, code.spec, code.n, data.d, __version__)
+    tls = "mutual" if cfg.tls_ca else "on" if cfg.tls_cert else "off"
+    _log.info("serving port=%d code=%s n=%d d=%d tls=%s token=%s version=%s", port, code.spec, code.n, data.d, tls,
+              "on" if cfg.token else "off", __version__)
+    if cfg.host in ("0.0.0.0", "::", "") and not cfg.token and tls == "off":
+        _log.warning("serving on every interface (host=%s) with neither --token nor TLS: anyone who can reach port %d "
+                     "can join and receive the job's data and parameters; set --token (and TLS: docs/security.md), or "
+                     "--host 127.0.0.1 to serve this machine only", cfg.host or "*", port)
     if on_port is not None:
         on_port(port)
     loop = asyncio.get_running_loop()
@@ -118,15 +125,19 @@ async def serve(cfg: MasterConfig, on_port: Callable[[int], None] | None = None,
     started = time.perf_counter()
     summary: dict[str, Any] = {}
     failure: StorageError | None = None
+    ended: TrainingFailedError | None = None  # the job cannot go on: it ends, saved, and the master exits 1
     try:
         await trainer.run(stop)
     except StorageError as exc:
         failure = exc
+    except TrainingFailedError as exc:
+        ended = exc
     finally:
-        interrupted = stop.is_set()
+        interrupted = stop.is_set() and ended is None
         # interrupted (SIGTERM/SIGINT): the job is not over, so the workers are not told to exit; they
         # reconnect to the master that resumes it (a container restart, a rolling update)
-        coordinator.shutdown("job failed: " + str(failure) if failure else "job finished", final=not interrupted)
+        why = failure or ended
+        coordinator.shutdown("job failed: " + str(why) if why else "job finished", final=not interrupted)
         trainer.runlog.close()
         summary = summarize(code, trainer.runlog.records, {
             "wall_s": round(time.perf_counter() - started, 3), "interrupted": interrupted,
@@ -139,7 +150,9 @@ async def serve(cfg: MasterConfig, on_port: Callable[[int], None] | None = None,
                                                    "checks": adapter.checks},
             "model": data.model, "samples": data.samples, "features": data.features, "classes": data.classes,
             "delay": cfg.delay, "delay_seed": cfg.delay_seed,
-            "next_iteration": trainer.state.iteration, "versions": _versions(), "machine": _machine()})
+            "next_iteration": trainer.state.iteration, "failure": None if ended is None else str(ended),
+            "by_worker": trainer.stragglers.summary(),
+            "versions": _versions(), "machine": _machine()})
         if out is not None and failure is None:
             try:
                 if interrupted or cfg.checkpoint_every:
@@ -149,16 +162,19 @@ async def serve(cfg: MasterConfig, on_port: Callable[[int], None] | None = None,
                              lambda fh: fh.write((json.dumps(summary, indent=2) + "\n").encode()))
             except StorageError as exc:
                 failure = exc
-        if cfg.linger and not interrupted and failure is None:
+        if cfg.linger and not interrupted and failure is None and ended is None:
             _log.info("job finished; lingering until SIGTERM")
             await stop.wait()
         for name in ("", SERVICE_NAME):
             await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+        service.close()  # no handler may still run when the server stops (gRPC would cancel it, with a traceback)
         await server.stop(2.0)
         if metrics_server is not None:
             metrics_server.shutdown()
     if failure is not None:
         raise failure
+    if ended is not None:
+        raise ended  # one line (the CLI's "flexgc: ..."), exit 1; the summary and parameters are written
     _log.info("%s %s", f"interrupted by {signals[0].name}:" if signals else "interrupted:" if interrupted else
               "finished:", _readable(summary))
     summary["params"] = trainer.state.params
@@ -196,6 +212,7 @@ def _finished_summary(out: Path | None, trainer: Trainer) -> dict[str, Any]:
     except (OSError, ValueError):
         summary = {"next_iteration": trainer.state.iteration}
     summary["params"] = trainer.state.params
+    summary["nothing_to_run"] = True  # exit 0: a restart policy (on-failure) must not start it again and again
     return summary
 
 

@@ -25,6 +25,7 @@ import numpy as np
 
 from flexgc.common.codes import Code, removed_slots
 from flexgc.common.config import MasterConfig
+from flexgc.common.errors import TrainingDivergedError, TrainingFailedError
 from flexgc.common.models import build_model, full_gradient
 from flexgc.common.optim import make_optimizer
 from flexgc.master.accounting import RunLog
@@ -35,6 +36,7 @@ from flexgc.master.evaluation import Validation
 from flexgc.master.hooks import IterationHook, iteration_info
 from flexgc.master.metrics import Metrics
 from flexgc.master.rundir import write_atomic
+from flexgc.master.stragglers import StragglerScores
 
 _log = logging.getLogger(__name__)
 _T = TypeVar("_T")
@@ -104,6 +106,7 @@ class Trainer:
         self.outcomes: Counter[str] = Counter()
         self._progress_at = -math.inf
         self.last_loss: float | None = None
+        self.stragglers = StragglerScores(code.k, metrics)  # who straggles, by worker id and host
         self._log_error: BaseException | None = None   # from a run-log flush run as a loop callback
 
     def restore(self) -> None:
@@ -156,21 +159,31 @@ class Trainer:
         if self.adapter is not None and self.adapter.policy.elastic:
             # elastic: once an exact decode is possible, wait for the rest only --replace-after-s (a worker gone
             # for good is removed from the plan that long after the start anyway)
-            joined = await _until(c.members.wait_for_workers(holders - c.code.s_max, cfg.join_timeout_s), stop)
+            joined = await _until(c.members.wait_for_workers(holders - c.code.s_max, cfg.join_timeout_s), stop,
+                                  c.failures.ended_event)
             if joined:
                 joined = await _until(c.members.wait_for_workers(
-                    holders, max(self.adapter.policy.replace_after_s, 1e-3)), stop)
+                    holders, max(self.adapter.policy.replace_after_s, 1e-3)), stop, c.failures.ended_event)
         else:
-            joined = await _until(c.members.wait_for_workers(holders, cfg.join_timeout_s), stop)
+            joined = await _until(c.members.wait_for_workers(holders, cfg.join_timeout_s), stop,
+                                  c.failures.ended_event)
         if stop.is_set():
             return
+        self._check_failures()
         if not joined:
+            need = holders - c.code.s_max
+            if c.members.joined < need:
+                # nothing could decode exactly: end now rather than fail one iteration per --deadline-s
+                raise TrainingFailedError(
+                    f"only {c.members.joined} of {holders} workers joined within --join-timeout-s="
+                    f"{cfg.join_timeout_s:g}; an exact decode needs at least {need} ({c.code.spec} does without "
+                    f"at most {c.code.s_max}): are the workers started, and can they reach this master?")
             # a worker that joins later gets the current iteration's task at once (pods scheduled late,
             # restarts); while fewer than n - s_max answer, iterations end at --deadline-s by the policy
-            _log.warning("join timeout connected=%d of n=%d after --join-timeout-s=%g (an exact decode needs %d); "
-                         "starting anyway: iterations wait up to --deadline-s=%g for late workers, then "
-                         "--on-deadline %s", c.members.connected, holders, cfg.join_timeout_s,
-                         holders - c.code.s_max, cfg.deadline_s, cfg.on_deadline)
+            _log.warning("join timeout joined=%d of n=%d after --join-timeout-s=%g (an exact decode needs %d); "
+                         "starting with them: iterations wait up to --deadline-s=%g for late workers, then "
+                         "--on-deadline %s", c.members.joined, holders, cfg.join_timeout_s, need,
+                         cfg.deadline_s, cfg.on_deadline)
         d = self.data.d
         for t in range(self.state.iteration, cfg.iterations):
             if stop.is_set():
@@ -193,11 +206,15 @@ class Trainer:
             if outcome.gradient is not None:
                 if cfg.verify:
                     verify = self._verify(outcome.gradient)
-                N = self.data.batch_samples(t)  # rows behind the decoded sums: every sample, or the k batches
+                N = self._rows_decoded(t, it.code, outcome)  # rows behind the decoded sums
                 grad = np.divide(outcome.gradient[:d], N, dtype=np.float64)  # widened here, not in the decode
                 loss = float(outcome.gradient[d]) / N
-                self.state.params, self.state.opt_state = self.optimizer.step(self.state.params, grad,
-                                                                              self.state.opt_state)
+                params, opt_state = self.optimizer.step(self.state.params, grad, self.state.opt_state)
+                if not (math.isfinite(loss) and np.isfinite(grad).all() and np.isfinite(params).all()):
+                    # the parameters stay the last finite ones (checkpointed as such)
+                    raise TrainingDivergedError(f"training diverged at iteration {t} (loss={loss:.6g}): the loss, "
+                                                f"gradient or parameters became NaN or Inf; lower the learning rate")
+                self.state.params, self.state.opt_state = params, opt_state
                 self.last_loss = loss
                 self.metrics.loss.set(loss)
                 if outcome.decoding is not None:
@@ -213,6 +230,7 @@ class Trainer:
             self.metrics.iteration_latency.observe(outcome.latency_ms / 1e3)
             self.metrics.connected.set(c.members.connected)
             self.runlog.add(it, outcome, loss, verify)
+            self._check_failures()
             self._progress(t, outcome, loss)
             evaluated = None
             if self.validation is not None and cfg.eval_every and (t + 1) % cfg.eval_every == 0:
@@ -238,6 +256,32 @@ class Trainer:
         await _until(c.wait_settled(self.state.iteration - 1, ACK_WAIT_S), stop)
         self._emit(self.runlog.flush(self.code, force=True))
 
+    def _rows_decoded(self, t: int, code: Code, outcome: Outcome) -> float:
+        """How many rows the decoded sums stand for: every sample (or the k batches) for an exact decode; for a
+        least-squares one, the rows of each partition weighted by how much of it the decode holds (a_F^T B_F),
+        so that the mean loss and gradient are those of the rows decoded (a partition no received message
+        covers counts 0, not as a loss of 0)."""
+        dec = outcome.decoding
+        if dec is None or dec.exact or not dec.messages:
+            return float(self.data.batch_samples(t))
+        coverage = np.zeros(code.k)
+        for m, w in zip(dec.messages, dec.weights):
+            level, slot = code.message_of(m)
+            coverage += w * code.B[level, slot]
+        rows = float(coverage @ self.data.partition_samples())
+        return rows if rows >= 1.0 else float(self.data.batch_samples(t))  # nothing decoded: no mean to take
+
+    def _check_failures(self) -> None:
+        """End the job when its workers cannot compute it (failures.py), or computed NaN/Inf."""
+        failures = self.coordinator.failures
+        if failures.fatal is not None:
+            raise failures.fatal
+        div = failures.divergence
+        if div is not None:
+            before = "" if self.last_loss is None else f"; loss={self.last_loss:.6g} at iteration {div.iteration - 1}"
+            raise TrainingDivergedError(f"training diverged at iteration {div.iteration} ({div.reason}, computed by "
+                                        f"worker {div.worker_id}{before}); lower the learning rate")
+
     async def _evaluate(self, t: int) -> dict[str, Any]:
         """The validation figures of the parameters after iteration t's step (off the event loop), also
         appended to the run log as an ``eval`` event."""
@@ -259,10 +303,14 @@ class Trainer:
         dec = outcome.decoding
         code = self.coordinator.code
         stragglers = code.n - len({code.message_of(m)[1] for m in dec.messages}) if dec else code.n
-        _log.info("progress iteration=%d/%d loss=%s latency_ms=%.1f level=%s stragglers=%d exact=%d approximate=%d "
-                  "failed=%d", t + 1, self.cfg.iterations, "-" if loss is None else f"{loss:.6g}",
+        slowest = self.stragglers.slowest()
+        who = "" if slowest is None else (f" slowest={slowest.label} slowest_vs_median={slowest.relative:.2f} "
+                                           f"window={slowest.samples}")
+        # iteration: its number as run.jsonl, the report and every other line count (from 0); done: how many ran
+        _log.info("progress iteration=%d done=%d/%d loss=%s latency_ms=%.1f level=%s stragglers=%d exact=%d "
+                  "approximate=%d failed=%d%s", t, t + 1, self.cfg.iterations, "-" if loss is None else f"{loss:.6g}",
                   outcome.latency_ms, "-" if dec is None else dec.level, stragglers, self.outcomes["EXACT"],
-                  self.outcomes["APPROXIMATE"], self.outcomes["FAILED"])
+                  self.outcomes["APPROXIMATE"], self.outcomes["FAILED"], who)
 
     def _flush_log(self, newest: int) -> None:
         try:
@@ -280,6 +328,7 @@ class Trainer:
                 if w["partitions_done"] is not None and w["task_sent_ms"] is not None:
                     left = self.coordinator.code.max_partitions(w["slot"]) - w["partitions_done"]
                     self.metrics.cancelled_partitions.inc(max(0, left))
+            self.stragglers.observe(rec)
             if self.adapter is not None:
                 self.adapter.observe(rec)
             self.metrics.bytes.labels(direction="up").inc(rec["bytes_up"])
@@ -288,12 +337,13 @@ class Trainer:
                 self.on_record(rec)
 
 
-async def _until(aw: Awaitable[_T], stop: asyncio.Event) -> _T | None:
-    """Await `aw` unless `stop` is set first; returns aw's result or None."""
+async def _until(aw: Awaitable[_T], stop: asyncio.Event, *more: asyncio.Event) -> _T | None:
+    """Await `aw` unless `stop` (or one of `more`) is set first; returns aw's result or None."""
     task = asyncio.ensure_future(aw)
-    stopper = asyncio.ensure_future(stop.wait())
-    done, _ = await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
-    stopper.cancel()
+    stoppers = [asyncio.ensure_future(event.wait()) for event in (stop, *more)]
+    done, _ = await asyncio.wait({task, *stoppers}, return_when=asyncio.FIRST_COMPLETED)
+    for stopper in stoppers:
+        stopper.cancel()
     if task in done:
         return task.result()
     task.cancel()

@@ -49,13 +49,19 @@ def job_config(out: Path, **overrides: Any) -> MasterConfig:
     return master_config(**base)
 
 
-def run_job(cfg: MasterConfig, dead: tuple[int, ...] = (), timeout_s: float = 90.0,
+def run_job(cfg: MasterConfig, dead: tuple[int, ...] = (), timeout_s: float = 90.0, absent: tuple[int, ...] = (),
             **worker_overrides: Any) -> tuple[dict[str, Any], list[dict[str, Any]], np.ndarray]:
+    """Run `cfg` with a worker per slot; those in `dead` join and never answer (a hung process), those in
+    `absent` are never started (the master starts after --join-timeout-s if the others can decode exactly)."""
     out = Path(cfg.out or "")
     with LocalCluster(cfg) as cluster:
         cluster.start_master()
         for slot in range(cfg.workers):
-            if slot not in dead:
+            if slot in absent:
+                continue
+            if slot in dead:
+                cluster.start_worker(slot, **{**worker_overrides, "delay": f"none/dead:workers={slot}"})
+            else:
                 cluster.start_worker(slot, **worker_overrides)
         rc = cluster.wait_master(timeout_s)
         assert rc == 0, f"master exit code {rc}"
@@ -111,3 +117,15 @@ def run_cli(*args: str, timeout_s: float = 60.0, env: dict[str, str] | None = No
     """`flexgc ARGS` in a fresh interpreter, as a user runs it; stdout and stderr captured."""
     return subprocess.run([sys.executable, "-m", "flexgc", *args], capture_output=True, text=True,
                           timeout=timeout_s, env={**os.environ, **(env or {})}, cwd=cwd)
+
+
+def one_line_error(run: subprocess.CompletedProcess[str], rc: int, *needles: str) -> str:
+    """The one `flexgc...` line a failed command printed (asserting its exit code `rc`, no traceback, and that
+    the line holds each of `needles`)."""
+    lines = [line for line in run.stderr.splitlines() if line.startswith("flexgc")]
+    assert run.returncode == rc, run.stderr
+    assert "Traceback" not in run.stderr, run.stderr
+    assert len(lines) == 1, run.stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+    return lines[0]

@@ -48,7 +48,9 @@ def _relative_error(params: np.ndarray, reference: np.ndarray) -> float:
 ])
 def test_a_job_from_python_with_smax_dead_workers_equals_centralized_gd(
         tmp_path: Path, code: str, n: int, dead: tuple[int, ...], processes: bool) -> None:
-    options = {**SMALL, "code": code, "workers": n, "join_timeout_s": 1.0, "out": str(tmp_path)}
+    # the dead slots' workers never start: the master starts after the join timeout, once the live ones (as many
+    # as an exact decode needs) have joined, which child processes may take seconds to do on a loaded machine
+    options = {**SMALL, "code": code, "workers": n, "join_timeout_s": 15.0 if processes else 5.0, "out": str(tmp_path)}
     assert len(dead) == parse_code(code, n).s_max
 
     run = train(dead=dead, processes=processes, **options)

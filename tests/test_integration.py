@@ -49,7 +49,7 @@ def test_matches_centralized_gradient_descent_with_no_stragglers(tmp_path: Path,
 ])
 def test_matches_centralized_gradient_descent_with_dead_workers(tmp_path: Path, spec: str, n: int,
                                                                 dead: tuple[int, ...]) -> None:
-    cfg = job_config(tmp_path, code=spec, workers=n, join_timeout_s=1.0)
+    cfg = job_config(tmp_path, code=spec, workers=n)
     assert len(dead) <= parse_code(spec, n).s_max
 
     summary, records, params = run_job(cfg, dead=dead)
@@ -143,10 +143,9 @@ def test_sigkill_of_smax_workers_mid_job_still_decodes_and_restarted_worker_rejo
 
 @pytest.mark.parametrize(("policy", "outcome"), [("fail", "FAILED"), ("approximate", "APPROXIMATE")])
 def test_more_stragglers_than_tolerated_follow_the_policy(tmp_path: Path, policy: str, outcome: str) -> None:
-    # the deadline leaves the two live workers time to connect and compute even on a loaded machine (the
-    # master starts after a 1 s join timeout, without the dead ones)
-    cfg = job_config(tmp_path, code="crc:s=1", workers=4, iterations=3, deadline_s=3.0, on_deadline=policy,
-                     join_timeout_s=1.0)
+    # the deadline leaves the two live workers time to compute even on a loaded machine (the dead ones join and
+    # never answer)
+    cfg = job_config(tmp_path, code="crc:s=1", workers=4, iterations=3, deadline_s=3.0, on_deadline=policy)
 
     summary, records, _ = run_job(cfg, dead=(0, 1))  # slots 2, 3 hold partitions 2, 3, 0 only
 
@@ -160,7 +159,7 @@ def test_more_stragglers_than_tolerated_follow_the_policy(tmp_path: Path, policy
 
 
 def test_ignore_s_iterations_are_flagged_approximate(tmp_path: Path) -> None:
-    cfg = job_config(tmp_path, code="ignore:s=1", workers=4, iterations=3, join_timeout_s=1.0)
+    cfg = job_config(tmp_path, code="ignore:s=1", workers=4, iterations=3)
 
     _, records, _ = run_job(cfg, dead=(1,))
 

@@ -19,7 +19,7 @@ def test_ten_million_float32_parameters_train_exactly_to_float32_precision(tmp_p
     cfg = job_config(tmp_path, code="crc:s=1", workers=3, iterations=2, model="least-squares", samples=3,
                      features=D, dtype="float32", lr=0.05, momentum=0.0)
 
-    summary, records, params = run_job(cfg, dead=(2,), timeout_s=240)    # one straggler, decoded around
+    summary, records, params = run_job(cfg, absent=(2,), timeout_s=240)  # one straggler, decoded around
 
     assert summary["d"] == D and summary["exact_iterations"] == 2
     # every responsive worker's coded vector (d + 1 float32, 39 chunks of 1 MiB) arrived whole

@@ -17,19 +17,12 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import job_config, master_args, read_records, run_cli, run_job, wait_for
+from tests.helpers import job_config, master_args, one_line_error, read_records, run_cli, run_job, wait_for
 
 pytestmark = pytest.mark.slow
 
 
-def _one_line_error(run: subprocess.CompletedProcess[str], rc: int, *needles: str) -> str:
-    lines = [line for line in run.stderr.splitlines() if line.startswith("flexgc")]
-    assert run.returncode == rc, run.stderr
-    assert "Traceback" not in run.stderr, run.stderr
-    assert len(lines) == 1, run.stderr
-    for needle in needles:
-        assert needle in lines[0], lines[0]
-    return lines[0]
+_one_line_error = one_line_error
 
 
 @pytest.fixture(scope="module")
@@ -154,7 +147,7 @@ def test_sigint_and_sigterm_exit_130_and_143_and_the_progress_shows(tmp_path: Pa
                     child.kill()
                 child.wait(10)
         assert proc.returncode == rc, err
-        assert "progress iteration=1/100000 loss=" in err and "stragglers=" in err
+        assert "progress iteration=0 done=1/100000 loss=" in err and "stragglers=" in err
         assert f"interrupted by {sig.name}:" in err
         assert json.loads((out / "summary.json").read_text())["interrupted_by"] == sig.name
 

@@ -40,7 +40,7 @@ from flexgc.common.errors import ConfigError, InvalidTransitionError, WireError
 from flexgc.common.models import build_model, check_model_allowed, synthetic_partition
 from flexgc.v1 import coordinator_pb2 as pb
 from flexgc.v1 import coordinator_pb2_grpc as pb_grpc
-from flexgc.worker.compute import PartitionCompute, TaskRun
+from flexgc.worker.compute import PartitionCompute, TaskRun, model_failure
 
 _log = logging.getLogger(__name__)
 
@@ -70,6 +70,7 @@ class SessionEnd(enum.Enum):
     SHUTDOWN = 1        # the master ended the job
     DISCONNECTED = 2    # stream broke: reconnect
     FATAL = 3
+    MODEL_FAILED = 4    # the model cannot be computed here (reported to the master): exit 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,8 +87,11 @@ class Session:
 
     def __init__(self, cfg: WorkerConfig, grant: wire.JoinGrant, job: wire.JobInfo, stub: pb_grpc.CoordinatorStub,
                  compute: PartitionCompute, executor: concurrent.futures.Executor, instance_id: str = "",
-                 delayed_executor: concurrent.futures.Executor | None = None) -> None:
+                 delayed_executor: concurrent.futures.Executor | None = None,
+                 model_failure: str | None = None) -> None:
         self.cfg = cfg
+        # the model failed (before the first task, or in one): reported to the master, then the stream ends
+        self.model_failure = model_failure
         self.instance_id = instance_id
         self.grant = grant
         self.job = job
@@ -115,6 +119,7 @@ class Session:
         self.plan = grant.plan            # the plan (code) `compute` uses now (docs/design.md §2.10)
         self.plans: dict[int, wire.SlotCode] = {grant.plan: grant.slot_code}
         self._preparing: dict[int, asyncio.Task[None]] = {}
+        self._closing = False             # the writer half-closes the stream after the last message queued
         self._announced: dict[int, wire.SlotCode] = {}  # plans announced and not yet used: loaded on a task if need be
 
     def advance(self, to: WorkerState) -> None:
@@ -131,20 +136,27 @@ class Session:
         try:
             await call.write(wire.worker_message(wire.Hello(self.slot, self.grant.session_id, self.cfg.identity,
                                                             self.instance_id)))
-            self._send(wire.Ready(self.last_iteration))
+            if self.model_failure is not None:  # warming the model up failed: say so, and end
+                self._end_with(wire.TaskRejected(-1, self.model_failure, wire.TASK_MODEL_FAILED))
+            else:
+                self._send(wire.Ready(self.last_iteration))
             while True:
                 msg = await call.read()
                 if msg is grpc.aio.EOF:
-                    return SessionEnd.DISCONNECTED
+                    return SessionEnd.MODEL_FAILED if self.model_failure else SessionEnd.DISCONNECTED
                 try:
                     event = wire.master_event(msg, self.job.k)
                     if isinstance(event, wire.Shutdown):
                         _log.info("shutdown slot=%d reason=%s", self.slot, event.reason)
-                        return SessionEnd.SHUTDOWN
+                        # a worker whose model failed ends as failed, whichever reached it first: its own end
+                        # or the master's (which may end the job on this very failure)
+                        return SessionEnd.MODEL_FAILED if self.model_failure else SessionEnd.SHUTDOWN
                     await self._handle(event)
                 except WireError as exc:
                     self._reject(exc)
         except grpc.aio.AioRpcError as exc:
+            if self.model_failure is not None:
+                return SessionEnd.MODEL_FAILED  # reported; how the master ended the stream does not matter
             if wire.error_kind(exc) == "JobFinishedError":  # joined just before the end: like a Shutdown
                 _log.info("job already finished slot=%d", self.slot)
                 return SessionEnd.SHUTDOWN
@@ -290,14 +302,44 @@ class Session:
         else:  # the last task's compute is still returning: this slot's tasks run in order (one partial buffer)
             assert previous is not None
             future = asyncio.ensure_future(self._after(previous, task, emit))
-        future.add_done_callback(lambda _: self._timed(task))
+        future.add_done_callback(lambda _: self._computed(task))
         self.task_future = self._compute_tail = future
 
-    def _timed(self, task: TaskRun) -> None:
-        """Track how long a whole task computes (a moving average): small ones run on the loop."""
+    def _computed(self, task: TaskRun) -> None:
+        """A task's compute returned: track how long a whole task computes (a moving average: small ones run
+        on the loop), and report a task that could not be computed."""
         if task.finished:
             ms = sum(task.times.compute_ms)
             self._compute_ms = ms if math.isinf(self._compute_ms) else 0.8 * self._compute_ms + 0.2 * ms
+        if task.failure is not None:
+            self._failed(task, *task.failure)
+
+    def _failed(self, task: TaskRun, cause: str, reason: str) -> None:
+        """The model raised or returned a wrong shape (this worker cannot compute the job: it tells the master
+        in one line and ends), or computed NaN/Inf (the training diverged: it tells the master, which ends the
+        job, and asks for the next task meanwhile)."""
+        if cause != wire.TASK_MODEL_FAILED and task.cancel.is_set():
+            return  # cancelled meanwhile: the master has what it needs of this iteration
+        if self.task is task and self.state is WorkerState.WORKING:
+            self.task, self.task_future = None, None
+            self.last_iteration = max(self.last_iteration, task.iteration)
+            self.advance(WorkerState.IDLE)
+        rejection = wire.TaskRejected(task.iteration, reason, cause)
+        if cause == wire.TASK_MODEL_FAILED:
+            self.model_failure = reason
+            self._end_with(rejection)
+            return
+        _log.warning("task failed slot=%d iteration=%d reason=%s", self.slot, task.iteration, reason)
+        self._send(rejection)
+        if self.state is WorkerState.IDLE:
+            self._send(wire.Ready(self.last_iteration))
+
+    def _end_with(self, rejection: wire.TaskRejected) -> None:
+        """Send `rejection` as this stream's last message and close the request side: the master ends the
+        stream, and `run` returns MODEL_FAILED."""
+        self._send(rejection)
+        self._closing = True
+        self.outbox.put_nowait(None)
 
     async def _after(self, previous: asyncio.Future[None], task: TaskRun,
                      emit: Callable[[int, np.ndarray], None]) -> None:
@@ -345,12 +387,15 @@ class Session:
             self.outbox.put_nowait(_Outgoing(m, iteration, task_done=task_done and index == len(chunks) - 1))
 
     def _send(self, event: wire.Ready | wire.CancelAck | wire.Heartbeat | wire.TaskRejected) -> None:
-        self.outbox.put_nowait(_Outgoing(wire.worker_message(event)))
+        if not self._closing:
+            self.outbox.put_nowait(_Outgoing(wire.worker_message(event)))
 
     async def _write(self, call: Any) -> None:
         while True:
             out = await self.outbox.get()
             if out is None:
+                if self._closing:
+                    await call.done_writing()
                 return
             if 0 <= out.iteration <= self._cancelled_through:
                 continue  # queued before the Cancel: never upload stale work (the ack would wait behind it)
@@ -468,7 +513,7 @@ async def run_worker(cfg: WorkerConfig, stop: asyncio.Event | None = None,
             channel = transport.aio_channel(cfg.master, tls, server_name=cfg.server_name)
             try:
                 stub = pb_grpc.CoordinatorStub(channel)
-                ask = wire.JoinAsk(cfg.identity, slot, __version__, instance_id)
+                ask = wire.JoinAsk(cfg.identity, slot, __version__, instance_id, cfg.machine)
                 try:
                     grant, job = wire.joined(await stub.Join(wire.join_request(ask), timeout=10,
                                                              metadata=wire.token_metadata(cfg.token)))
@@ -501,6 +546,7 @@ async def run_worker(cfg: WorkerConfig, stop: asyncio.Event | None = None,
                     backoff = min(cfg.reconnect_max_s, backoff * 2) * (0.8 + 0.4 * random.random())
                     continue
                 slot = grant.slot
+                failure: str | None = None
                 if compute is not None and compute.spec == job.data and not _same_code(compute.slot_code,
                                                                                         grant.slot_code):
                     # the same job under another plan (an adaptive re-plan while this worker was away): load only
@@ -519,14 +565,18 @@ async def run_worker(cfg: WorkerConfig, stop: asyncio.Event | None = None,
                                                  grant.slot_code.partitions)
                     compute = PartitionCompute(grant.slot_code, job.data, data,
                                                wire.numpy_dtype(wire.wire_dtype(job.dtype)), cfg.rows_per_chunk, model)
-                    warm_s = await loop.run_in_executor(executor, compute.warm_up)  # compile before the first task
-                    if warm_s:
-                        _log.info("model compiled model=%s seconds=%.2f", job.data.model, warm_s)
+                    try:
+                        warm_s = await loop.run_in_executor(executor, compute.warm_up)  # compile before the first task
+                    except Exception as exc:  # the model's code: the master is told in one line (Session)
+                        failure = model_failure(job.data.model, exc)
+                    else:
+                        if warm_s:
+                            _log.info("model compiled model=%s seconds=%.2f", job.data.model, warm_s)
                 _log.info("joined slot=%d n=%d code=%s master=%s", slot, job.n, job.code_spec, cfg.master)
                 if grant.session_id != session_id:
                     # a new master session (e.g. restarted from a checkpoint) may repeat iterations
                     session_id, last_iteration = grant.session_id, -1
-                session = Session(cfg, grant, job, stub, compute, executor, instance_id, delayed_executor)
+                session = Session(cfg, grant, job, stub, compute, executor, instance_id, delayed_executor, failure)
                 session.last_iteration = last_iteration
                 backoff = 0.05
                 run = asyncio.ensure_future(session.run())
@@ -545,6 +595,10 @@ async def run_worker(cfg: WorkerConfig, stop: asyncio.Event | None = None,
                     return await _linger(cfg, stop)
                 if outcome is SessionEnd.FATAL:
                     return EXIT_REFUSED
+                if outcome is SessionEnd.MODEL_FAILED:
+                    _log.error("cannot compute the job slot=%d worker_id=%s: %s (the master was told)", slot,
+                               cfg.identity, session.model_failure)
+                    return EXIT_RUNTIME
                 _log.info("reconnecting slot=%d in %.2fs", slot, backoff)
                 await _sleep_or_stop(backoff, stop)
             finally:

@@ -43,6 +43,13 @@ class TaskRun:
     times: wire.PartitionTimes = field(default_factory=wire.PartitionTimes)
     vectors: dict[int, np.ndarray] = field(default_factory=dict)   # level -> coded vector (notify)
     finished: bool = False
+    failure: tuple[str, str] | None = None    # (wire.TASK_* cause, one-line reason): the task cannot be computed
+
+
+def model_failure(model: str, exc: BaseException) -> str:
+    """One line naming the model, the exception type and its message (never a traceback)."""
+    text = " ".join(str(exc).split())
+    return f"model {model}: {type(exc).__name__}{': ' + text[:200] if text else ''}"
 
 
 class PartitionCompute:
@@ -77,30 +84,46 @@ class PartitionCompute:
         return (X, y) if picked is None else (X[picked], y[picked])
 
     def warm_up(self) -> float:
-        """Compile a one-chunk (jitted) model for every input shape of this slot; seconds it took."""
+        """Compile a one-chunk (jitted) model for every input shape of this slot; seconds it took. A model
+        that fails here raises (the caller reports it like a failed task: `model_failure`)."""
         if row_chunks(self.model):
             return 0.0
         t0 = time.perf_counter()
         w = np.zeros(self.model.d)
+        out = np.empty(self.vector_len)
         shapes = {self.rows(j, 0)[0].shape: j for j in self.slot_code.partitions}
         for j in shapes.values():
-            self.model.loss_and_grad(w, *self.rows(j, 0))
+            partial_gradient(self.model, w, *self.rows(j, 0), out)  # checks the shapes it returns, too
         return time.perf_counter() - t0
 
     def run(self, task: TaskRun, emit: Callable[[int, np.ndarray], None]) -> None:
-        """Compute until done or cancelled; `emit(level, vector)` is called from this thread."""
+        """Compute until done or cancelled; `emit(level, vector)` is called from this thread. A NaN/Inf is
+        reported as the task's failure, not as numpy's overflow warning."""
+        with np.errstate(over="ignore", invalid="ignore"):
+            self._run(task, emit)
+
+    def _run(self, task: TaskRun, emit: Callable[[int, np.ndarray], None]) -> None:
         sc, partials = self.slot_code, self.partials  # read once: `use` may swap them for the next task
         last_prefix = sc.level_prefix[task.max_levels - 1]
         for m, j in enumerate(sc.partitions[:last_prefix], start=1):
             delay = float(task.durations_s[m - 1])
-            t0 = time.perf_counter()
-            if task.cancel.wait(None if math.isinf(delay) else delay):
+            if delay > 0:
+                t0 = time.perf_counter()
+                if task.cancel.wait(None if math.isinf(delay) else delay):
+                    return
+                waited_ms = (time.perf_counter() - t0) * 1e3
+            elif task.cancel.is_set():
                 return
-            waited_ms = (time.perf_counter() - t0) * 1e3
+            else:
+                waited_ms = 0.0  # none injected: what a wait(0) measures is scheduling, not a delay
             X, y = self.rows(j, task.iteration)
             t1 = time.perf_counter()
-            ok = partial_gradient(self.model, task.params, X, y, partials[m - 1], self.rows_per_chunk,
-                                  task.cancel.is_set)
+            try:
+                ok = partial_gradient(self.model, task.params, X, y, partials[m - 1], self.rows_per_chunk,
+                                      task.cancel.is_set)
+            except Exception as exc:  # the model's code: reported in one line, the task ends here
+                task.failure = (wire.TASK_MODEL_FAILED, model_failure(self.spec.model, exc))
+                return
             if not ok:
                 return
             task.times.compute_ms.append((time.perf_counter() - t1) * 1e3)
@@ -110,5 +133,10 @@ class PartitionCompute:
                 if level >= task.max_levels or task.cancel.is_set():
                     continue
                 coded = sc.coefficients[level, :m] @ partials[:m]
-                emit(level, coded.astype(self.wire_dtype, copy=False))
+                vector = coded.astype(self.wire_dtype, copy=False)
+                if not np.isfinite(vector).all():  # the master would refuse it: say why instead
+                    task.failure = (wire.TASK_NON_FINITE, f"loss={vector[-1]:.6g}, a NaN or Inf in the loss or "
+                                    f"gradient of partition {j}")
+                    return
+                emit(level, vector)
         task.finished = True

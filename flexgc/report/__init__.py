@@ -16,15 +16,22 @@ def write_report(run_dirs: Sequence[Path | str], out: Path | str, timeline_max: 
                  target_loss: float | None = None) -> Path:
     """Write the interactive report of `run_dirs` (same axes, one color per run) to `out`; returns its path.
     `target_loss`: the time-to-target table's (default: flexgc.targets' rule over these runs)."""
+    from flexgc.common.errors import ConfigError, StorageError
     from flexgc.report.data import RunData
     from flexgc.report.page import page_data, render
 
-    runs = [RunData.open(p) for p in run_dirs]
     path = Path(out)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.is_dir():
+        raise ConfigError(f"out={str(path)!r} is a directory; name the HTML file (e.g. {path / 'report.html'})")
+    runs = [RunData.open(p) for p in run_dirs]
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(render(page_data(runs, timeline_max=timeline_max, target_loss=target_loss)), encoding="utf-8")
-    tmp.replace(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(render(page_data(runs, timeline_max=timeline_max, target_loss=target_loss)), encoding="utf-8")
+        tmp.replace(path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)  # never a half-written file left beside the report
+        raise StorageError(path, exc) from None
     return path
 
 

@@ -150,6 +150,33 @@ def bytes_chart(runs: Sequence[RunData], labels: Sequence[str]) -> Chart:
                  series)
 
 
+def worker_charts(runs: Sequence[RunData], labels: Sequence[str]) -> list[Chart]:
+    """Who straggles, per worker id and host over the whole run: its relative score (median time against the
+    median worker's: chronic lag) and how often the decode did without it (straggle rate); the hover adds the
+    individual score and its stalls (one-off: more than 3x its median, or no answer)."""
+    score_series, rate_series = [], []
+    for g, (run, label) in enumerate(zip(runs, labels)):
+        scores = run.worker_scores()
+        if not scores:
+            continue
+        names = [s.label for s in scores]
+        text = [f"{s.label} (slot {s.slot}): {s.relative:.2f}x the median worker's time, {s.individual:.2f}x its own "
+                f"best, decode did without it in {s.straggle_rate:.0%} of {s.samples} iterations, {s.stalls} stalls"
+                for s in scores]
+        score_series.append(Series(label, names, [round(s.relative, 3) for s in scores], kind="bar", group=g,
+                                   text=text))
+        rate_series.append(Series(label, names, [round(s.straggle_rate, 3) for s in scores], kind="bar", group=g,
+                                  text=text))
+    if not score_series:
+        return []
+    return [Chart("worker_score", "Straggler score per worker: its median time per unit of data over the run "
+                  "against the median worker's (1 = typical; a chronic straggler stays above)", "worker@host",
+                  "x median worker", score_series, note="slowest first; hover: the score against its own best and "
+                  "its one-off stalls"),
+            Chart("worker_straggles", "Straggle frequency per worker: share of its iterations whose decode did "
+                  "without it", "worker@host", "share of iterations", rate_series)]
+
+
 def validation_charts(runs: Sequence[RunData], labels: Sequence[str]) -> list[Chart]:
     """Validation accuracy and loss (--val-fraction, --eval-every) against the iteration whose step the
     parameters include; none when no run evaluated."""
@@ -183,6 +210,7 @@ def summary_charts(runs: Sequence[RunData], labels: Sequence[str], target: float
                        lambda r: r["cancel_latency_ms"], kind="markers"),
         _per_iteration("stragglers", "Stragglers per iteration (slots none of whose rows the decode used)",
                        "stragglers", runs, labels, lambda r: len(r["stragglers"]), kind="step"),
+        *worker_charts(runs, labels),
     ]
 
 
@@ -194,10 +222,16 @@ TIMELINE_COLORS = ("#b8b8b8", "#1f77b4", "#f4b6b6", "#2ca02c", "#2ca02c", "#d627
                    "#000000", "#17becf")
 
 
+def lane_label(slot: int, who: str) -> str:
+    """A timeline lane's name: the slot and the worker that held it in that iteration (the page's script names
+    lanes the same way)."""
+    return f"slot {slot} · {who}" if who else f"slot {slot}"
+
+
 def timeline_chart(run: RunData, index: int, label: str, xmax_ms: float | None = None) -> Chart:
     """The Gantt of records[index]: the static twin of the page's interactive timeline (same traces)."""
     entry = run.timeline_entry(index)
-    lanes = [f"slot {s}" for s in range(len(entry["w"]))]
+    lanes = [lane_label(s, who) for s, who in enumerate(entry["who"])]
     xmax = xmax_ms or entry_extent_ms(entry) * 1.04 or 1.0
     bars: dict[str, tuple[list[float], list[float], list[str]]] = {k: ([], [], []) for k in
                                                                      ("delay", "compute", "planned")}

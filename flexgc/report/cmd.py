@@ -118,7 +118,13 @@ def run_view(args: argparse.Namespace) -> int:
     plotly_js()  # without the report extra: fail now, naming it, not on the first page request
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # a container's stop: close the socket, exit 0
     viewer = Viewer(args.run_dirs)
-    server = make_server(viewer, args.host, args.port)
+    try:
+        server = make_server(viewer, args.host, args.port)
+    except OSError as exc:
+        from flexgc.common.transport import bind_failure
+
+        raise ConfigError(f"cannot listen on {args.host}:{args.port}: {bind_failure(f'{args.host}:{args.port}')}"
+                          if exc.errno is not None else f"cannot listen on {args.host}:{args.port}: {exc}") from None
     host, port = str(server.server_address[0]), int(server.server_address[1])
     print(f"flexgc view: http://{host}:{port}/ following {', '.join(args.run_dirs)} (Ctrl-C stops)", flush=True)
     try:

@@ -70,6 +70,7 @@ class RunData:
     evaluations: list[dict[str, Any]] = field(default_factory=list)  # validation figures (`eval` events)
     snapshots: SnapshotLosses | None = None  # full-batch losses of the parameter snapshots, evaluated once
     _offset: int = 0
+    _lines: int = 0                  # lines of run.jsonl read so far (to name a bad one)
     _inode: int | None = None
     _mtimes: dict[str, float] = field(default_factory=dict)
 
@@ -110,7 +111,7 @@ class RunData:
         if st.st_ino != self._inode or st.st_size < self._offset:  # rewritten (a resumed master trims it)
             changed = changed or bool(self.records)
             self.generation += self._inode is not None
-            self._inode, self._offset = st.st_ino, 0
+            self._inode, self._offset, self._lines = st.st_ino, 0, 0
             self.records, self.durations_s, self.ideal_ms, self.plans, self.evaluations = [], [], [], [], []
         if st.st_size == self._offset:
             return changed
@@ -119,7 +120,17 @@ class RunData:
             chunk = fh.read(st.st_size - self._offset)
         end = chunk.rfind(b"\n") + 1  # a torn last line (the master mid-write) waits for the next refresh
         self._offset += end
-        new = [json.loads(line) for line in chunk[:end].splitlines() if line.strip()]
+        new = []
+        for number, line in enumerate(chunk[:end].splitlines(), start=self._lines + 1):
+            if not line.strip():
+                continue
+            try:
+                new.append(json.loads(line))
+            except ValueError as exc:
+                raise FlexgcError(f"{log}: line {number} is not a JSON record ({getattr(exc, 'msg', exc)}: "
+                                  f"{line[:40]!r}); the master writes whole lines only: remove or fix that "
+                                  f"line") from None
+        self._lines += chunk[:end].count(b"\n")
         for rec in new:
             if rec.get("schema") != SCHEMA:
                 raise FlexgcError(f"{log}: record schema {rec.get('schema')!r}; this report reads {SCHEMA!r}")
@@ -348,7 +359,19 @@ class RunData:
         return {"i": rec["iteration"], "plan": int(rec.get("plan") or 0), "lat": _round(rec["latency_ms"]),
                 "ideal": self.ideal_ms[index],
                 "outcome": rec["outcome"], "level": rec["level"], "stragglers": rec["stragglers"],
-                "used": used, "w": slots}
+                "used": used, "w": slots, "who": [worker_label(w) for w in rec["workers"]]}
+
+    def worker_scores(self) -> list[Any]:
+        """Who straggled over the whole run, per worker id (`master.stragglers`: relative and individual scores,
+        straggle rate, stalls), the slowest first; [] without the job's code or worker ids (an older run log)."""
+        from flexgc.master.stragglers import StragglerScores
+
+        if self.code is None or not any(w.get("worker_id") for r in self.records for w in r["workers"]):
+            return []
+        scores = StragglerScores(self.code.k, window=max(1, len(self.records)))
+        for rec in self.records:
+            scores.observe(rec)
+        return scores.scores()
 
     def series(self) -> dict[str, list[Any]]:
         """Per-iteration columns of the page's step control: iteration, latency (a FAILED one: until the
@@ -356,6 +379,12 @@ class RunData:
         return {"iteration": [r["iteration"] for r in self.records],
                 "latency": [_round(r["latency_ms"]) for r in self.records],
                 "outcome": [r["outcome"] for r in self.records]}
+
+
+def worker_label(w: dict[str, Any]) -> str:
+    """worker@host of a record's slot entry ("" when the run log does not say: an older run, or no task)."""
+    worker_id, host = w.get("worker_id"), w.get("host")
+    return "" if not worker_id else f"{worker_id}@{host}" if host else str(worker_id)
 
 
 def comparison_target(runs: Sequence[RunData], target_loss: float | None = None) -> tuple[float | None, str]:
@@ -369,10 +398,11 @@ def comparison_target(runs: Sequence[RunData], target_loss: float | None = None)
                     "these runs reached, counting only runs without approximate iterations where there are any")
 
 
-def model_comparison(code: Code, delay: DelayModel, seed: int,
-                     iterations: Sequence[int]) -> list[tuple[str, np.ndarray]]:
+def model_comparison(code: Code, delay: DelayModel, seed: int, iterations: Sequence[int],
+                     compute_ms: float = 0.0) -> list[tuple[str, np.ndarray]]:
     """What `code`, CRC(s_max) and uncoded need per iteration, in ms (inf: they could never decode it), on
-    exactly the delays a run with `seed` injected (the model's decode instant, analysis.ideal_latencies_ms):
+    exactly the delays a run with `seed` injected, each partition taking `compute_ms` more (the run's measured
+    compute per partition: `measured_compute_ms`), by the model's decode instant (analysis.ideal_latencies_ms):
     the demo's rows. A CRC(s_max) that cannot be built at this n is left out."""
     from flexgc.common.analysis import ideal_latencies_ms
 
@@ -384,8 +414,29 @@ def model_comparison(code: Code, delay: DelayModel, seed: int,
             _log.info("model row left out spec=%s reason=%s", spec, exc)
             continue
         codes.setdefault(other.spec, other)
-    return [(f"{c.spec} (model, same delays)", ideal_latencies_ms(c, delay, seed, list(iterations)))
+    return [(f"{c.spec} {model_label(compute_ms)}", ideal_latencies_ms(c, delay, seed, list(iterations),
+                                                                        compute_ms / 1e3))
             for c in codes.values()]
+
+
+def model_label(compute_ms: float) -> str:
+    """How a model row is named: on the same delays, and with the measured compute when there was any."""
+    return "(model, same delays + compute)" if compute_ms > 0 else "(model, same delays)"
+
+
+def measured_compute_ms(records: Sequence[dict[str, Any]]) -> float:
+    """The median compute time of one partition over a run's records (0.0 when none was measured)."""
+    times = [ms for r in records for w in r["workers"] for ms in w["compute_ms"] if ms is not None]
+    return float(np.median(times)) if times else 0.0
+
+
+def crc_comparison(code: Code, models: Sequence[tuple[str, np.ndarray]]) -> np.ndarray | None:
+    """CRC(s_max)'s model row among `models`, to compare a run of `code` with; None when there is none or the
+    run's code is that CRC itself (a code is not compared with itself)."""
+    spec = f"crc:s={code.s_max}"
+    if not code.s_max or code.family == "crc":
+        return None
+    return next((values for name, values in models if name.startswith(f"{spec} (model")), None)
 
 
 def latency_row(name: str, values_ms: np.ndarray) -> dict[str, Any]:
@@ -398,12 +449,14 @@ def latency_row(name: str, values_ms: np.ndarray) -> dict[str, Any]:
             "stalls": int(values_ms.size - finite.size)}
 
 
-def saving_sentence(live_mean_ms: float, smax: int, crc_mean_ms: float) -> str:
-    """How the live mean latency compares with CRC(s_max)'s model on the same delays (the demo's last line)."""
+def saving_sentence(live_mean_ms: float, smax: int, crc_mean_ms: float, compute_ms: float = 0.0) -> str:
+    """How the live mean latency compares with CRC(s_max)'s model on the same delays and, when measured, the
+    same compute per partition (the demo's last line)."""
     gain = 100 * (1 - live_mean_ms / crc_mean_ms)
     side = "below" if gain >= 0 else "above"
+    same = "same delays and compute" if compute_ms > 0 else "same delays"
     return (f"live mean latency {live_mean_ms:.1f} ms is {abs(gain):.0f}% {side} what CRC(s={smax}) needs on the "
-            f"same delays ({crc_mean_ms:.1f} ms, model)")
+            f"{same} ({crc_mean_ms:.1f} ms, model)")
 
 
 def model_rows(run: RunData) -> dict[str, Any]:
@@ -419,12 +472,14 @@ def model_rows(run: RunData) -> dict[str, Any]:
         rows.append(latency_row("the plans it ran (model, same delays)",
                                 np.array([math.inf if x is None else x for x in run.ideal_ms], dtype=float)))
     iterations = [int(r["iteration"]) for r in run.records]
-    models = model_comparison(run.code, run.delay, run.seed, iterations)
+    compute_ms = measured_compute_ms(run.records)
+    models = model_comparison(run.code, run.delay, run.seed, iterations, compute_ms)
     rows += [latency_row(name, values) for name, values in models]
-    crc = next((latency_row(name, v) for name, v in models if name.startswith(f"crc:s={run.code.s_max}")), None)
+    crc_values = crc_comparison(run.code, models)
+    crc = latency_row("crc", crc_values) if crc_values is not None else None
     saving = ""
     if crc is not None and crc["mean_ms"] and rows[0]["mean_ms"] is not None:
-        saving = saving_sentence(rows[0]["mean_ms"], run.code.s_max, crc["mean_ms"])
+        saving = saving_sentence(rows[0]["mean_ms"], run.code.s_max, crc["mean_ms"], compute_ms)
     return {"rows": rows, "saving": saving}
 
 

@@ -224,7 +224,9 @@
   function timelineFigure(run, e, xmax) {
     const n = e.w.length;
     const code = planOf(run, e);
-    const lanes = Array.from({ length: n }, (_, s) => `slot ${s}`);
+    // a lane names its slot and the worker that held it in this iteration (charts.lane_label does the same)
+    const lanes = Array.from({ length: n }, (_, s) => (e.who && e.who[s] ? `slot ${s} · ${esc(e.who[s])}` :
+      `slot ${s}`));
     const stragglers = new Set(e.stragglers);
     const used = new Map();
     for (let j = 0; j + 2 < e.used.length; j += 3) used.set(`${e.used[j]}:${e.used[j + 1]}`, e.used[j + 2]);
@@ -280,8 +282,9 @@
         font: { size: 13 } },
       height: 150 + lane * n, barmode: "overlay", bargap: 0.35, hovermode: "closest",
       margin: { l: 110, r: 20, t: 40, b: 40 }, legend: { font: { size: 10 } },
+      modebar: { orientation: "v" },  // upright at the right edge: across the top it covered the title
       xaxis: { title: { text: "ms since the iteration started (master clock)" }, range: [0, xmax], zeroline: false },
-      yaxis: { type: "category", categoryorder: "array", categoryarray: lanes, autorange: "reversed",
+      yaxis: { type: "category", categoryorder: "array", categoryarray: lanes, autorange: "reversed", automargin: true,
         tickvals: lanes, ticktext: lanes.map((l, s) => (stragglers.has(s) ? `${l} (straggler)` : l)),
         fixedrange: true },
       template: DATA.template,
@@ -323,7 +326,8 @@
     if (i === null || i === undefined || !list.includes(i)) i = nearest(list, i === null || i === undefined ? 0 : i);
     state.iteration = i;
     $("iteration").value = i;
-    $("position").textContent = `${list.indexOf(i) + 1} of ${list.length} iterations with a timeline`;
+    $("position").textContent = `iteration ${i}: #${list.indexOf(i) + 1} of the ${list.length} iterations ` +
+      "that keep a timeline";
     const entries = await Promise.all(state.shown.map((r) => getEntry(r, i)));
     if (state.iteration !== i) return; // a newer request won
     const xmax = Math.max(1, ...entries.filter(Boolean).map(extent)) * 1.04;

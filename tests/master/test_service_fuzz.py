@@ -265,9 +265,11 @@ def malformed(kind: str, good: list[pb.ResultChunk], where: int, n: int) -> list
 
 def workerless_master(out: Path, **overrides: Any) -> Iterator[Master]:
     """A master of 3 slots that never finishes and never times an iteration out; the test joins every slot
-    (nobody connects, so iteration 0 starts after join_timeout_s and waits for results forever)."""
-    cfg = job_config(out, workers=3, code="nested:levels=0,1", iterations=100_000, features=FEATURES, token=TOKEN,
-                     join_timeout_s=0.1, deadline_s=0.0, metrics_port=free_port(), momentum=0.0, **overrides)
+    (nobody connects, so iteration 0 starts after join_timeout_s, with the 3 workers that joined, and waits for
+    results forever; the joins' grants hold their slots for 5 s, longer than the join timeout)."""
+    cfg = job_config(out, **{**dict(workers=3, code="nested:levels=0,1", iterations=100_000, features=FEATURES,
+                                    token=TOKEN, join_timeout_s=2.0, deadline_s=0.0, metrics_port=free_port(),
+                                    momentum=0.0), **overrides})
     cluster = LocalCluster(cfg)
     try:
         cluster.start_master()
@@ -727,7 +729,7 @@ class Attacker:
 
 def test_job_under_attack_ends_with_the_exact_parameters(tmp_path: Path) -> None:
     cfg = job_config(tmp_path, workers=4, code="nested:levels=0,1", iterations=30, features=FEATURES, token=TOKEN,
-                     join_timeout_s=1.0, delay="shifted-exp:a=1,mu=1000,unit_s=0.02", linger=True,
+                     join_timeout_s=60.0, delay="shifted-exp:a=1,mu=1000,unit_s=0.02", linger=True,
                      metrics_port=free_port())
     summary_path = tmp_path / "summary.json"
     silent: list[socket.socket] = []
@@ -735,9 +737,9 @@ def test_job_under_attack_ends_with_the_exact_parameters(tmp_path: Path) -> None
         cluster.start_master()
         master = Master(cluster, cfg.metrics_port, tmp_path)
         attacker = Attacker(master, seed=5, job_over=summary_path.exists)
-        attacker.faulty_worker()                                   # slot 3 is the attacker's from the start
         for slot in range(3):
             cluster.start_worker(slot)
+        attacker.faulty_worker()          # slot 3 is the attacker's from the start: the job starts with it
         silent += [socket.create_connection(("127.0.0.1", master.port), timeout=2.0) for _ in range(8)]
         mute = [Stream(master.stub) for _ in range(4)]
         deadline = time.monotonic() + 60

@@ -132,7 +132,7 @@ def test_one_run_shows_time_to_target_and_the_model_rows(chromium: Any, real_run
     targets = chromium.find_element("id", "targets").text
     models = chromium.find_element("id", "model-rows").text
     assert "Time to target loss" in targets and "nested:levels=0,1,2" in targets
-    assert "crc:s=2 (model, same delays)" in models and "uncoded (model, same delays)" in models
+    assert "crc:s=2 (model, same delays + compute)" in models and "uncoded (model, same delays + compute)" in models
     drawn = chromium.execute_script("const gd = document.getElementById('chart-loss_time');"
                                     "return gd && gd.data ? gd.data.length : 0")
     assert drawn >= 2  # the run's losses and the target line

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import socket
 import sys
 from pathlib import Path
 from typing import Any
@@ -36,7 +37,7 @@ def test_report_is_one_self_contained_file(real_run: Path, tmp_path: Path, capsy
     assert run["iteration"] == [r["iteration"] for r in records]
     assert sorted(map(int, run["timeline"])) == run["iteration"]  # a short run keeps every timeline
     assert {c["key"] for c in data["charts"]} == {"latency", "cdf", "loss_time", "loss", "levels", "load", "bytes",
-                                                 "cancel", "stragglers"}
+                                                 "cancel", "stragglers", "worker_score", "worker_straggles"}
     assert dict(run["identity"])["code"] == "nested:levels=0,1,2"
 
 
@@ -73,7 +74,7 @@ def test_static_figures_for_papers(real_run: Path, tmp_path: Path, fmt: str) -> 
     assert main(["report", str(real_run), "--format", fmt, "--out", str(out), "--iteration", "2"]) == 0
     names = sorted(p.name for p in out.iterdir())
     assert f"latency.{fmt}" in names and f"loss_time.{fmt}" in names and f"timeline-run-2.{fmt}" in names
-    assert len(names) == 10
+    assert len(names) == 12 and f"worker_score.{fmt}" in names  # 11 charts and the timeline
     assert (out / f"cdf.{fmt}").read_bytes()[:4] == (b"%PDF" if fmt == "pdf" else b"\x89PNG")
 
 
@@ -156,3 +157,43 @@ def test_the_page_ranks_runs_by_time_to_target(real_run: Path, real_crc_run: Pat
     (run,) = page_payload(one.read_text())["runs"]
     assert [r["scheme"].split(" ")[0] for r in run["model_rows"]["rows"]] == ["nested:levels=0,1,2"] * 2 + \
         ["crc:s=2", "uncoded"]
+
+
+def test_the_report_names_each_slots_worker_and_scores_the_workers(real_run: Path, tmp_path: Path) -> None:
+    out = tmp_path / "r.html"
+
+    assert main(["report", str(real_run), "--out", str(out)]) == 0
+
+    # Assert: every lane of every timeline names the worker that held the slot then; the score chart names them
+    data = page_payload(out.read_text())
+    (run,) = data["runs"]
+    entries = list(run["timeline"].values())
+    assert entries and all(who == f"local-worker-{slot}@{socket.gethostname()}" for e in entries
+                           for slot, who in enumerate(e["who"]) if e["w"][slot][0] is not None)
+    chart = next(c for c in data["charts"] if c["key"] == "worker_score")
+    names = {x for trace in chart["data"] for x in trace["x"]}
+    assert names == {f"local-worker-{slot}@{socket.gethostname()}" for slot in range(4)}
+
+
+def test_many_runs_put_the_legend_below_and_no_mode_bar_covers_a_title(real_run: Path, tmp_path: Path) -> None:
+    # Prepare: seven runs (copies of one) on one page, as `flexgc bench` makes
+    runs = []
+    for j in range(7):
+        run = tmp_path / f"run{j}"
+        run.mkdir()
+        for name in ("run.jsonl", "summary.json", "job.json"):
+            if (real_run / name).exists():
+                (run / name).write_bytes((real_run / name).read_bytes())
+        runs.append(str(run))
+
+    assert main(["report", *runs, "--out", str(tmp_path / "many.html")]) == 0
+    assert main(["report", str(real_run), "--out", str(tmp_path / "one.html")]) == 0
+
+    # Assert: below the chart in rows with seven runs, beside it with one; the mode bar upright at the edge
+    many, one = (page_payload((tmp_path / f"{name}.html").read_text()) for name in ("many", "one"))
+    latency = next(c for c in many["charts"] if c["key"] == "latency")
+    assert latency["layout"]["legend"]["orientation"] == "h"
+    assert "orientation" not in next(c for c in one["charts"] if c["key"] == "latency")["layout"]["legend"]
+    assert all(c["layout"]["modebar"]["orientation"] == "v" for c in many["charts"])
+    page = (tmp_path / "one.html").read_text()
+    assert "iterations ` +" in page and "that keep a timeline" in page and 'modebar: { orientation: "v" }' in page

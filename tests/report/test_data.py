@@ -201,12 +201,15 @@ def test_one_run_answers_what_crc_and_uncoded_would_have_needed(real_run: Path) 
     rows = model_rows(run)
 
     assert [r["scheme"] for r in rows["rows"]] == ["nested:levels=0,1,2 (measured, live)",
-                                                   "nested:levels=0,1,2 (model, same delays)",
-                                                   "crc:s=2 (model, same delays)", "uncoded (model, same delays)"]
-    crc = ideal_latencies_ms(parse_code("crc:s=2", 4), parse_delay(summary["delay"]), summary["delay_seed"], iters)
+                                                   "nested:levels=0,1,2 (model, same delays + compute)",
+                                                   "crc:s=2 (model, same delays + compute)",
+                                                   "uncoded (model, same delays + compute)"]
+    compute_ms = float(np.median([ms for r in run.records for w in r["workers"] for ms in w["compute_ms"]]))
+    crc = ideal_latencies_ms(parse_code("crc:s=2", 4), parse_delay(summary["delay"]), summary["delay_seed"], iters,
+                             compute_ms / 1e3)
     assert rows["rows"][2]["mean_ms"] == pytest.approx(float(crc[np.isfinite(crc)].mean()), abs=0.01)
     assert rows["rows"][2]["stalls"] == int((~np.isfinite(crc)).sum())
-    assert "what CRC(s=2) needs on the same delays" in rows["saving"]
+    assert "what CRC(s=2) needs on the same delays and compute" in rows["saving"]
 
 
 def test_a_real_runs_loss_points_are_its_exact_losses_in_wall_clock_order(real_run: Path) -> None:

@@ -317,16 +317,23 @@ def _slots(spec: Spec, field_name: str) -> tuple[int, ...]:
     return tuple(sorted(set(slots)))
 
 
+def _written(value: float) -> str:
+    """A value as the canonical spec writes it: short (%g) where that reads back exactly, else every digit
+    (so the spec parses back to the same model, and to the same text)."""
+    short = f"{value:g}"
+    return short if float(short) == value else repr(float(value))
+
+
 def _canonical(model: DelayModel) -> str:
     items = [f"file={model.trace}"] if model.kind == "trace" else []
     for key in _DEFAULTS[model.kind]:
         value = getattr(model, _FIELD.get(key, key))
-        items.append(f"{key}={int(value)}" if key in ("loop", "seed") else f"{key}={value:g}")
+        items.append(f"{key}={int(value)}" if key in ("loop", "seed") else f"{key}={_written(value)}")
     if model.unit_s != 1.0:
-        items.append(f"unit_s={model.unit_s:g}")
+        items.append(f"unit_s={_written(model.unit_s)}")
     text = model.kind + (":" + ",".join(items) if items else "")
     for group in model.slow:
-        text += f"/slow:workers={'+'.join(map(str, group.slots))},factor={group.factor:g}"
+        text += f"/slow:workers={'+'.join(map(str, group.slots))},factor={_written(group.factor)}"
         if group.start:
             text += f",from={group.start}"
     if model.dead:

@@ -116,9 +116,12 @@ class Adapter:
 
     def observe(self, record: dict[str, Any]) -> None:
         """Feed one settled iteration's run-log record (its per-slot timings) to the speed estimates."""
-        members = self.coordinator.members.connections
-        self.tracker.observe(per_unit_times(self.coordinator.code.k, record["workers"]),
-                             {slot: conn.worker_id for slot, conn in members.items()})
+        # who held each slot when it was sent this iteration's task (the record's attribution), else who
+        # holds it now: estimates belong to workers, not to slots
+        held = {slot: conn.worker_id for slot, conn in self.coordinator.members.connections.items()}
+        held.update({w["slot"]: w["worker_id"] for w in record["workers"] if w.get("worker_id")})
+        hosts = {w["slot"]: w["host"] for w in record["workers"] if w.get("host")}
+        self.tracker.observe(per_unit_times(self.coordinator.code.k, record["workers"]), held, hosts)
         if record["outcome"] != "FAILED" and record["latency_ms"] is not None:
             self._latency_ms.append(float(record["latency_ms"]))
 

@@ -42,13 +42,18 @@ class SpeedTracker:
         self._ring = np.full((window, n), math.nan)
         self._log_recent = np.full(n, math.nan)
         self._worker_ids = [""] * n
+        self._hosts = [""] * n
         self._chronic: np.ndarray | None = None   # cached until the next observation
         self.observed = 0               # iterations observed
 
-    def observe(self, per_unit_s: dict[int, float], worker_ids: dict[int, str]) -> None:
-        """One iteration's per-unit seconds per slot that was sent the task (inf: never answered)."""
+    def observe(self, per_unit_s: dict[int, float], worker_ids: dict[int, str],
+                hosts: dict[int, str] | None = None) -> None:
+        """One iteration's per-unit seconds per slot that was sent the task (inf: never answered), with who held
+        each slot then (its worker id, and its host when known)."""
         self._chronic = None
         row = np.full(self.n, math.nan)
+        for slot, host in (hosts or {}).items():
+            self._hosts[slot] = host
         for slot, value in per_unit_s.items():
             wid = worker_ids.get(slot, self._worker_ids[slot])
             if wid != self._worker_ids[slot]:  # another worker holds the slot: its history starts anew
@@ -108,10 +113,10 @@ class SpeedTracker:
         return out
 
     def snapshot(self) -> list[dict[str, Any]]:
-        """Per slot: worker id, chronic and recent per-unit seconds, samples (for the run log and metrics)."""
+        """Per slot: worker id, host, chronic and recent per-unit seconds, samples (for the run log and metrics)."""
         chronic, recent = self.chronic(), self.recent()
         counts = np.sum(~np.isnan(self._rows()), axis=0)
-        return [{"slot": i, "worker_id": self._worker_ids[i], "samples": int(counts[i]),
+        return [{"slot": i, "worker_id": self._worker_ids[i], "host": self._hosts[i] or None, "samples": int(counts[i]),
                  "chronic_s": None if math.isnan(chronic[i]) else round(float(chronic[i]), 6),
                  "recent_s": None if math.isnan(recent[i]) else round(float(recent[i]), 6)}
                 for i in range(self.n)]

@@ -175,3 +175,15 @@ def test_fetch_partition_serves_an_announced_plans_partitions_and_still_refuses_
     held_by_nobody_at_slot_2 = next(j for j in range(6) if j not in PLAN.order[2] and j not in job.c.code.order[2])
     with pytest.raises(UnknownSlotError):
         data.rows_for(wire.PartitionAsk(2, held_by_nobody_at_slot_2, sid), job.c.members, [job.c.code, PLAN])
+
+
+def test_speed_estimates_belong_to_the_worker_and_name_its_host() -> None:
+    tracker = SpeedTracker(2)
+    for _ in range(3):
+        tracker.observe({0: 1.0, 1: 2.0}, {0: "wa", 1: "wb"}, {0: "node-a", 1: "node-b"})
+    assert [(r["worker_id"], r["host"], r["chronic_s"]) for r in tracker.snapshot()] == [
+        ("wa", "node-a", 1.0), ("wb", "node-b", 2.0)]
+    # another worker takes slot 1 (on another machine): its history starts anew
+    tracker.observe({0: 1.0, 1: 5.0}, {0: "wa", 1: "wc"}, {1: "node-c"})
+    row = tracker.snapshot()[1]
+    assert (row["worker_id"], row["host"], row["samples"], row["chronic_s"]) == ("wc", "node-c", 1, 5.0)

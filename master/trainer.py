@@ -157,13 +157,17 @@ class Trainer:
         # the slots with work under the plan in use (a resumed elastic plan holds nothing for removed slots)
         holders = c.code.n - len(removed_slots(c.code))
         if self.adapter is not None and self.adapter.policy.elastic:
-            # elastic: once an exact decode is possible, wait for the rest only --replace-after-s (a worker gone
-            # for good is removed from the plan that long after the start anyway)
+            # elastic: once an exact decode is possible, wait for the rest at most --replace-after-s (a worker gone
+            # for good is removed from the plan that long after the start anyway), and never past the join timeout
+            started = time.monotonic()
             joined = await _until(c.members.wait_for_workers(holders - c.code.s_max, cfg.join_timeout_s), stop,
                                   c.failures.ended_event)
             if joined:
-                joined = await _until(c.members.wait_for_workers(
-                    holders, max(self.adapter.policy.replace_after_s, 1e-3)), stop, c.failures.ended_event)
+                rest = self.adapter.policy.replace_after_s
+                if cfg.join_timeout_s:
+                    rest = min(rest, cfg.join_timeout_s - (time.monotonic() - started))
+                joined = await _until(c.members.wait_for_workers(holders, max(rest, 1e-3)), stop,
+                                      c.failures.ended_event)
         else:
             joined = await _until(c.members.wait_for_workers(holders, cfg.join_timeout_s), stop,
                                   c.failures.ended_event)

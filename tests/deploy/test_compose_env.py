@@ -32,3 +32,14 @@ def test_every_option_set_in_the_shell_reaches_its_role(role: str) -> None:
     environment = json.loads(result.stdout)["services"][role]["environment"]
     missing = sorted(name for name, value in shell.items() if environment.get(name) != value)
     assert missing == [], f"{role}: set in the shell, never reach the container: {', '.join(missing)}"
+
+
+def test_the_worker_never_pulls_the_image_the_master_service_builds() -> None:
+    # `up --build` asked a registry for the local tag while the build ran: an error on an offline machine
+    result = _run(*_compose_command(), "-f", str(ROOT_COMPOSE), "config", "--format", "json", env={})
+    assert _ok(result), _explain(result)
+    services = json.loads(result.stdout)["services"]
+    assert services["worker"]["pull_policy"] == "never" and services["worker"]["image"] == services["master"]["image"]
+    published = _run(*_compose_command(), "-f", str(ROOT_COMPOSE), "config", "--format", "json",
+                     env={"FLEXGC_WORKER_PULL_POLICY": "missing"})
+    assert json.loads(published.stdout)["services"]["worker"]["pull_policy"] == "missing"

@@ -30,8 +30,20 @@ def rss_mb(pid: int) -> float:
     raise AssertionError(f"no VmRSS for pid {pid}")
 
 
+def _rss_counts_what_is_held(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The master's allocator (glibc) maps every block of 1 MiB or more on its own and gives freed heap back
+    as usual, so that its RSS counts the messages it holds, not where a heap's high-water mark happens to be:
+    under dev.sh's settings (blocks up to 256 MiB in the heap, nothing given back below 1 GiB) the fragments
+    of 15 MiB messages creep up by tens of MB per hundred, whether or not any is kept (CI saw +63 MB)."""
+    monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", str(1 << 20))
+    for name in ("MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_"):
+        monkeypatch.delenv(name, raising=False)
+
+
 @pytest.fixture
-def master(tmp_path: Path) -> Iterator[Master]:
+def master(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Master]:
+    """A master with a token (a refused caller's messages are never parsed), RSS as what it holds."""
+    _rss_counts_what_is_held(monkeypatch)
     yield from workerless_master(tmp_path)
 
 
@@ -100,14 +112,8 @@ def test_unauthenticated_large_joins_are_refused_unparsed(master: Master) -> Non
 
 @pytest.fixture
 def open_master(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Master]:
-    """A master started without --token (the default): every call's messages are parsed. Its allocator (glibc)
-    maps every block of 1 MiB or more on its own and gives freed heap back as usual, so that its RSS counts
-    the messages it holds, not where a heap's high-water mark happens to be: under dev.sh's settings (blocks
-    up to 256 MiB in the heap, nothing given back below 1 GiB) the fragments of 15 MiB messages creep up by
-    tens of MB per hundred, whether or not any is kept."""
-    monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", str(1 << 20))
-    for name in ("MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_"):
-        monkeypatch.delenv(name, raising=False)
+    """A master started without --token (the default): every call's messages are parsed (RSS as above)."""
+    _rss_counts_what_is_held(monkeypatch)
     yield from workerless_master(tmp_path, token=None)
 
 

@@ -1,6 +1,7 @@
 """BENCHMARKS.md §10: adaptive placement (`--adapt speed|elastic`, docs/design.md §2.10) against the static codes, live.
 
-    ./dev.sh bench adapt [--scenario two-class|homogeneous|slowdown|elastic] [--iterations 60] [--out runs/bench-adapt]
+    ./dev.sh bench adapt [--scenario two-class|homogeneous|slowdown|elastic|grow] [--iterations 60]
+                         [--out runs/bench-adapt]
 
 Per scenario, live clusters (a master and n worker processes on loopback, `flexgc.harness.local`) train
 logistic regression with the same delay seed for every scheme: uncoded, the nested code, and the nested
@@ -14,6 +15,10 @@ The `elastic` scenario kills three neighbouring of n = 8 workers for good, one a
 10, 25, 40 of 60; the static code tolerates 2), then starts a new worker (iteration 42): the static nested code
 against `--adapt elastic`, and `--adapt elastic` with the master SIGKILLed between the second and the
 third removal and restarted from its checkpoint (its final parameters against the uninterrupted run's).
+
+The `grow` scenario starts n = 6 workers with `--max-workers 8`; two more workers join at iteration 15
+(asking for no slot in particular): the static nested code on 6 (the newcomers wait as spares) against
+`--adapt elastic`, which gives them the two empty slots and a share of the data at the next boundaries.
 """
 
 from __future__ import annotations
@@ -53,6 +58,10 @@ SPLIT = 4
 ELASTIC: dict[str, Any] = {"n": 8, "code": "nested:levels=0,1,2", "delay": "shifted-exp:a=1,mu=20,unit_s=0.3",
            "kills": ((10, 2), (25, 3), (40, 4)), "newcomer": (42, 2), "master_kill_after_removal": 2,
            "replace_after_s": 1.0, "deadline_s": 2.0}
+
+# the grow scenario: the job starts on n workers with room for max_workers; the extra ones join at `join_at`
+GROW: dict[str, Any] = {"n": 6, "max_workers": 8, "code": "nested:levels=0,1,2",
+                        "delay": "shifted-exp:a=1,mu=20,unit_s=0.3", "join_at": 15}
 
 
 def _centralized(n: int, k: int, samples: int, features: int, iterations: int, lr: float) -> np.ndarray:
@@ -158,6 +167,48 @@ def run_elastic_scheme(name: str, adapt: str, kill_master: bool, args: argparse.
     return res
 
 
+def run_grow_scheme(name: str, adapt: str, args: argparse.Namespace, out: Path) -> dict[str, Any]:
+    """One live run of the grow scenario: n workers from the start, max_workers - n more at `join_at`."""
+    sc = GROW
+    cfg = _config(name, sc["code"], adapt, sc, args, out, max_workers=sc["max_workers"])
+    run_log = Path(cfg.out) / "run.jsonl"
+    t0 = time.perf_counter()
+    budget = args.iterations * 35 + 60
+    with LocalCluster(cfg) as cluster:
+        cluster.start_master()
+        cluster.start_workers(reconnect_max_s=0.2)
+        _wait(lambda: run_log.exists() and len(read_run_log(run_log)) >= sc["join_at"], budget,
+              f"iteration {sc['join_at']}")
+        for slot in range(sc["n"], sc["max_workers"]):
+            cluster.start_worker(slot, worker_id=f"grown-{slot}", any_slot=True, reconnect_max_s=0.2)
+        rc = cluster.wait_master(budget)
+    wall = time.perf_counter() - t0
+    if rc != 0:
+        raise RuntimeError(f"{name}: master exit code {rc}")
+    res = _result(name, cfg, sc, args, wall)
+    records = read_run_log(run_log)
+    res["working_slots_last"] = sum(w["task_sent_ms"] is not None for w in records[-1]["workers"])
+    return res
+
+
+def run_grow(args: argparse.Namespace) -> dict[str, Any]:
+    """The grow scenario: the static nested code on n workers against --adapt elastic --max-workers."""
+    schemes = [("nested", "off"), ("grow", "elastic")]
+    runs: dict[str, list[dict[str, Any]]] = {s[0]: [] for s in schemes}
+    for rep in range(args.repeats):
+        for scheme, adapt in schemes if rep % 2 == 0 else schemes[::-1]:
+            res = run_grow_scheme(scheme, adapt, args, Path(args.out) / "grow" / f"rep{rep}")
+            runs[scheme].append(res)
+            print(f"  grow rep {rep} {scheme:8s} mean {res['mean_ms']:7.1f} ms  p90 {res['p90_ms']:7.1f}  outcomes "
+                  f"{res['outcomes']}  working slots {res['working_slots_last']}  switches "
+                  f"{[(s['iteration'], s['reason']) for s in res['switches']]}  rel err "
+                  f"{res['rel_err_vs_centralized']:.1e}", file=sys.stderr)
+    ratio = statistics.median(runs["grow"][r]["mean_ms"] / runs["nested"][r]["mean_ms"] for r in range(args.repeats))
+    return {"scenario": "grow", **GROW, "split": SPLIT, "iterations": args.iterations, "warmup": args.warmup,
+            "grow_over_static": ratio,
+            "runs": {s: [{k: v for k, v in r.items() if k != "latencies_ms"} for r in rs] for s, rs in runs.items()}}
+
+
 def run_scenario(name: str, args: argparse.Namespace) -> dict[str, Any]:
     sc = SCENARIOS[name]
     schemes = [("uncoded", "uncoded", "off"), ("nested", sc["code"], "off"), ("adapt", sc["code"], "speed")]
@@ -207,7 +258,7 @@ def run_elastic(args: argparse.Namespace) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--scenario", action="append", choices=[*sorted(SCENARIOS), "elastic"],
+    p.add_argument("--scenario", action="append", choices=[*sorted(SCENARIOS), "elastic", "grow"],
                    help="repeatable (default: all)")
     p.add_argument("--iterations", type=int, default=60)
     p.add_argument("--warmup", type=int, default=20, help="first iteration counted in the means")
@@ -220,10 +271,13 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     results = []
     t0 = time.time()
-    for name in args.scenario or [*SCENARIOS, "elastic"]:
-        if name == "elastic":
-            res = run_elastic(args)
+    for name in args.scenario or [*SCENARIOS, "elastic", "grow"]:
+        if name in ("elastic", "grow"):
+            res = run_elastic(args) if name == "elastic" else run_grow(args)
             results.append(res)
+            if name == "grow":
+                print(f"grow: mean latency (iterations {args.warmup}..{args.iterations - 1}) grown to "
+                      f"{GROW['max_workers']} / static on {GROW['n']}: {res['grow_over_static']:.2f}")
             continue
         res = run_scenario(name, args)
         results.append(res)

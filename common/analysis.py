@@ -237,7 +237,7 @@ def _per_level_times(code: Code, arrival: np.ndarray) -> np.ndarray | None:
     for level, kind in enumerate(kinds):
         times = arrival[:, level, :]
         if kind == "mds":
-            out[:, level] = _order_statistic(times, code.n - code.levels[level])
+            out[:, level] = _order_statistic(times, code.holders - code.levels[level])
         else:
             # groups: slots sending the same row (FRC members send the uncoded sum of their block); the
             # level decodes when the slowest group has its first finisher
@@ -254,8 +254,9 @@ def _groups(code: Code, level: int) -> tuple[np.ndarray, np.ndarray]:
     per_code = _GROUPS.setdefault(code, {})
     if level not in per_code:
         bits = code.support_bits[level * code.n:(level + 1) * code.n]
-        slots = np.array(sorted(range(code.n), key=lambda i: (bits[i], i)), dtype=np.int64)
-        starts = np.array([t for t in range(code.n) if t == 0 or bits[slots[t]] != bits[slots[t - 1]]],
+        # a slot holding nothing (grow=, an elastic plan) is in no group
+        slots = np.array(sorted((i for i in range(code.n) if bits[i]), key=lambda i: (bits[i], i)), dtype=np.int64)
+        starts = np.array([t for t in range(len(slots)) if t == 0 or bits[slots[t]] != bits[slots[t - 1]]],
                           dtype=np.int64)
         per_code[level] = (slots, starts)
     return per_code[level]

@@ -55,7 +55,7 @@ Signaling = Literal["push", "notify"]
 FAMILIES: tuple[str, ...] = get_args(Family)
 DECODER_POLICIES: tuple[str, ...] = get_args(DecoderPolicy)
 SIGNALINGS: tuple[str, ...] = get_args(Signaling)
-_COMMON_OPTIONS = {"decoder", "signaling", "split"}
+_COMMON_OPTIONS = {"decoder", "signaling", "split", "grow"}
 MAX_SPLIT = 64
 """At most this many finer partitions per coarse one (``split=M``: k = M * n)."""
 
@@ -96,6 +96,11 @@ class Code:
     worst_cond: tuple[float, ...] = ()
     validation: tuple[str, ...] = ()
     support_bits: tuple[int, ...] = field(default=(), repr=False)
+
+    @property
+    def holders(self) -> int:
+        """Number of slots that hold partitions (n, but for the empty slots of an elastic plan or `grow=`)."""
+        return sum(1 for o in self.order if o)
 
     @property
     def n_levels(self) -> int:
@@ -157,6 +162,17 @@ def parse_code(text: str, n: int, *, field_name: str = "code") -> Code:
     signaling = p.get("signaling", "push")
     if signaling not in SIGNALINGS:
         raise ConfigError(f"{field_name}: signaling={signaling!r}; allowed: {', '.join(SIGNALINGS)}")
+    if "grow" in p:
+        grow = as_int(spec, "grow", field_name, minimum=0)
+        if grow >= n:
+            raise ConfigError(f"{field_name}: grow={grow}; need 0 <= grow < n={n} (the code is built for the first "
+                              f"n - grow slots, the last grow slots hold nothing until workers join into them)")
+        if spec.family == "ignore":
+            raise ConfigError(f"{field_name}: grow is meaningless for ignore (it drops the slowest s of all n slots); "
+                              f"allowed: s=")
+        inner = spec.family + (":" if len(p) > 1 else "") + ",".join(f"{key}={value}" for key, value in p.items()
+                                                                      if key != "grow")
+        return grow_slots(parse_code(inner, n - grow, field_name=field_name), grow)
     split = as_int(spec, "split", field_name, minimum=1) if "split" in p else 1
     if split > MAX_SPLIT:
         raise ConfigError(f"{field_name}: split={split}; allowed 1..{MAX_SPLIT} (finer partitions per coarse one)")
@@ -374,6 +390,22 @@ def split_partitions(code: Code, m: int) -> Code:
     split = _finish(code.family, n, code.levels, order, prefix, B, code.construction, code.worst_cond,
                     ignore_s=code.ignore_s)
     return _replace(split, validation=code.validation)
+
+
+def grow_slots(code: Code, extra: int) -> Code:
+    """`code` with `extra` more slots that hold nothing (``grow=E``, docs/design.md §2.10): an elastic job starts
+    on its code for the workers it has, with room for up to E more; a worker that joins takes an empty slot
+    and a later plan gives it a share. The empty slots send nothing, so every decode, tolerance and cond is
+    the code's own."""
+    if extra == 0:
+        return code
+    n, L = code.n + extra, code.n_levels
+    prefix = np.concatenate([code.prefix, np.zeros((L, extra), dtype=np.int64)], axis=1)
+    B = np.concatenate([code.B, np.zeros((L, extra, code.k))], axis=1)
+    grown = _finish(code.family, n, code.levels, [*code.order, *[()] * extra], prefix, B, code.construction,
+                    code.worst_cond, ignore_s=code.ignore_s)
+    spec = code.spec + ("," if ":" in code.spec else ":") + f"grow={extra}"
+    return _replace(grown, spec=spec, decoder=code.decoder, signaling=code.signaling, validation=code.validation)
 
 
 def weighted_code(blocks: tuple[int, ...] | list[int], ring: tuple[int, ...] | list[int], smax: int) -> Code:

@@ -150,7 +150,10 @@ class MasterConfig(_Tls):
     verify: bool = option(False, "check every decoded gradient against a direct computation (needs the data on "
                           "the master)")
     linger: bool = option(False, "after the job, keep serving health until SIGTERM")
-    max_workers: int = option(0, "refuse joins beyond this many connected workers (0: = workers)", minimum=0)
+    max_workers: int = option(0, "with --adapt elastic|all (auto included): the job may grow to this many workers, "
+                              "a worker that joins when every slot is held gets an empty slot and is taken into "
+                              "the code at the next boundary; otherwise at most this many connected workers "
+                              "(0: = workers)", minimum=0)
     blas_threads: int = option(1, "BLAS threads in this process (several processes share the cores)", minimum=1)
     adapt: str = option("auto", "adaptive placement (docs/design.md §2.10): speed = measure each worker's speed and "
                         "re-plan the code at iteration boundaries so load follows speed, exactly and with the same "
@@ -198,7 +201,15 @@ class MasterConfig(_Tls):
             raise ConfigError(f"adapt={self.adapt!r} with code={self.code!r}: ignore-s is approximate by design and an "
                               f"adaptive plan keeps every gradient exact; allowed: an exact code (uncoded, nested, "
                               f"...) or adapt='off'")
-        parse_delay(self.delay, "delay").check_slots(self.workers)
+        mode = resolve_adapt(self.adapt, code.family, self.workers)
+        grows = self.max_workers > self.workers and mode in ("elastic", "all")
+        if grows:
+            # the job's first code (master/adapt.py job_code) runs on adapt_split times finer partitions
+            k = code.k * (self.adapt_split if code.k == self.workers and "split=" not in self.code else 1)
+            if self.max_workers > k:
+                raise ConfigError(f"max_workers={self.max_workers}: the job's k={k} partitions are shared by at most "
+                                  f"{k} workers; allowed: {self.workers}..{k} (or a larger adapt_split)")
+        parse_delay(self.delay, "delay").check_slots(self.max_workers if grows else self.workers)
 
     @classmethod
     def from_values(cls, values: Mapping[str, Any]) -> MasterConfig:

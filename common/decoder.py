@@ -89,6 +89,7 @@ class Decoder:
         self._level_mask = [sum(1 << code.message_id(level, i) for i in range(code.n))
                             for level in range(code.n_levels)]
         self._mds = [code.level_is_mds(level) for level in range(code.n_levels)]
+        self._holders = code.holders  # slots that send anything (n, but for empty slots: grow=, elastic plans)
         # indicator rows of a laminar family (uncoded, FRC, nested FRC): span test without linear algebra
         self._laminar = laminar_rows(code) if policy == "any-span" else None
         self._blocks = _partition_blocks(code)
@@ -134,7 +135,7 @@ class Decoder:
             # (every group has a finisher)
             for level in range(self.code.n_levels):
                 sub = mask & self._level_mask[level]
-                if self._mds[level] and sub.bit_count() < self.code.n - self.code.levels[level]:
+                if self._mds[level] and sub.bit_count() < self._holders - self.code.levels[level]:
                     continue
                 if sub and self._covers(sub):
                     d = self._least_squares(sub)

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from flexgc.common.codes import Code, parse_code, removed_slots
+from flexgc.common.codes import Code, grow_slots, parse_code, removed_slots
 from flexgc.common.config import ADAPT_MODES, MasterConfig, resolve_adapt
 from flexgc.common.errors import ConfigError
 from flexgc.common.planner import MIN_GAIN, PlanChoice, blocks_unchanged, chronic_speeds, membership_plan, plan
@@ -53,10 +53,13 @@ class AdaptPolicy:
     change_factor: float = 1.5
     window: int = 30
     replace_after_s: float = 30.0
+    grow: int = 0   # elastic growth: slots beyond --workers, up to --max-workers, that start empty
 
     def __post_init__(self) -> None:
         if self.mode not in ADAPT_MODES or self.mode == "auto":  # `auto` is resolved per job (AdaptPolicy.of)
             raise ConfigError(f"adapt={self.mode!r}; allowed: {', '.join(m for m in ADAPT_MODES if m != 'auto')}")
+        if self.grow < 0 or (self.grow and not self.elastic):
+            raise ConfigError(f"adapt: grow={self.grow}; needs mode elastic or all (a job grows only by elastic plans)")
         if self.replan_every < 1 or self.split < 1 or self.window < 2 or self.change_factor <= 1:
             raise ConfigError(f"adapt: replan_every={self.replan_every} (>= 1), split={self.split} (>= 1), "
                               f"window={self.window} (>= 2), change_factor={self.change_factor} (> 1)")
@@ -65,7 +68,8 @@ class AdaptPolicy:
     def of(cls, cfg: MasterConfig) -> AdaptPolicy:
         """The policy a master's configuration asks for (`auto` resolved for its code and n)."""
         mode = resolve_adapt(cfg.adapt, parse_code(cfg.code, cfg.workers).family, cfg.workers)
-        return cls(mode, cfg.replan_every, cfg.adapt_split, replace_after_s=cfg.replace_after_s)
+        grow = max(0, cfg.max_workers - cfg.workers) if mode in ("elastic", "all") else 0
+        return cls(mode, cfg.replan_every, cfg.adapt_split, replace_after_s=cfg.replace_after_s, grow=grow)
 
     @property
     def on(self) -> bool:
@@ -85,10 +89,16 @@ class AdaptPolicy:
 
 def job_code(spec: str, n: int, policy: AdaptPolicy) -> Code:
     """The job's first code: `spec`, on `policy.split` times finer partitions when adapting (so that a
-    later plan can move load in steps of 1/k; a spec that sets split= itself keeps it)."""
+    later plan can move load in steps of 1/k; a spec that sets split= itself keeps it), with `policy.grow`
+    empty slots after its n when the job may grow (`--max-workers` under elastic adaptation)."""
     code = parse_code(spec, n)
     if policy.on and policy.split > 1 and code.k == n and "split=" not in spec:
         code = parse_code(code.spec + ("," if ":" in code.spec else ":") + f"split={policy.split}", n)
+    if policy.grow:
+        if n + policy.grow > code.k:
+            raise ConfigError(f"max_workers={n + policy.grow}: the job's k={code.k} partitions are shared by at most "
+                              f"{code.k} workers; allowed: max_workers <= {code.k} (or a larger --adapt-split)")
+        code = grow_slots(code, policy.grow)
     return code
 
 
@@ -111,6 +121,7 @@ class Adapter:
         self._checked_at = -math.inf
         self._planning: asyncio.Future[tuple[str, PlanChoice, float]] | None = None
         self._gone_since: dict[int, float] = {}     # slot -> when its worker's stream was last seen gone
+        self._had_worker: set[int] = set()           # slots that had a worker with work (else a take-in is growth)
         self.switches = 0
         self.checks = 0
 
@@ -240,6 +251,8 @@ class Adapter:
         for slot in range(c.code.n):
             if slot in live:
                 self._gone_since.pop(slot, None)
+                if c.code.order[slot]:
+                    self._had_worker.add(slot)
             else:
                 self._gone_since.setdefault(slot, now)
         current = frozenset(removed_slots(c.code))
@@ -249,7 +262,8 @@ class Adapter:
         if removed == current or len(removed) >= c.code.n:
             return None
         why = [f"slot {s} gone {now - self._gone_since[s]:.1f} s: removed" for s in sorted(removed - current)]
-        why += [f"slot {s} has a worker again: taken in" for s in sorted(back)]
+        why += [f"slot {s} has a worker {'again' if s in self._had_worker else 'for the first time (growth)'}: "
+                f"taken in" for s in sorted(back)]
         return removed, "; ".join(why)
 
     def _announce_membership(self, t: int, removed: frozenset[int], reason: str) -> None:

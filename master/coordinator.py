@@ -182,7 +182,7 @@ class Coordinator:
         self.deadline_s = deadline_s
         self.on_deadline = on_deadline
         self.members = Membership(code.n, max_workers=max_workers, on_lost=self._lost, liveness_s=liveness_s,
-                                  can_lose=self._can_lose)
+                                  can_lose=self._can_lose, has_work=lambda slot: bool(self.code.order[slot]))
         self.metrics = metrics or Metrics()
         self.decoder = Decoder(code)
         self._all_partitions = (1 << code.k) - 1

@@ -18,6 +18,8 @@ The join rules (docs/design.md §4.2):
   Joins of the same id do not renew it, and once it lapses the id must wait JOIN_GRACE_S before it may
   join again (so a client that joins and never works cannot keep a slot).
 - Joins are limited per peer host (a token bucket: burst max(8, 2n), refill max(4, n) per second).
+- A worker without a preferred slot gets a free slot the code gives work to before an empty one (an elastic
+  job's room to grow, a slot an elastic plan removed).
 - Failure domains: a worker without a preferred slot gets the lowest free slot that keeps its host's slots a
   set the code can lose (`can_lose`, from the coordinator); when none does, the lowest free one, and a
   warning naming the host once.
@@ -136,8 +138,12 @@ class Membership:
 
     def __init__(self, n: int, *, max_workers: int = 0,
                  on_lost: Callable[[Connection], None] | None = None, reservation_s: float = RESERVATION_S,
-                 liveness_s: float = LIVENESS_S, can_lose: Callable[[frozenset[int]], bool] | None = None) -> None:
+                 liveness_s: float = LIVENESS_S, can_lose: Callable[[frozenset[int]], bool] | None = None,
+                 has_work: Callable[[int], bool] | None = None) -> None:
         self.n = n
+        # whether the code in use gives a slot partitions: a joining worker takes a free slot with work first,
+        # an empty one (elastic growth, a removed slot) only when none is free
+        self._has_work = has_work
         self._on_lost = on_lost  # told of every live connection that ends (closed or replaced)
         # whether the code still decodes exactly without these slots: a host's slots are placed so that losing
         # the host is within the tolerance where that is possible (failure domains)
@@ -235,7 +241,8 @@ class Membership:
             return preferred
         free = [slot for slot in range(self.n) if self._is_free(slot, now)]
         if free:
-            return self._place(free, host, now)
+            working = [slot for slot in free if self._has_work is None or self._has_work(slot)]
+            return self._place(working or free, host, now)
         raise SlotsFullError(f"all {self.n} slots are taken: held by connected workers, reserved for "
                              f"disconnected ones that may come back (for {self._reservation_s:g} s after they "
                              f"left), or granted in the last {JOIN_GRACE_S:g} s to workers about to connect")

@@ -175,3 +175,36 @@ def test_a_master_killed_after_a_removal_resumes_the_plan_without_waiting_for_th
     records = read_records(out)
     assert [r["iteration"] for r in records] == list(range(cfg.iterations))
     _assert_exact_and_centralized(cfg, records, np.load(out / "params.npy"))
+
+
+def test_elastic_growth_takes_workers_beyond_workers_into_the_code_up_to_max_workers(tmp_path: Path) -> None:
+    # --workers 4 --max-workers 6: the job starts on its code for 4 slots with 2 empty ones; workers that join
+    # while every slot is held get the empty slots and are given a share at a boundary (one more would wait as a
+    # spare: there are max_workers slots, test_membership.py)
+    cfg = job_config(tmp_path, workers=4, max_workers=6, code="nested:levels=0,1", iterations=400,
+                     adapt="elastic", delay="shifted-exp:a=1,mu=20,unit_s=0.1", samples=1200, momentum=0.0)
+    out = tmp_path
+
+    def taken_in() -> list[dict]:
+        return [e for e in read_run_events(out / "run.jsonl", "plan") if "taken in" in e["reason"]]
+
+    with LocalCluster(cfg) as cluster:
+        cluster.start_master()
+        cluster.start_workers(reconnect_max_s=0.2)
+        wait_for(lambda: len(read_records(out)) >= 3, 60, "3 iterations")
+        first = read_records(out)[0]
+        assert [w["task_sent_ms"] is not None for w in first["workers"]] == [True] * 4 + [False] * 2
+        for count, slot in enumerate((4, 5), start=1):   # no preferred slot: the master picks the empty ones
+            cluster.start_worker(slot, worker_id=f"grown-{count}", any_slot=True)
+            wait_for(functools.partial(lambda c: sum(e["reason"].count("taken in") for e in taken_in()) >= c, count),
+                     60, f"grown worker {count} taken in")
+        assert len(read_records(out)) < cfg.iterations, "the job ended before the grown workers were taken in"
+        assert cluster.wait_master(120) == 0
+    records = read_records(out)
+    _assert_exact_and_centralized(cfg, records, np.load(out / "params.npy"))
+    event = read_run_events(out / "run.jsonl", "plan")[-1]
+    last = parse_code(event["code"], 6)
+    assert last.holders == 6 and last.s_max == 1 and last.k == 16
+    after = [r for r in records if r["iteration"] >= event["iteration"]]
+    assert after and all(r["workers"][5]["task_sent_ms"] is not None for r in after)  # the grown slots work
+    assert {r["workers"][4]["worker_id"] for r in after} == {"grown-1"}

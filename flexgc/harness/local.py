@@ -107,9 +107,10 @@ class LocalCluster:
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"master did not report its port within {timeout_s} s") from None
 
-    def start_worker(self, slot: int, **overrides: Any) -> mp.process.BaseProcess:
-        """Start a worker process for `slot` (worker option overrides as keyword arguments)."""
-        values = worker_values(self.target, slot, token=self.cfg.token, **overrides)
+    def start_worker(self, slot: int, *, any_slot: bool = False, **overrides: Any) -> mp.process.BaseProcess:
+        """Start a worker process for `slot` (worker option overrides as keyword arguments); with `any_slot`
+        it asks for no slot in particular (the master picks one) and `slot` only names the process here."""
+        values = worker_values(self.target, -1 if any_slot else slot, token=self.cfg.token, **overrides)
         child = SpawnedChild(worker_process_main, (values, self.log_level), f"flexgc-worker-{slot}")
         self._workers[slot] = child
         self._children.append(child)
@@ -120,7 +121,8 @@ class LocalCluster:
         process of slots s.. is `workers[s]`)."""
         for first in range(0, self.cfg.workers, per_process):
             slots = min(per_process, self.cfg.workers - first)
-            self.start_worker(first, **({"slots": slots} if slots > 1 else {}), **overrides)
+            extra: dict[str, Any] = {"slots": slots} if slots > 1 else {}
+            self.start_worker(first, **extra, **overrides)
 
     def signal_worker(self, slot: int, sig: int) -> None:
         self._workers[slot].send(sig)

@@ -230,6 +230,10 @@ def test_invalid_toml(tmp_path: Path, text: str | bytes) -> None:
     (dict(metrics_port=65536), "metrics_port=65536; must be <= 65535"),
     (dict(chunk_bytes=5 << 20), "chunk_bytes=5242880; must be <= 4194304"),
     (dict(max_workers=2, workers=4), "max_workers=2; must be 0 or >= workers=4"),
+    (dict(max_workers=20, workers=4, code="nested:levels=0,1"),
+     r"max_workers=20: the job's k=16 partitions are shared by at most 16 workers; allowed: 4\.\.16"),
+    (dict(max_workers=6, workers=4, code="nested:levels=0,1", delay="shifted-exp:a=1,mu=1/slow:workers=6,factor=2"),
+     "slow.*6"),
     (dict(classes=3), "classes=3; logistic regression has 2 classes"),
     (dict(model="svm"), "model='svm': unknown model; allowed: logistic, softmax, least-squares, jax-mlp, jax-cnn, "
                         "or a user model by import path MODULE:FACTORY"),

@@ -236,3 +236,56 @@ def test_a_membership_plan_shares_the_data_among_the_slots_that_remain() -> None
     # the job's signaling is kept
     notify = parse_code("nested:levels=0,1,2,split=4,signaling=notify", 6)
     assert membership_plan(notify, np.ones(6), frozenset({5}), smax=2).signaling == "notify"
+
+
+# -- grow=E: room for an elastic job to grow -----------------------------------------------------
+
+@pytest.mark.parametrize("spec", ["uncoded", "crc:s=1", "nested:levels=0,1,2,split=4", "frc:s=1",
+                                  "nested:levels=0,1,2,decoder=per-level", "nested-frc:groups=1,2",
+                                  "multimessage:smax=2", "nested:levels=0,2,signaling=notify"])
+def test_grown_slots_hold_nothing_and_change_no_decode(spec: str) -> None:
+    n, extra = 6, 2
+    base = parse_code(spec, n)
+    grown = parse_code(spec + ("," if ":" in spec else ":") + f"grow={extra}", n + extra)
+    assert parse_code(grown.spec, n + extra).spec == grown.spec and grown.spec.endswith(f"grow={extra}")
+    assert grown.k == base.k and grown.s_max == base.s_max and grown.holders == n
+    assert removed_slots(grown) == (6, 7) and not grown.B[:, n:].any()
+    assert grown.decoder == base.decoder and grown.signaling == base.signaling
+    report = check_code(grown)
+    assert report["ok"] and report["worst_cond"] == pytest.approx(check_code(base)["worst_cond"])
+    # every straggler set of the code's own slots decodes (or not) exactly as without the empty slots,
+    # whatever the decoder: the per-level rule counts the slots that hold partitions
+    d_base, d_grown = Decoder(base), Decoder(grown)
+    for lost in itertools.chain.from_iterable(itertools.combinations(range(n), r) for r in range(4)):
+        for levels in range(1, base.n_levels + 1):
+            mask_b = sum(1 << base.message_id(lv, i) for lv in range(levels) for i in range(n) if i not in lost)
+            mask_g = sum(1 << grown.message_id(lv, i) for lv in range(levels) for i in range(n + extra)
+                         if i not in lost)
+            assert (d_base.solve(mask_b) is None) == (d_grown.solve(mask_g) is None), (lost, levels)
+    # the analysis: the same decode instants, levels and loads, whatever the empty slots would take
+    rng = np.random.default_rng(1)
+    width = max(len(o) for o in base.order)
+    durations = rng.exponential(size=(400, n, width))
+    a = decode_times(base, durations)
+    b = decode_times(grown, np.concatenate([durations, rng.exponential(size=(400, extra, width))], axis=1))
+    np.testing.assert_allclose(b.latency, a.latency)
+    np.testing.assert_array_equal(b.level, a.level)
+    np.testing.assert_allclose(b.load, a.load)
+
+
+def test_grow_is_refused_beyond_its_range_and_for_ignore() -> None:
+    with pytest.raises(ConfigError, match=r"grow=4; need 0 <= grow < n=4"):
+        parse_code("uncoded:grow=4", 4)
+    with pytest.raises(ConfigError, match="grow is meaningless for ignore"):
+        parse_code("ignore:s=1,grow=1", 5)
+    with pytest.raises(ConfigError, match=r"levels=0,1,3; need strictly increasing .* < n=3"):
+        parse_code("nested:levels=0,1,3,grow=3", 6)   # the code itself is built for the 3 slots it has
+    assert parse_code("crc:s=1,grow=0", 5).spec == "crc:s=1"
+
+
+def test_a_membership_plan_takes_a_grown_slot_in() -> None:
+    current = parse_code("nested:levels=0,1,split=4,grow=2", 6)    # 4 slots with work, k = 16
+    code = membership_plan(current, np.ones(6), frozenset({5}), smax=1)  # a worker joined slot 4
+    assert removed_slots(code) == (5,) and code.s_max == 1 and code.k == 16
+    assert [int(code.prefix[0, i]) for i in range(6)] == [4, 3, 3, 3, 3, 0]
+    assert check_code(code)["ok"]

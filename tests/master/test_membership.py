@@ -302,3 +302,13 @@ def test_a_released_slot_is_free_at_once_and_a_live_one_is_kept() -> None:
         return seen
 
     assert run(scenario) == ["all 3 slots are taken", 1, "w0"]
+
+
+def test_a_joining_worker_takes_a_slot_with_work_before_an_empty_one() -> None:
+    # slot 0 holds nothing (an elastic job's room to grow, or a removed slot): workers without a preferred
+    # slot fill the slots the code gives work to first, and the empty one last
+    async def scenario() -> list[int]:
+        job = Job(code="weighted:blocks=0+2+2,ring=0+1+2,smax=1")
+        return [job.join(f"w{i}", -1).slot for i in range(3)]
+
+    assert run(scenario) == [1, 2, 0]

@@ -25,8 +25,8 @@ import numpy as np
 
 from flexgc.common.codes import Code, removed_slots
 from flexgc.common.config import MasterConfig
-from flexgc.common.errors import TrainingDivergedError, TrainingFailedError
-from flexgc.common.models import build_model, full_gradient
+from flexgc.common.errors import FlexgcError, TrainingDivergedError, TrainingFailedError
+from flexgc.common.models import DataSpec, build_model, full_gradient
 from flexgc.common.optim import make_optimizer
 from flexgc.master.accounting import RunLog
 from flexgc.master.adapt import Adapter
@@ -80,6 +80,23 @@ class TrainState:
                        delay_seed=int(f["delay_seed"]), extra=json.loads(str(f["extra"])))
 
 
+def _initial_params(spec: DataSpec, seed: int) -> np.ndarray:
+    """The model's initial parameters, or TrainingFailedError in one line naming the model (a user model's
+    init_params that raises or returns the wrong shape ends the job before it starts)."""
+    try:
+        params = np.asarray(build_model(spec).init_params(seed), dtype=np.float64)
+    except FlexgcError:
+        raise
+    except Exception as exc:  # the user's code: any exception, said in one line
+        raise TrainingFailedError(f"model={spec.model!r}: init_params({seed}) raised {type(exc).__name__}: "
+                                  f"{exc}") from None
+    if params.shape != (spec.d,) or not np.all(np.isfinite(params)):
+        raise TrainingFailedError(f"model={spec.model!r}: init_params({seed}) returned "
+                                  f"{'non-finite values' if params.shape == (spec.d,) else f'shape {params.shape}'}; "
+                                  f"need ({spec.d},) finite floats (the model's d)")
+    return params
+
+
 class Trainer:
     """Runs one job's iterations on a coordinator, from a checkpoint if there is one."""
 
@@ -95,7 +112,7 @@ class Trainer:
         self._verify_data: list[tuple[np.ndarray, np.ndarray]] | None = None
         self.out = Path(cfg.out) if cfg.out else None
         self.optimizer = make_optimizer(cfg.optimizer, cfg.lr, cfg.momentum)
-        params = build_model(self.data).init_params(cfg.init_seed)
+        params = _initial_params(self.data, cfg.init_seed)
         self.state = TrainState(params, self.optimizer.init(params), self.optimizer.spec, 0, cfg.data_seed,
                                 cfg.delay_seed)
         self.stopped_early = False

@@ -3,6 +3,8 @@
     --model tests.failing_models:build,fail=raise   loss_and_grad raises ValueError on every worker
     --model tests.failing_models:build,fail=shape   loss_and_grad returns a gradient of the wrong shape
     --model tests.failing_models:build,fail=env     it raises only in a process with FLEXGC_TEST_BROKEN=1
+    --model tests.failing_models:build,fail=init    init_params raises (on the master, before the job starts)
+    --model tests.failing_models:build,fail=init-shape   init_params returns a vector of the wrong length
 """
 
 from __future__ import annotations
@@ -20,7 +22,9 @@ class Failing:
         self.fail = fail
 
     def init_params(self, seed: int) -> np.ndarray:
-        return np.zeros(self.d)
+        if self.fail == "init":
+            raise OSError("no such checkpoint: weights.npy")
+        return np.zeros(self.d + 1 if self.fail == "init-shape" else self.d)
 
     def loss_and_grad(self, params: np.ndarray, X: np.ndarray, y: np.ndarray) -> tuple[float, np.ndarray]:
         if self.fail == "raise" or (self.fail == "env" and os.environ.get("FLEXGC_TEST_BROKEN") == "1"):

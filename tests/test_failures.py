@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import read_records, run_cli
+from tests.helpers import one_line_error, read_records, run_cli
 
 pytestmark = pytest.mark.slow
 
@@ -132,6 +132,19 @@ def test_a_master_whose_workers_never_come_exits_naming_how_many_joined(tmp_path
     assert "only 0 of 4 workers joined within --join-timeout-s=1" in line, line
     assert "an exact decode needs at least 3" in line, line
     assert "Traceback" not in run.stderr
+
+
+@pytest.mark.parametrize(("fail", "says"), [
+    ("init", "init_params(0) raised OSError: no such checkpoint: weights.npy"),
+    ("init-shape", "init_params(0) returned shape (6,); need (5,) finite floats"),
+])
+def test_a_model_whose_init_params_fails_ends_the_master_in_one_line(tmp_path: Path, fail: str, says: str) -> None:
+    run = run_cli("master", "--workers", "2", "--port", "0", "--iterations", "3", "--features", "5",
+                  "--model", f"tests.failing_models:build,fail={fail}", "--out", str(tmp_path / "run"),
+                  env=MODEL_ENV)
+
+    line = one_line_error(run, 1, "model='tests.failing_models:build,fail=", says)
+    assert line.startswith("flexgc: "), line
 
 
 def test_the_masters_flexgc_delay_is_not_every_workers_override(tmp_path: Path) -> None:

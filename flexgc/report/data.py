@@ -69,6 +69,9 @@ class RunData:
     plans: list[dict[str, Any]] = field(default_factory=list)  # the adaptive plan switches (`plan` events)
     evaluations: list[dict[str, Any]] = field(default_factory=list)  # validation figures (`eval` events)
     snapshots: SnapshotLosses | None = None  # full-batch losses of the parameter snapshots, evaluated once
+    # the live view reads on past a line it cannot use (and says so here, on the page); a report refuses it
+    skip_bad_lines: bool = False
+    error: str = ""
     _offset: int = 0
     _lines: int = 0                  # lines of run.jsonl read so far (to name a bad one)
     _inode: int | None = None
@@ -79,7 +82,7 @@ class RunData:
         """Read a run directory; with `wait` (the live view) it may be empty or not exist yet."""
         p = Path(path)
         if wait:
-            run = cls(p)
+            run = cls(p, skip_bad_lines=True)
             run.refresh()
             return run
         if not p.is_dir():
@@ -125,15 +128,24 @@ class RunData:
             if not line.strip():
                 continue
             try:
-                new.append(json.loads(line))
+                rec = json.loads(line)
+                if not isinstance(rec, dict) or rec.get("schema") != SCHEMA:
+                    got = rec.get("schema") if isinstance(rec, dict) else type(rec).__name__
+                    raise FlexgcError(f"{log}: line {number}: record schema {got!r}; this report reads {SCHEMA!r}")
             except ValueError as exc:
-                raise FlexgcError(f"{log}: line {number} is not a JSON record ({getattr(exc, 'msg', exc)}: "
-                                  f"{line[:40]!r}); the master writes whole lines only: remove or fix that "
-                                  f"line") from None
+                bad = FlexgcError(f"{log}: line {number} is not a JSON record ({getattr(exc, 'msg', exc)}: "
+                                  f"{line[:40]!r}); the master writes whole lines only: remove or fix that line")
+                if not self.skip_bad_lines:
+                    raise bad from None
+                self._skipped(bad)
+                continue
+            except FlexgcError as bad:
+                if not self.skip_bad_lines:
+                    raise
+                self._skipped(bad)
+                continue
+            new.append(rec)
         self._lines += chunk[:end].count(b"\n")
-        for rec in new:
-            if rec.get("schema") != SCHEMA:
-                raise FlexgcError(f"{log}: record schema {rec.get('schema')!r}; this report reads {SCHEMA!r}")
         if any("event" in rec for rec in new):
             # a resumed master's marker supersedes the records it runs again: the log's own rule applies
             from flexgc.master.accounting import apply_record
@@ -153,6 +165,12 @@ class RunData:
         self.records.extend(new)
         self._add_model(len(self.records) - len(new))
         return changed or bool(new)
+
+    def _skipped(self, bad: FlexgcError) -> None:
+        """The live view skips a line it cannot use: said once in the log and shown on the page."""
+        if not self.error:
+            _log.warning("%s (the live view skips it)", bad)
+        self.error = f"{bad} (skipped)"
 
     def _read_meta(self) -> bool:
         """Re-read job.json (written when the job starts) and summary.json (when it ends) if they changed;

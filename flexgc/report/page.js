@@ -38,7 +38,8 @@
     $("identity").innerHTML = state.runs.map((run, r) =>
       `<div class="identity"><h3><span class="swatch" style="background:${color(r)}"></span> ${esc(run.label)}</h3>` +
       `<table>${run.identity.map(([k, v]) => `<tr><th>${esc(k)}</th><td>${esc(v)}</td></tr>`).join("")}` +
-      (run.model_note ? `<tr><th>model</th><td>${esc(run.model_note)}</td></tr>` : "") + "</table></div>").join("");
+      (run.model_note ? `<tr><th>model</th><td>${esc(run.model_note)}</td></tr>` : "") +
+      (run.error ? `<tr><th>run log</th><td class="error">${esc(run.error)}</td></tr>` : "") + "</table></div>").join("");
     const head = ["run", "iterations", "exact", "approx.", "failed", "mean ms", "median ms", "p90 ms", "model mean ms",
       "measured / model", "mean load", "final loss"];
     const rows = state.runs.map((run) => {

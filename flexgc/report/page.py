@@ -34,7 +34,7 @@ def run_meta(run: RunData, label: str) -> dict[str, Any]:
             # an adaptive run's other plans (an entry's "plan" picks one): their partitions and levels
             "plans": {str(k): {"order": [list(o) for o in c.order], "levels": list(c.levels)}
                       for k, c in run.plan_codes().items() if k} if run.plans else {},
-            "model_note": run.model_note, "generation": run.generation, **run.series()}
+            "model_note": run.model_note, "error": run.error, "generation": run.generation, **run.series()}
 
 
 def charts_payload(runs: Sequence[RunData], labels: Sequence[str], target: float | None = None) -> list[dict[str, Any]]:

@@ -22,10 +22,24 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from flexgc.common.errors import FlexgcError
 from flexgc.report.data import RunData, comparison_target, run_labels
 from flexgc.report.page import LIVE_TAIL, charts_payload, page_data, render, run_meta, targets_payload
 
 _log = logging.getLogger(__name__)
+
+
+def _refresh(run: RunData) -> bool:
+    """Re-read one run for the live view: what it cannot read (a bad job.json, say) is shown on the page and
+    logged once, and the page keeps what it had, rather than the request failing."""
+    try:
+        return run.refresh()
+    except FlexgcError as exc:
+        if run.error != str(exc):
+            _log.warning("%s", exc)
+            run.error = str(exc)
+            return True
+        return False
 
 
 class Viewer:
@@ -45,7 +59,7 @@ class Viewer:
             if now - self._refreshed < self.min_refresh_s:
                 return
             self._refreshed = now
-            changed = [run.refresh() for run in self.runs]  # every run, not just up to the first change
+            changed = [_refresh(run) for run in self.runs]  # every run, not just up to the first change
             if any(changed):
                 self.version += 1
 

@@ -75,3 +75,19 @@ def test_a_viewer_may_start_before_the_run_exists(tmp_path: Path) -> None:
     (tmp_path / "later").mkdir()
     (tmp_path / "later" / "run.jsonl").write_text("")
     assert viewer.update(viewer.version, [0])["changed"] is False
+
+
+def test_a_bad_line_in_a_followed_run_is_shown_and_skipped_not_a_failed_request(
+        served: tuple[str, Viewer], growing: tuple[Path, list[str]]) -> None:
+    # a run log with a torn or foreign line (a disk that filled, an editor): the live view keeps serving
+    base, _ = served
+    first = get(f"{base}/api/data?v=0&have=0")
+    assert first["runs"][0]["error"] == ""
+    with (growing[0] / "run.jsonl").open("a") as fh:
+        fh.write(growing[1][1] + "{not json\n" + '{"schema": "someone-else/9"}\n' + growing[1][2])
+    second = get(f"{base}/api/data?v={first['version']}&have=1")
+    assert second["runs"][0]["iteration"] == [0, 1, 2]    # the good records on both sides of the bad lines
+    assert "line 4: record schema 'someone-else/9'" in second["runs"][0]["error"]
+    assert "(skipped)" in second["runs"][0]["error"]
+    assert "someone-else/9" in get(f"{base}/")   # the page renders, the error in its data (shown as a row)
+    assert get(f"{base}/api/timeline?run=0&i=2")["i"] == 2

@@ -156,7 +156,7 @@ class Project:
                 record = json.loads(line)
             except json.JSONDecodeError:
                 continue
-            if "iteration" in record:
+            if "iteration" in record and "event" not in record:  # not a plan switch or a resume marker
                 records.append(record)
         return records
 

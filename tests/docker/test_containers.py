@@ -12,6 +12,8 @@ on the compose bridge network (.ci/setup-docker.sh starts one in CI).
 4. SIGKILL of the master's process, then `docker compose restart` (SIGTERM): the master resumes from its
    checkpoint on the volume and ends with the parameters of uninterrupted gradient descent.
 5. A worker with a wrong join token is refused and exits non-zero; no token appears in any log.
+6. `up --scale worker=6` on a job started with 4 workers and FLEXGC_MAX_WORKERS=6: the running master takes
+   the two new workers into the code (elastic growth), every iteration exact.
 """
 
 from __future__ import annotations
@@ -224,3 +226,51 @@ def test_wrong_token_is_refused_and_no_token_is_logged(compose_project: Callable
     assert rc == 0 and json.loads(files["summary.json"])["exact_iterations"] == 10
     for text in (logs, *files.values()):
         assert right not in text and wrong not in text
+
+
+def test_a_job_grows_when_workers_are_scaled_up_to_max_workers(compose_project: Callable[..., Project]) -> None:
+    # Prepare: 4 workers, room for 6 (the README's `--scale worker=6`)
+    iterations = 80
+    project = compose_project(**JOB, FLEXGC_ITERATIONS=str(iterations), FLEXGC_CHECKPOINT_EVERY="0",
+                              FLEXGC_MAX_WORKERS="6")
+    project.run("up", "--detach", timeout_s=120)
+    project.wait_for(lambda: len(project.records()) >= 5, 90, "5 iterations")
+    master = next(c["ID"] for c in project.containers() if c["Service"] == "master")
+
+    # Execute
+    project.run("up", "--detach", "--scale", "worker=6", timeout_s=120)
+    def grown() -> list[dict]:
+        events = _plan_events(project)
+        return events if sum(e["reason"].count("taken in") for e in events) >= 2 else []
+    plans = project.wait_for(grown, 120, "both new workers taken in")
+    rc = project.wait_exit("master", timeout_s=180)
+    records = project.records()
+
+    # Assert: the same master (not recreated), both new slots working after the last take-in, every
+    # iteration exact, the parameters gradient descent's
+    assert master in {c["ID"] for c in project.containers() if c["Service"] == "master"}
+    assert rc == 0 and sorted(r["iteration"] for r in records) == list(range(iterations))
+    assert all(r["outcome"] == "EXACT" for r in records)
+    after = [r for r in records if r["iteration"] >= plans[-1]["iteration"]]
+    assert after and all(r["workers"][slot]["task_sent_ms"] is not None for r in after for slot in (4, 5))
+    params = np.load(project.runs_dir() / "demo" / "params.npy")
+    cfg = master_config(workers=N, max_workers=6, code="nested:levels=0,1,2,3", iterations=iterations,
+                        model="logistic", samples=int(JOB["FLEXGC_SAMPLES"]), features=100, dtype="float64")
+    reference = centralized_params(cfg)
+    assert np.linalg.norm(params - reference) <= 1e-9 * np.linalg.norm(reference)
+
+
+def _plan_events(project: Project) -> list[dict]:
+    try:
+        lines = (project.runs_dir() / "demo" / "run.jsonl").read_text().splitlines()
+    except FileNotFoundError:
+        return []
+    events = []
+    for line in lines:
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if record.get("event") == "plan":
+            events.append(record)
+    return events

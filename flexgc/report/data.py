@@ -425,7 +425,11 @@ def model_comparison(code: Code, delay: DelayModel, seed: int, iterations: Seque
     from flexgc.common.analysis import ideal_latencies_ms
 
     codes = {code.spec: code}
+    # a job with room to grow (grow=E: its last E slots empty at the start) is compared on the slots it had
+    grow = f"grow={code.n - code.holders}" if "grow=" in code.spec else ""
     for spec in ([f"crc:s={code.s_max}"] if code.s_max else []) + ["uncoded"]:  # CRC(0) is uncoded
+        if grow:
+            spec += ("," if ":" in spec else ":") + grow
         try:
             other = parse_code(spec, code.n)
         except FlexgcError as exc:

@@ -20,6 +20,7 @@ from flexgc.report.data import (
     RunData,
     comparison_target,
     layout_slot,
+    model_comparison,
     model_rows,
     run_labels,
     select_iterations,
@@ -221,3 +222,14 @@ def test_a_real_runs_loss_points_are_its_exact_losses_in_wall_clock_order(real_r
     target, rule = comparison_target([run])
     assert target is not None and "90%" in rule
     assert run.time_to_target(target).reached
+
+
+def test_a_grown_jobs_model_rows_compare_on_the_slots_it_had() -> None:
+    # a job with room to grow (2 empty slots of 6) is compared with CRC and uncoded on its 4 slots, not on 6
+    code = parse_code("nested:levels=0,1,grow=2", 6)
+    delay = parse_delay("shifted-exp:a=1,mu=5,unit_s=0.1")
+    rows = dict(model_comparison(code, delay, 3, list(range(20))))
+    assert list(rows) == ["nested:levels=0,1,grow=2 (model, same delays)", "crc:s=1,grow=2 (model, same delays)",
+                          "uncoded:grow=2 (model, same delays)"]
+    on_four = ideal_latencies_ms(parse_code("uncoded", 4), delay, 3, list(range(20)))
+    np.testing.assert_allclose(rows["uncoded:grow=2 (model, same delays)"], on_four)

@@ -3,7 +3,7 @@
 Run log schema (one JSON object per iteration, `schema: "flexgc.run.v1"`):
     iteration, outcome (EXACT | APPROXIMATE | FAILED), latency_ms (task first sent -> gradient decoded),
     decode_ms, level (highest level used), rows_used [[slot, level, weight], ...], residual, cond, loss,
-    stragglers (slots with no used row), bytes_up, bytes_down, cancel_latency_ms (max ack - sent),
+    stragglers (slots with work and no used row), bytes_up, bytes_down, cancel_latency_ms (max ack - sent),
     stale_results, duplicates, verify_rel_err (verify mode), and `workers`: per slot task_sent_ms,
     first_byte_ms, level_done_ms[l], result_arrival_ms[l], cancel_sent_ms, cancel_ack_ms, task_done_ms
     (push: the worker's whole task arrived, flagged task_done; such a worker gets no Cancel, so its
@@ -85,7 +85,8 @@ def iteration_record(code: Code, it: Iteration, outcome: Outcome, loss: float | 
         "residual": float(dec.residual) if dec is not None else None,
         "cond": _r(dec.cond) if dec is not None else None,
         "loss": loss,
-        "stragglers": sorted(set(range(code.n)) - used_slots) if dec is not None else list(range(code.n)),
+        # slots the code gives work to whose rows the decode did without (an empty slot is no straggler)
+        "stragglers": [i for i in range(code.n) if code.order[i] and (dec is None or i not in used_slots)],
         "bytes_up": sum(w["bytes_up"] for w in workers),
         "bytes_down": sum(w["bytes_down"] for w in workers),
         "cancel_latency_ms": _r(max(cancel_lat)) if cancel_lat else None,

@@ -28,7 +28,7 @@ class IterationInfo:
     iteration: its number t (0-based); iterations: the job's --iterations; outcome: EXACT, APPROXIMATE or
     FAILED; loss: the mean training loss at the parameters the iteration started from (None if FAILED);
     latency_ms: task first sent -> gradient decoded; level: the highest level the decode used (None if
-    FAILED); stragglers: slots none of whose rows the decode used; load: per slot, the fraction of the
+    FAILED); stragglers: slots with work none of whose rows the decode used; load: per slot, the fraction of the
     data whose results had arrived by the decode (0 for a slot that got no task); validation: the
     validation figures (`val_loss`, `val_accuracy` when the model classifies) when this iteration was
     evaluated (--eval-every), else None.
@@ -64,4 +64,4 @@ def iteration_info(it: Iteration, outcome: Outcome, loss: float | None, iteratio
     load = tuple(code.load(len(it.timing[slot].compute_ms)) if slot in it.sent else 0.0 for slot in range(code.n))
     return IterationInfo(it.number, iterations, outcome.phase.name, loss, float(outcome.latency_ms),
                          dec.level if dec is not None else None,
-                         tuple(sorted(set(range(code.n)) - used)), load, validation, params)
+                         tuple(i for i in range(code.n) if code.order[i] and i not in used), load, validation, params)

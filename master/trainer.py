@@ -323,7 +323,7 @@ class Trainer:
         self._progress_at = now
         dec = outcome.decoding
         code = self.coordinator.code
-        stragglers = code.n - len({code.message_of(m)[1] for m in dec.messages}) if dec else code.n
+        stragglers = code.holders - len({code.message_of(m)[1] for m in dec.messages}) if dec else code.holders
         slowest = self.stragglers.slowest()
         who = "" if slowest is None else (f" slowest={slowest.label} slowest_vs_median={slowest.relative:.2f} "
                                            f"window={slowest.samples}")

@@ -194,6 +194,7 @@ def test_elastic_growth_takes_workers_beyond_workers_into_the_code_up_to_max_wor
         wait_for(lambda: len(read_records(out)) >= 3, 60, "3 iterations")
         first = read_records(out)[0]
         assert [w["task_sent_ms"] is not None for w in first["workers"]] == [True] * 4 + [False] * 2
+        assert not {4, 5} & set(first["stragglers"])   # an empty slot is no straggler
         for count, slot in enumerate((4, 5), start=1):   # no preferred slot: the master picks the empty ones
             cluster.start_worker(slot, worker_id=f"grown-{count}", any_slot=True)
             wait_for(functools.partial(lambda c: sum(e["reason"].count("taken in") for e in taken_in()) >= c, count),

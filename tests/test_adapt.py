@@ -209,3 +209,35 @@ def test_elastic_growth_takes_workers_beyond_workers_into_the_code_up_to_max_wor
     after = [r for r in records if r["iteration"] >= event["iteration"]]
     assert after and all(r["workers"][5]["task_sent_ms"] is not None for r in after)  # the grown slots work
     assert {r["workers"][4]["worker_id"] for r in after} == {"grown-1"}
+
+
+def test_a_master_killed_after_growth_resumes_with_every_grown_slot_working(tmp_path: Path) -> None:
+    cfg = job_config(tmp_path, workers=4, max_workers=6, code="nested:levels=0,1", iterations=300, adapt="elastic",
+                     delay="shifted-exp:a=1,mu=20,unit_s=0.05", samples=1000, momentum=0.0, checkpoint_every=1,
+                     port=_free_port(), join_timeout_s=60.0)
+    out = tmp_path
+
+    def grown() -> bool:
+        return sum(e["reason"].count("taken in") for e in read_run_events(out / "run.jsonl", "plan")) >= 2
+
+    with LocalCluster(cfg) as cluster:
+        cluster.start_master()
+        cluster.start_workers(reconnect_max_s=0.2)
+        wait_for(lambda: len(read_records(out)) >= 3, 60, "3 iterations")
+        for slot in (4, 5):
+            cluster.start_worker(slot, worker_id=f"grown-{slot}", any_slot=True, reconnect_max_s=0.2)
+        wait_for(grown, 60, "both grown workers taken in")
+        switched = read_run_events(out / "run.jsonl", "plan")[-1]["iteration"]
+        wait_for(lambda: len(read_records(out)) >= switched + 3, 60, "a checkpoint after the growth")
+        assert cluster.master is not None
+        cluster.master.kill()
+        cluster.master.join(10)
+        killed_at = len(read_records(out))
+        assert killed_at < cfg.iterations, "the job ended before the master was killed"
+        cluster.start_master()
+        assert cluster.wait_master(120) == 0
+    records = read_records(out)
+    assert [r["iteration"] for r in records] == list(range(cfg.iterations))
+    _assert_exact_and_centralized(cfg, records, np.load(out / "params.npy"))
+    # the resumed master runs the grown plan: all six slots work (the workers rejoined, whatever slot each got)
+    assert all(sum(w["task_sent_ms"] is not None for w in r["workers"]) == 6 for r in records[killed_at + 5:])

@@ -512,13 +512,14 @@ def simulate(code: Code, model: DelayModel, trials: int, seed: int,
     latency, level, load, unresponsive = [], [], [], []
     approximate = False
     chunk = chunk_trials(code.n, code.k)
+    holds = np.array([bool(o) for o in code.order])  # an empty slot (grow=, an elastic plan) is never a dead worker
     for start in range(0, trials, chunk):
         durations = sample_durations(model, code, min(chunk, trials - start), rng, start=start)
         times = decode_times(code, durations, policy)
         latency.append(times.latency)
         level.append(times.level)
         load.append(times.load)
-        unresponsive.append((~np.isfinite(durations[:, :, 0])).sum(axis=1))
+        unresponsive.append((~np.isfinite(durations[:, holds, 0])).sum(axis=1))
         approximate = times.approximate
     T = np.concatenate(latency)
     levels = np.concatenate(level)

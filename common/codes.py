@@ -153,7 +153,10 @@ def parse_code(text: str, n: int, *, field_name: str = "code") -> Code:
         raise ConfigError(f"workers={n!r}; need an integer >= 1")
     spec = parse_spec(text, field_name)
     if spec.family not in FAMILIES and spec.family != "auto":
-        raise ConfigError(f"{field_name}={text!r}: unknown family {spec.family!r}; allowed: "
+        head = spec.family.split(",", 1)[0]
+        hint = (f" (options follow a colon: {head}:{spec.family.split(',', 1)[1]})"
+                if "," in spec.family and head in (*FAMILIES, "auto") else "")
+        raise ConfigError(f"{field_name}={text!r}: unknown family {spec.family!r}{hint}; allowed: "
                           f"{', '.join(FAMILIES)}")
     p = spec.params
     decoder = p.get("decoder", "any-span")

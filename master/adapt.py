@@ -272,6 +272,15 @@ class Adapter:
         c = self.coordinator
         speeds = (chronic_speeds(self.tracker.matrix()) if self.policy.speed and self.tracker.observed
                   else np.ones(c.code.n))
+        if self.policy.speed and self.tracker.observed:
+            # a worker taken in has no measurement yet: size it like the typical measured worker (the next check
+            # corrects it), not as a silent one (chronic_speeds' SLOW_FACTOR, for slots that never answered)
+            chronic = self.tracker.chronic()
+            fresh = [s for s in range(c.code.n) if s not in removed and math.isnan(chronic[s])
+                     and not self.tracker.samples(s)]  # no measurement at all (not: never answered)
+            measured = chronic[np.isfinite(chronic)]
+            if fresh and measured.size:
+                speeds[fresh] = float(np.median(measured))
         code = membership_plan(c.code, speeds, removed, self.smax)
         if code.spec == c.code.spec:
             return

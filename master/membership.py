@@ -215,6 +215,9 @@ class Membership:
         worker that joins may take it; its old owner, should it come back, joins like a new one)."""
         if slot in self.connections or not 0 <= slot < self.n:
             return
+        s = self._slots[slot]
+        if s.owner is not None and not s.streamed and time.monotonic() - s.granted_at <= JOIN_GRACE_S:
+            return  # granted moments ago to a worker about to open its stream (it is being taken in)
         owner = self._slots[slot].owner
         if owner is not None:
             self._slot_of.pop(owner, None)

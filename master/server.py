@@ -51,6 +51,10 @@ async def serve(cfg: MasterConfig, on_port: Callable[[int], None] | None = None,
     """
     policy = AdaptPolicy.of(cfg)
     code = job_code(cfg.code, cfg.workers, policy)
+    if cfg.max_workers > cfg.workers and not policy.grow:
+        _log.warning("max_workers=%d cannot grow this job (adapt=%s, code=%s): it grows only under elastic "
+                     "adaptation (--adapt elastic|all, or auto with an exact code); workers beyond %d wait as spares",
+                     cfg.max_workers, policy.mode, cfg.code, cfg.workers)
     job_data = JobData.from_config(cfg, code)
     data = job_data.spec
     stop = stop or asyncio.Event()
@@ -101,8 +105,9 @@ async def serve(cfg: MasterConfig, on_port: Callable[[int], None] | None = None,
     for name in ("", SERVICE_NAME):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     tls = "mutual" if cfg.tls_ca else "on" if cfg.tls_cert else "off"
-    _log.info("serving port=%d code=%s n=%d d=%d tls=%s token=%s version=%s", port, code.spec, code.n, data.d, tls,
-              "on" if cfg.token else "off", __version__)
+    grows = f" (starts on {code.holders}, may grow to {code.n})" if code.holders < code.n else ""
+    _log.info("serving port=%d code=%s n=%d%s d=%d tls=%s token=%s version=%s", port, code.spec, code.n, grows, data.d,
+              tls, "on" if cfg.token else "off", __version__)
     if cfg.host in ("0.0.0.0", "::", "") and not cfg.token and tls == "off":
         _log.warning("serving on every interface (host=%s) with neither --token nor TLS: anyone who can reach port %d "
                      "can join and receive the job's data and parameters; set --token (and TLS: docs/security.md), or "

@@ -447,6 +447,10 @@ async def load_partitions(stub: pb_grpc.CoordinatorStub, slot: int, session_id: 
 
 
 EXIT_OK, EXIT_RUNTIME, EXIT_REFUSED = 0, 1, 2  # see `flexgc worker --help`
+SPARE_GONE_S = 60.0
+"""A spare (refused because every slot was held, never joined since) whose master has then been unreachable
+this long takes the job to have ended and exits 0: the master tells only its connected workers that the job
+finished, and a spare that retried forever would keep `docker compose up` (or a Job) from completing."""
 
 
 async def run_workers(cfg: WorkerConfig, stop: asyncio.Event | None = None) -> int:
@@ -508,6 +512,8 @@ async def run_worker(cfg: WorkerConfig, stop: asyncio.Event | None = None,
     session_id = ""
     unjoined_since = time.monotonic()
     last_reason, warned_at = "", -math.inf
+    spare_since: float | None = None   # refused as full (a spare) and not joined since
+    unreachable_since: float | None = None   # ... and the master unreachable since
     try:
         while not stop.is_set():
             channel = transport.aio_channel(cfg.master, tls, server_name=cfg.server_name)
@@ -529,6 +535,15 @@ async def run_worker(cfg: WorkerConfig, stop: asyncio.Event | None = None,
                     if exc.code() in _FATAL:
                         _log.error("join refused by master=%s: %s", cfg.master, reason)
                         return EXIT_REFUSED
+                    if wire.error_kind(exc) == "SlotsFullError":
+                        spare_since, unreachable_since = spare_since or time.monotonic(), None
+                        reason += " (waiting as a spare for a slot to free)"
+                    elif spare_since is not None and exc.code() == grpc.StatusCode.UNAVAILABLE:
+                        unreachable_since = unreachable_since or time.monotonic()
+                        if time.monotonic() - unreachable_since >= SPARE_GONE_S:
+                            _log.info("job presumed finished: master=%s refused this spare as full, then has been "
+                                      "unreachable for %.0f s", cfg.master, time.monotonic() - unreachable_since)
+                            return EXIT_OK
                     waited = time.monotonic() - unjoined_since
                     if cfg.join_timeout_s and waited >= cfg.join_timeout_s:
                         _log.error("giving up: no join with master=%s for %.1f s (--join-timeout-s=%g); last "
@@ -546,6 +561,7 @@ async def run_worker(cfg: WorkerConfig, stop: asyncio.Event | None = None,
                     backoff = min(cfg.reconnect_max_s, backoff * 2) * (0.8 + 0.4 * random.random())
                     continue
                 slot = grant.slot
+                spare_since = unreachable_since = None
                 failure: str | None = None
                 if compute is not None and compute.spec == job.data and not _same_code(compute.slot_code,
                                                                                         grant.slot_code):

@@ -11,9 +11,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from flexgc.common.analysis import decode_times
+from flexgc.common.analysis import decode_times, simulate
 from flexgc.common.codes import parse_code, removed_slots, split_partitions, weighted_code
 from flexgc.common.decoder import Decoder
+from flexgc.common.delays import parse_delay
 from flexgc.common.errors import ConfigError
 from flexgc.common.planner import (
     RING_RULES,
@@ -271,6 +272,8 @@ def test_grown_slots_hold_nothing_and_change_no_decode(spec: str) -> None:
     np.testing.assert_allclose(b.latency, a.latency)
     np.testing.assert_array_equal(b.level, a.level)
     np.testing.assert_allclose(b.load, a.load)
+    # the Monte Carlo counts no empty slot as a dead worker (P(excess) was 1 with no dead worker at all)
+    assert simulate(grown, parse_delay("shifted-exp:a=1,mu=1"), 200, 0).p_excess == 0.0
 
 
 def test_grow_is_refused_beyond_its_range_and_for_ignore() -> None:

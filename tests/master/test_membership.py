@@ -312,3 +312,18 @@ def test_a_joining_worker_takes_a_slot_with_work_before_an_empty_one() -> None:
         return [job.join(f"w{i}", -1).slot for i in range(3)]
 
     assert run(scenario) == [1, 2, 0]
+
+
+def test_a_slot_granted_moments_ago_is_not_released_under_its_worker() -> None:
+    # a worker joins an empty slot just before a plan switch releases the empty slots: its grant stands, and
+    # its stream opens (it was bounced with NOT_FOUND before)
+    async def scenario() -> str:
+        job = Job(code="weighted:blocks=0+2+2,ring=0+1+2,smax=1")
+        job.connect(1)
+        job.connect(2)
+        grant = job.join("newcomer", -1)
+        assert grant.slot == 0
+        job.c.members.release(0)
+        return job.open_stream(grant.slot, "newcomer", grant.session_id).worker_id
+
+    assert run(scenario) == "newcomer"

@@ -187,3 +187,26 @@ def test_speed_estimates_belong_to_the_worker_and_name_its_host() -> None:
     tracker.observe({0: 1.0, 1: 5.0}, {0: "wa", 1: "wc"}, {1: "node-c"})
     row = tracker.snapshot()[1]
     assert (row["worker_id"], row["host"], row["samples"], row["chronic_s"]) == ("wc", "node-c", 1, 5.0)
+
+
+def test_a_worker_taken_in_is_sized_like_the_typical_measured_worker_not_as_a_silent_one() -> None:
+    # under --adapt all a newcomer has no measurement yet: its share follows the measured workers' median speed
+    # (it got 1 partition, the share of a slot that never answers, until the next check corrected it)
+    from flexgc.master.adapt import Adapter, AdaptPolicy
+
+    async def scenario() -> tuple[int, ...]:
+        job = Job(code="nested:levels=0,1,split=4,grow=1")   # N = 3 slots: 2 with work, k = 8
+        for slot in (0, 1):
+            job.connect(slot)
+        adapter = Adapter(AdaptPolicy("all"), job.c)
+        for _ in range(6):
+            adapter.tracker.observe({0: 1.0, 1: 1.1}, {0: "w0", 1: "w1"})
+        job.connect(2, "newcomer")                           # joins the empty slot
+        changed = adapter._membership()
+        assert changed is not None and "for the first time (growth): taken in" in changed[1]
+        adapter._announce_membership(6, *changed)
+        assert job.c.pending is not None
+        return tuple(int(x) for x in job.c.pending.code.prefix[0])
+
+    blocks = run(scenario)
+    assert sum(blocks) == 8 and min(blocks) >= 2, blocks

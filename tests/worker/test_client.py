@@ -18,6 +18,7 @@ import grpc
 import numpy as np
 import pytest
 
+import flexgc.worker.client as client
 from flexgc.common import wire
 from flexgc.common.codes import parse_code
 from flexgc.common.config import worker_config
@@ -490,3 +491,47 @@ def test_a_stream_refused_because_the_job_finished_ends_like_a_shutdown(kind: st
             assert await within(wiring.start(join_reply(), make_compute()), "the session to end") is end
 
     run_async(scenario)
+
+
+class FullMaster(pb_grpc.CoordinatorServicer):
+    """A master whose slots are all held: every Join is refused as the real one refuses it."""
+
+    def __init__(self) -> None:
+        self.joins = asyncio.Event()
+
+    async def Join(self, request: pb.JoinRequest, context: grpc.aio.ServicerContext) -> pb.JoinReply:
+        self.joins.set()
+        await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "all 2 slots are taken",
+                            trailing_metadata=wire.error_metadata("SlotsFullError"))
+        return pb.JoinReply()  # pragma: no cover (abort raised)
+
+
+def test_a_spare_exits_0_once_the_master_that_refused_it_as_full_is_gone(monkeypatch: pytest.MonkeyPatch) -> None:
+    # the master tells only its connected workers that the job finished; a spare (refused as full) whose master
+    # then stays unreachable takes the job to have ended, instead of retrying forever (no join timeout set)
+    monkeypatch.setattr(client, "SPARE_GONE_S", 0.5)
+
+    ended: list[int] = []
+
+    async def scenario() -> None:
+        fake = FullMaster()
+        server = grpc.aio.server()
+        add_coordinator_service(fake, server)
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        cfg = worker_config(master=f"127.0.0.1:{port}", worker_id="spare", reconnect_max_s=0.1)
+        stop = asyncio.Event()
+        worker = asyncio.create_task(client.run_worker(cfg, stop))
+        try:
+            await within(fake.joins.wait(), "the spare's first join")
+            await server.stop(0)  # the job ended: the master is gone
+            ended.append(await within(worker, "the spare to give up", timeout_s=30))
+        finally:
+            stop.set()
+            if not worker.done():
+                worker.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await worker
+
+    run_async(scenario)
+    assert ended == [0]

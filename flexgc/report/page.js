@@ -226,8 +226,9 @@
     const n = e.w.length;
     const code = planOf(run, e);
     // a lane names its slot and the worker that held it in this iteration (charts.lane_label does the same)
+    // a slot the plan gives nothing (room to grow, removed by an elastic plan) says so
     const lanes = Array.from({ length: n }, (_, s) => (e.who && e.who[s] ? `slot ${s} · ${esc(e.who[s])}` :
-      `slot ${s}`));
+      code.order && code.order[s] && code.order[s].length === 0 ? `slot ${s} (empty)` : `slot ${s}`));
     const stragglers = new Set(e.stragglers);
     const used = new Map();
     for (let j = 0; j + 2 < e.used.length; j += 3) used.set(`${e.used[j]}:${e.used[j + 1]}`, e.used[j + 2]);

@@ -108,6 +108,7 @@ def test_an_interrupted_bench_keeps_and_reports_the_runs_it_finished(tmp_path: P
             proc.wait(10)
 
     assert proc.returncode == 128 + int(signal.Signals[how]), out
+    assert "Traceback" not in out, out   # Ctrl-C reaches the children too: none dies with a traceback
     (line,) = [x for x in out.splitlines() if x.startswith("bench interrupted")]
     assert f"({how})" in line and "of 3 runs" in line
     rows = list(csv.DictReader((tmp_path / "bench.csv").open()))
@@ -152,3 +153,20 @@ def test_a_scenario_bench_refuses_what_it_cannot_honour(tmp_path: Path, capsys: 
     assert main(["bench", *args, "--out", str(tmp_path)]) == 2
     assert words in capsys.readouterr().err
     assert not list(tmp_path.iterdir())  # refused before anything was written
+
+
+def test_winners_call_a_tie_within_3_percent_and_note_an_adaptive_run_that_never_re_planned() -> None:
+    from flexgc.bench import winners
+
+    def row(code: str, seconds: float | None, rank: int, adapt: str = "off", target_at: int | None = None,
+            first_switch: int | None = None, approximate: int = 0) -> dict:
+        return {"scenario": "s", "code": code, "time_to_target_s": seconds, "rank": rank, "adapt": adapt,
+                "approximate": approximate, "target_iterations": target_at, "first_switch": first_switch}
+
+    rows = [row("nested+adapt", 0.989, 1, "speed", target_at=8, first_switch=10), row("multimessage", 1.001, 2),
+            row("uncoded", 1.2, 3), row("ignore:s=3", 0.5, 4, approximate=20)]
+    w = winners(rows)["s"]
+    assert w["scheme"] == "nested+adapt" and w["tie"] == ["multimessage"]        # 1.2% apart: a tie
+    assert w["before_first_replan"] == ["nested+adapt"]                          # got there at 8, re-planned at 10
+    clear = winners([row("a", 1.0, 1, "speed", target_at=20, first_switch=10), row("b", 1.5, 2)])["s"]
+    assert clear["tie"] == [] and clear["before_first_replan"] == [] and clear["over_runner_up"] == pytest.approx(2 / 3)

@@ -50,7 +50,8 @@ class SpawnedChild:
     def __init__(self, target: Callable[..., Any], args: Sequence[Any], name: str) -> None:
         self.name = name
         self.process = SPAWN.Process(target=target, args=tuple(args), name=name)
-        self.process.start()
+        with _sigint_ignored():
+            self.process.start()
 
     @property
     def pid(self) -> int | None:
@@ -119,6 +120,22 @@ def stop_all(children: Sequence[Child], grace_s: float = 5.0, exit_wait_s: float
         child.send(signal.SIGKILL)
         child.wait(5.0)
     return {c.name: c.returncode() for c in children}
+
+
+@contextlib.contextmanager
+def _sigint_ignored() -> Iterator[None]:
+    """Start a child with SIGINT ignored (it inherits that across exec): Ctrl-C reaches every process of the
+    terminal's group, and a child must not die mid-shutdown on it with a traceback; the parent, which gets it
+    too, stops its children with SIGTERM. The master and the workers keep an inherited SIG_IGN (the Unix
+    convention for background processes). Outside the main thread: nothing changes."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 @contextlib.contextmanager

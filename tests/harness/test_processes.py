@@ -62,3 +62,22 @@ def test_exit_wait_lets_children_end_by_themselves() -> None:
     # Assert: exit code 0, not a signal; and calling again is harmless
     assert codes[child.name] == 0
     assert stop_all([child]) == codes
+
+
+def _sigint_disposition(queue: object) -> None:
+    queue.put(signal.getsignal(signal.SIGINT) is signal.SIG_IGN)  # type: ignore[attr-defined]
+
+
+def test_a_spawned_child_starts_with_sigint_ignored_and_the_parent_keeps_its_handler() -> None:
+    # Ctrl-C reaches the whole terminal group: a local cluster's children leave it to their parent, which stops
+    # them with SIGTERM (they died mid-shutdown with KeyboardInterrupt tracebacks before)
+    from flexgc.harness.processes import SPAWN
+
+    queue = SPAWN.Queue()
+    before = signal.getsignal(signal.SIGINT)
+    child = SpawnedChild(_sigint_disposition, (queue,), "probe")
+    try:
+        assert queue.get(timeout=60) is True
+        assert signal.getsignal(signal.SIGINT) is before
+    finally:
+        stop_all([child], grace_s=10)

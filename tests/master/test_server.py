@@ -125,3 +125,21 @@ def test_metrics_endpoint_and_health(tmp_path: Path) -> None:
                  'flexgc_iterations_total{outcome="EXACT"}'):
         assert name in body, name
     assert main(["health", "--target", f"127.0.0.1:{port}", "--timeout-s", "1"]) == 1  # master is gone
+
+
+def test_the_stop_filter_drops_only_grpcs_cancelled_call_record() -> None:
+    import asyncio
+    import logging
+
+    from flexgc.master.server import _CancelledAtStop
+
+    def record(message: str, exc: BaseException | None) -> logging.LogRecord:
+        return logging.LogRecord("grpc._cython.cygrpc", logging.ERROR, "server.pyx.pxi", 812, message, None,
+                                 (type(exc), exc, None) if exc is not None else None)
+
+    quiet = _CancelledAtStop()
+    assert not quiet.filter(record("Exception not handled by _handle_exceptions in servicer method [/x/Work]",
+                                   asyncio.CancelledError()))
+    assert quiet.filter(record("Exception not handled by _handle_exceptions in servicer method [/x/Work]",
+                               ValueError("a real error")))
+    assert quiet.filter(record("Unexpected [ValueError] raised by servicer method [/x/Work]", None))

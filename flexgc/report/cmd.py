@@ -50,6 +50,45 @@ def register(sub: Any) -> None:
     view.set_defaults(handler=run_view)
 
 
+def _expand(paths: list[str]) -> list[str]:
+    """The run directories: a folder that is no run but holds runs (a `flexgc bench --out`, or its runs/)
+    stands for every run in it, as the bench's own report shows them."""
+    from flexgc.report import run_dirs_below
+    from flexgc.report.data import JOB, RUN_LOG, SUMMARY
+
+    out: list[str] = []
+    for text in paths:
+        path = Path(text)
+        if path.is_dir() and not any((path / name).exists() for name in (RUN_LOG, SUMMARY, JOB)):
+            runs = run_dirs_below(path / "runs" if (path / "runs").is_dir() else path)
+            if runs:
+                _log.info("%s holds %d runs: reporting them all", text, len(runs))
+                out += [str(d) for d in runs]
+                continue
+        out.append(text)
+    return out
+
+
+def _warn_if_other_jobs(run_dirs: list[str]) -> None:
+    """Several runs of different jobs (model or data) share one loss axis and one target: say so once."""
+    import json
+
+    from flexgc.report.data import JOB
+
+    seen: dict[tuple[str, ...], str] = {}
+    for text in run_dirs:
+        try:
+            job = json.loads((Path(text) / JOB).read_text())
+        except (OSError, ValueError):
+            continue
+        key = tuple(str(job.get(k)) for k in ("model", "data", "samples", "features", "classes", "data_seed"))
+        seen.setdefault(key, text)
+    if len(seen) > 1:
+        _log.warning("these runs train %d different jobs (model or data differ, e.g. %s): their losses and times to "
+                     "target are not comparable; report each job's runs on their own", len(seen),
+                     " and ".join(list(seen.values())[:2]))
+
+
 def _default_out(run_dirs: list[str], name: str) -> Path:
     return Path(run_dirs[0]) / name if len(run_dirs) == 1 else Path(name)
 
@@ -57,6 +96,11 @@ def _default_out(run_dirs: list[str], name: str) -> Path:
 def run_report(args: argparse.Namespace) -> int:
     if args.timeline_max is not None and args.timeline_max < 1:
         raise ConfigError(f"timeline-max={args.timeline_max}; need an integer >= 1")
+    given = list(args.run_dirs)
+    args.run_dirs = _expand(given)
+    if len(given) == 1 and args.run_dirs != given and not args.out:  # a bench's --out: its report beside it
+        args.out = str(Path(given[0]) / ("report.html" if args.format == "html" else "figures"))
+    _warn_if_other_jobs(args.run_dirs)
     if args.format == "html":
         from flexgc.report import write_report
 

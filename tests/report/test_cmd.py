@@ -197,3 +197,22 @@ def test_many_runs_put_the_legend_below_and_no_mode_bar_covers_a_title(real_run:
     assert all(c["layout"]["modebar"]["orientation"] == "v" for c in many["charts"])
     page = (tmp_path / "one.html").read_text()
     assert "iterations ` +" in page and "that keep a timeline" in page and 'modebar: { orientation: "v" }' in page
+
+
+def test_a_bench_folder_stands_for_its_runs_and_other_jobs_are_warned_about(
+        real_run: Path, real_crc_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import shutil
+
+    bench = tmp_path / "bench"
+    for run in (real_run, real_crc_run):
+        shutil.copytree(run, bench / "runs" / run.name)
+    assert main(["report", str(bench)]) == 0          # was: "holds neither run.jsonl nor summary.json nor job.json"
+    data = page_payload((bench / "report.html").read_text())
+    assert sorted(r["label"] for r in data["runs"]) == ["crc:s=2", "nested:levels=0,1,2"]
+    assert "different jobs" not in capsys.readouterr().err
+    other = tmp_path / "other"
+    shutil.copytree(real_run, other)
+    job = json.loads((other / "job.json").read_text())
+    (other / "job.json").write_text(json.dumps({**job, "model": "softmax", "data": "sklearn:digits"}))
+    assert main(["report", str(real_run), str(other), "--out", str(tmp_path / "mixed.html")]) == 0
+    assert "these runs train 2 different jobs" in capsys.readouterr().err

@@ -131,6 +131,14 @@ def run_analyze(args: argparse.Namespace) -> int:
     trials = _positive("trials", args.trials)
     model = parse_delay(args.delay, "delay")
     model.check_slots(n)
+    if model.trace and model.loop:
+        from flexgc.common.traces import load_factors
+
+        steps = len(load_factors(model.trace))
+        if trials > steps:
+            _log.warning("the trace has %d rows and loop=1 repeats them over %d trials: the ± is not the "
+                         "uncertainty of the trace's own figures (--trials %d analyzes each row once)", steps, trials,
+                         steps)
     codes = [parse_code(spec, n, field_name="code") for spec in (args.code or DEFAULT_CODES)]
     if args.plot:
         _check_plot_file(args.plot)  # before the computation, not after it

@@ -89,7 +89,7 @@ def _read_npz(path: str) -> np.ndarray:
     if bad.any():
         row, col = (int(i) for i in np.argwhere(bad)[0])
         raise ConfigError(f"trace file {path!r}: array {names[0]!r} entry [{row}, {col}] (row, column from 0) is "
-                          f"{F[row, col]!r}; every factor must be finite and > 0")
+                          f"{float(F[row, col])!r}; every factor must be finite and > 0")
     return F
 
 
@@ -107,8 +107,11 @@ def read_matrix_csv(path: str, what: str = "factor") -> np.ndarray:
             header_line, width = number, len(fields)
             continue
         if len(fields) != width:
-            raise ConfigError(f"trace file {path!r}: line {number} has {len(fields)} fields; the header "
-                              f"(line {header_line}) has {width}")
+            hint = (" (fields are separated by commas; this line holds a ';')"
+                    if len(fields) == 1 and ";" in fields[0] else "")
+            raise ConfigError(f"trace file {path!r}: line {number} has {len(fields)} "
+                              f"field{'' if len(fields) == 1 else 's'}; the header (line {header_line}) has "
+                              f"{width}{hint}")
         rows.append([_positive(path, number, column, cell, what) for column, cell in enumerate(fields, 1)])
     if not rows:
         found = "a header but no data rows" if header_line else "no header and no data rows"

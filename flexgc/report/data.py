@@ -306,6 +306,7 @@ class RunData:
                  and math.isfinite(self.ideal_ms[i] or math.inf)]
         loads = [w["load"] for r in recs for w in r["workers"] if w["task_sent_ms"] is not None]
         losses = [r["loss"] for r in recs if r["loss"] is not None]
+        last = next((r for r in reversed(recs) if r["loss"] is not None), None)
         outcomes = [r["outcome"] for r in recs]
         return {
             "iterations": len(recs), "exact": outcomes.count("EXACT"), "approximate": outcomes.count("APPROXIMATE"),
@@ -318,6 +319,8 @@ class RunData:
             if pairs and np.mean([b for _, b in pairs]) > 0 else None,
             "mean_load": _round(float(np.mean(loads)), 4) if loads else None,
             "final_loss": _round(losses[-1], 6) if losses else None,
+            # an APPROXIMATE record's loss is the estimate of the partitions it decoded, not the full-batch loss
+            "final_loss_estimate": last is not None and last["outcome"] == "APPROXIMATE",
         }
 
     @property

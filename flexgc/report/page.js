@@ -46,7 +46,7 @@
       const s = run.stats;
       return [esc(run.label), s.iterations, s.exact, s.approximate, s.failed, fmt(s.mean_ms, 1), fmt(s.median_ms, 1),
         fmt(s.p90_ms, 1), fmt(s.ideal_mean_ms, 1), fmt(s.measured_over_ideal, 3), fmt(s.mean_load, 3),
-        fmt(s.final_loss, 5)];
+        s.final_loss_estimate ? `≈${fmt(s.final_loss, 5)} (estimate)` : fmt(s.final_loss, 5)];
     });
     $("stats").innerHTML = `<tr>${head.map((h) => `<th>${h}</th>`).join("")}</tr>` +
       rows.map((row) => `<tr>${row.map((c) => `<td>${c}</td>`).join("")}</tr>`).join("");

@@ -233,3 +233,12 @@ def test_a_grown_jobs_model_rows_compare_on_the_slots_it_had() -> None:
                           "uncoded:grow=2 (model, same delays)"]
     on_four = ideal_latencies_ms(parse_code("uncoded", 4), delay, 3, list(range(20)))
     np.testing.assert_allclose(rows["uncoded:grow=2 (model, same delays)"], on_four)
+
+
+def test_an_approximate_runs_final_loss_is_flagged_as_an_estimate(tmp_path: Path) -> None:
+    run = RunData(tmp_path)
+    rec = {"outcome": "EXACT", "latency_ms": 5.0, "workers": [], "loss": 0.3}
+    run.records, run.ideal_ms = [rec, {**rec, "outcome": "APPROXIMATE", "loss": 0.28}], [None, None]
+    assert run.stats()["final_loss"] == 0.28 and run.stats()["final_loss_estimate"] is True
+    run.records = [rec]
+    assert run.stats()["final_loss_estimate"] is False

@@ -308,8 +308,10 @@ def run_bench(args: argparse.Namespace) -> int:
         print(f"report: {report} (every run on one page: flexgc report)")
     if interrupted is not None:
         left = f"; the unfinished run's files stay in {current}" if current is not None else ""
-        print(f"bench interrupted ({interrupted}) after {len(rows)} of {total} runs: the table, files and report "
-              f"above are theirs{left}")
+        skipped = sum("skipped" in r for r in rows)
+        done = f"{len(rows) - skipped} of {total} runs" + (f" ({skipped} more skipped: they cannot decode)"
+                                                            if skipped else "")
+        print(f"bench interrupted ({interrupted}) after {done}: the table, files and report above are theirs{left}")
         return 128 + int(signal.Signals[interrupted])
     return 0
 

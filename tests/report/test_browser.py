@@ -121,6 +121,10 @@ def test_live_view_follows_a_running_job(chromium: Any, tmp_path: Path) -> None:
         assert_matches_log(final, {r["iteration"]: r for r in read_run_log(out / "run.jsonl")})
         assert console_errors(chromium) == []
     finally:
+        # leave the page before its server goes: a poll to the closed port would log a console error that the
+        # next test reads (the browser is shared)
+        chromium.get("about:blank")
+        console_errors(chromium)
         server.shutdown()
         server.server_close()
         thread.join(5)

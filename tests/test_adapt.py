@@ -212,7 +212,7 @@ def test_elastic_growth_takes_workers_beyond_workers_into_the_code_up_to_max_wor
 
 
 def test_a_master_killed_after_growth_resumes_with_every_grown_slot_working(tmp_path: Path) -> None:
-    cfg = job_config(tmp_path, workers=4, max_workers=6, code="nested:levels=0,1", iterations=300, adapt="elastic",
+    cfg = job_config(tmp_path, workers=4, max_workers=6, code="nested:levels=0,1", iterations=600, adapt="elastic",
                      delay="shifted-exp:a=1,mu=20,unit_s=0.05", samples=1000, momentum=0.0, checkpoint_every=1,
                      port=_free_port(), join_timeout_s=60.0)
     out = tmp_path

@@ -144,21 +144,27 @@ class Project:
                                 capture_output=True, text=True, timeout=30, check=True)
         return Path(result.stdout.strip())
 
-    def records(self, run: str = "demo") -> list[dict[str, Any]]:
-        """The iteration records of the master's run.jsonl so far (a torn last line is skipped)."""
+    def _log(self, run: str) -> list[dict[str, Any]]:
+        """Every whole line of the master's run.jsonl so far (a torn last line is skipped)."""
         try:
             lines = (self.runs_dir() / run / "run.jsonl").read_text().splitlines()
         except (FileNotFoundError, subprocess.CalledProcessError):
             return []
-        records = []
+        out = []
         for line in lines:
             try:
-                record = json.loads(line)
+                out.append(json.loads(line))
             except json.JSONDecodeError:
                 continue
-            if "iteration" in record and "event" not in record:  # not a plan switch or a resume marker
-                records.append(record)
-        return records
+        return out
+
+    def records(self, run: str = "demo") -> list[dict[str, Any]]:
+        """The iteration records of the master's run.jsonl so far (not a plan switch or a resume marker)."""
+        return [r for r in self._log(run) if "iteration" in r and "event" not in r]
+
+    def events(self, kind: str, run: str = "demo") -> list[dict[str, Any]]:
+        """The run log's `kind` events so far (e.g. "plan": an adaptive plan switch)."""
+        return [r for r in self._log(run) if r.get("event") == kind]
 
     def wait_for(self, condition: Callable[[], Any], timeout_s: float, what: str) -> Any:
         deadline = time.monotonic() + timeout_s

@@ -240,7 +240,7 @@ def test_a_job_grows_when_workers_are_scaled_up_to_max_workers(compose_project: 
     # Execute
     project.run("up", "--detach", "--scale", "worker=6", timeout_s=120)
     def grown() -> list[dict]:
-        events = _plan_events(project)
+        events = project.events("plan")
         return events if sum(e["reason"].count("taken in") for e in events) >= 2 else []
     plans = project.wait_for(grown, 120, "both new workers taken in")
     rc = project.wait_exit("master", timeout_s=180)
@@ -259,18 +259,3 @@ def test_a_job_grows_when_workers_are_scaled_up_to_max_workers(compose_project: 
     reference = centralized_params(cfg)
     assert np.linalg.norm(params - reference) <= 1e-9 * np.linalg.norm(reference)
 
-
-def _plan_events(project: Project) -> list[dict]:
-    try:
-        lines = (project.runs_dir() / "demo" / "run.jsonl").read_text().splitlines()
-    except FileNotFoundError:
-        return []
-    events = []
-    for line in lines:
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if record.get("event") == "plan":
-            events.append(record)
-    return events

@@ -6,6 +6,7 @@ framing, so both ends set the send and receive limits explicitly, and vectors ar
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -197,3 +198,11 @@ def describe_failure(code: grpc.StatusCode, details: str, target: str, tls: TlsC
     if "Deadline" in text or code is grpc.StatusCode.DEADLINE_EXCEEDED:
         return f"no answer from {target}"
     return f"{target} unavailable: {text}"
+
+
+def stop_signals() -> tuple[signal.Signals, ...]:
+    """The signals a master or worker stops on: SIGTERM, and SIGINT unless this process started with it ignored
+    (a background job, or a child of a local cluster, whose parent stops it with SIGTERM: the Unix convention
+    keeps an inherited SIG_IGN)."""
+    ignored = signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    return (signal.SIGTERM,) if ignored else (signal.SIGTERM, signal.SIGINT)

@@ -94,10 +94,7 @@ def job_code(spec: str, n: int, policy: AdaptPolicy) -> Code:
     code = parse_code(spec, n)
     if policy.on and policy.split > 1 and code.k == n and "split=" not in spec:
         code = parse_code(code.spec + ("," if ":" in code.spec else ":") + f"split={policy.split}", n)
-    if policy.grow:
-        if n + policy.grow > code.k:
-            raise ConfigError(f"max_workers={n + policy.grow}: the job's k={code.k} partitions are shared by at most "
-                              f"{code.k} workers; allowed: max_workers <= {code.k} (or a larger --adapt-split)")
+    if policy.grow:  # max_workers <= k is checked where the configuration is read (MasterConfig)
         code = grow_slots(code, policy.grow)
     return code
 

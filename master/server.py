@@ -37,13 +37,6 @@ from flexgc.master.trainer import Trainer
 _log = logging.getLogger(__name__)
 
 
-def _handled_signals() -> tuple[signal.Signals, ...]:
-    """SIGTERM, and SIGINT unless this process started with it ignored (a background job, or a child of a
-    local cluster, whose parent stops it with SIGTERM: the Unix convention keeps an inherited SIG_IGN)."""
-    ignored = signal.getsignal(signal.SIGINT) is signal.SIG_IGN
-    return (signal.SIGTERM,) if ignored else (signal.SIGTERM, signal.SIGINT)
-
-
 async def serve(cfg: MasterConfig, on_port: Callable[[int], None] | None = None,
                 stop: asyncio.Event | None = None,
                 on_record: Callable[[dict[str, Any]], None] | None = None,
@@ -129,7 +122,7 @@ async def serve(cfg: MasterConfig, on_port: Callable[[int], None] | None = None,
         signals.append(sig)
         stop.set()
 
-    for sig in _handled_signals():
+    for sig in transport.stop_signals():
         try:
             loop.add_signal_handler(sig, on_signal, sig)
         except (NotImplementedError, RuntimeError, ValueError):

@@ -21,7 +21,6 @@ import math
 import os
 import random
 import re
-import signal
 import time
 import uuid
 from collections.abc import Callable
@@ -453,13 +452,6 @@ this long takes the job to have ended and exits 0: the master tells only its con
 finished, and a spare that retried forever would keep `docker compose up` (or a Job) from completing."""
 
 
-def _handled_signals() -> tuple[signal.Signals, ...]:
-    """SIGTERM, and SIGINT unless this process started with it ignored (a background job, or a child of a
-    local cluster, whose parent stops it with SIGTERM: the Unix convention keeps an inherited SIG_IGN)."""
-    ignored = signal.getsignal(signal.SIGINT) is signal.SIG_IGN
-    return (signal.SIGTERM,) if ignored else (signal.SIGTERM, signal.SIGINT)
-
-
 async def run_workers(cfg: WorkerConfig, stop: asyncio.Event | None = None) -> int:
     """`flexgc worker`: --slots worker slots in this process, each with its own identity (worker_id-i when
     there are several), stream, task state and cancels, sharing one event loop and a pool of
@@ -467,7 +459,7 @@ async def run_workers(cfg: WorkerConfig, stop: asyncio.Event | None = None) -> i
     ends them; SIGTERM/SIGINT set it (where this loop can handle signals)."""
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in _handled_signals():
+    for sig in transport.stop_signals():
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
             loop.add_signal_handler(sig, stop.set)
     if cfg.slots == 1:
@@ -502,7 +494,7 @@ async def run_worker(cfg: WorkerConfig, stop: asyncio.Event | None = None,
     thread), `delayed_executor` the pool for tasks with an injected delay (default: `executor`)."""
     if stop is None:
         stop = asyncio.Event()
-        for sig in _handled_signals():
+        for sig in transport.stop_signals():
             with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
                 asyncio.get_running_loop().add_signal_handler(sig, stop.set)
     threadpool_limits(cfg.blas_threads)  # workers share the cores: one BLAS thread each by default

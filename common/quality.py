@@ -38,7 +38,11 @@ def check_code(code: Code, max_exhaustive: int = 20_000, samples: int = 2000, di
     from flexgc.common.decoder import Decoder  # the decoder is built on this module
 
     n, k = code.n, code.k
-    patterns, exhaustive, total = straggler_patterns(n, code.s_max, max_exhaustive, samples, seed)
+    # An empty slot (`grow=`, an elastic plan) holds no data: it is never a straggler of the code, so the
+    # sets are drawn from the slots that hold data.
+    holding = [i for i in range(n) if code.order[i]]
+    found, exhaustive, total = straggler_patterns(len(holding), code.s_max, max_exhaustive, samples, seed)
+    patterns = [tuple(holding[j] for j in p) for p in found]
     decoder = Decoder(code)
     rng = np.random.default_rng(seed)
     G = rng.standard_normal((k, dim))
@@ -70,7 +74,8 @@ def check_code(code: Code, max_exhaustive: int = 20_000, samples: int = 2000, di
                                  "value": err})
         if decoding.residual > RESIDUAL_MAX:
             failures.append({"stragglers": list(stragglers), "kind": "residual", "value": decoding.residual})
-    return {"code": code.spec, "workers": n, "s_max": code.s_max, "decoder": decoder.policy,
+    return {"code": code.spec, "workers": n, "empty_slots": n - len(holding), "s_max": code.s_max,
+            "decoder": decoder.policy,
             "exhaustive": exhaustive, "patterns_checked": len(patterns), "patterns_claimed": total,
             "approximate_decodes": approximate, "worst_residual": worst["residual"],
             "worst_cond": worst["cond"], "worst_rel_err_float64": worst["float64"],

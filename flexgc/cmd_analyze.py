@@ -231,6 +231,8 @@ def run_check(args: argparse.Namespace) -> int:
         else:
             checked = (f"sampled: {r['patterns_checked']} sets of {r['s_max']} of {r['patterns_claimed']} "
                        f"sets of <= {r['s_max']}")
+        if r["empty_slots"]:
+            checked += f" among {r['workers'] - r['empty_slots']} slots holding data ({r['empty_slots']} empty)"
         if r["approximate_decodes"]:
             checked += f" ({r['approximate_decodes']} approximate by design)"
         rows.append([r["code"], r["decoder"], checked, str(r["failed_sets"]), f"{r['worst_residual']:.2e}",

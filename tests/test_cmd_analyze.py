@@ -120,6 +120,17 @@ def test_codes_check_exhaustive(capsys: pytest.CaptureFixture[str]) -> None:
     assert ignore["approximate_decodes"] == 55  # every pattern with a straggler is rescaled
 
 
+def test_codes_check_counts_only_slots_that_hold_data(capsys: pytest.CaptureFixture[str]) -> None:
+    # grow=2 on 8 workers: 6 slots hold data, 2 are empty; an empty slot is never one of the code's stragglers.
+    rc, out, _ = run(capsys, "codes", "check", "--workers", "8", "--code", "nested:levels=0,1,2,grow=2")
+
+    assert rc == 0
+    assert f"all {1 + 6 + math.comb(6, 2)} sets of <= 2 stragglers among 6 slots holding data (2 empty)" in out
+    rc, out, _ = run(capsys, "codes", "check", "--workers", "8", "--code", "nested:levels=0,1,2,grow=2", "--json")
+    report = json.loads(out)["codes"][0]
+    assert rc == 0 and report["empty_slots"] == 2 and report["patterns_checked"] == 22 and report["ok"]
+
+
 def test_codes_check_sampled_table(capsys: pytest.CaptureFixture[str]) -> None:
     rc, out, _ = run(capsys, "codes", "check", "--workers", "12", "--code", "nested:smax=3",
                      "--max-exhaustive", "50", "--samples", "40")

@@ -49,8 +49,9 @@ class SpawnedChild:
 
     def __init__(self, target: Callable[..., Any], args: Sequence[Any], name: str) -> None:
         self.name = name
-        self.process = SPAWN.Process(target=target, args=tuple(args), name=name)
-        with _sigint_ignored():
+        ignore = threading.current_thread() is threading.main_thread()
+        self.process = SPAWN.Process(target=_child_main, args=(target, tuple(args), ignore), name=name)
+        with _signals_held():
             self.process.start()
 
     @property
@@ -122,20 +123,41 @@ def stop_all(children: Sequence[Child], grace_s: float = 5.0, exit_wait_s: float
     return {c.name: c.returncode() for c in children}
 
 
+# Held back while a child starts: Ctrl-C, and the signals `sigterm_as_interrupt` turns into KeyboardInterrupt.
+_HELD = frozenset({signal.SIGINT, signal.SIGTERM, signal.SIGHUP})
+
+
 @contextlib.contextmanager
-def _sigint_ignored() -> Iterator[None]:
-    """Start a child with SIGINT ignored (it inherits that across exec): Ctrl-C reaches every process of the
-    terminal's group, and a child must not die mid-shutdown on it with a traceback; the parent, which gets it
-    too, stops its children with SIGTERM. The master and the workers keep an inherited SIG_IGN (the Unix
-    convention for background processes). Outside the main thread: nothing changes."""
+def _signals_held() -> Iterator[None]:
+    """Hold SIGINT, SIGTERM and SIGHUP back (blocked, so pending, never lost) in the main thread while a child
+    is started.
+
+    Ctrl-C reaches every process of the terminal's group, and a child must not die mid-shutdown on it with a
+    traceback; the parent, which gets it too, stops its children with SIGTERM. So a child starts with these
+    signals blocked (the mask is inherited across exec, so a signal during its start-up waits) and `_child_main`
+    ignores SIGINT before it unblocks them. The parent's own handlers never change: a signal that lands while the
+    child starts is delivered to the parent when the block ends (an ignored Ctrl-C was lost there, and a SIGTERM
+    that interrupted the start left the child half its start data, and an EOFError). Outside the main thread:
+    nothing changes."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, _HELD)
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+def _child_main(target: Callable[..., Any], args: tuple[Any, ...], ignore_sigint: bool) -> None:
+    """A spawned child's first step: ignore SIGINT (the master and the workers keep an inherited SIG_IGN, the
+    Unix convention for background processes; setting it discards a Ctrl-C pending since the start), unblock
+    what `_signals_held` blocked (a SIGTERM pending since the start ends the child now, silently), then run
+    `target`."""
+    if ignore_sigint:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _HELD)
+    target(*args)
 
 
 @contextlib.contextmanager

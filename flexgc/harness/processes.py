@@ -51,8 +51,13 @@ class SpawnedChild:
         self.name = name
         ignore = threading.current_thread() is threading.main_thread()
         self.process = SPAWN.Process(target=_child_main, args=(target, tuple(args), ignore), name=name)
-        with _signals_held():
-            self.process.start()
+        try:
+            with _signals_held():
+                self.process.start()
+        except BaseException:  # a signal held back during the start, delivered at its end: nobody else knows
+            if self.process.pid is not None:  # of this child yet, so it is stopped here
+                stop_all([self])
+            raise
 
     @property
     def pid(self) -> int | None:
@@ -129,24 +134,37 @@ _HELD = frozenset({signal.SIGINT, signal.SIGTERM, signal.SIGHUP})
 
 @contextlib.contextmanager
 def _signals_held() -> Iterator[None]:
-    """Hold SIGINT, SIGTERM and SIGHUP back (blocked, so pending, never lost) in the main thread while a child
-    is started.
+    """Hold SIGINT, SIGTERM and SIGHUP back while a child is started (in the main thread), then deliver them.
 
     Ctrl-C reaches every process of the terminal's group, and a child must not die mid-shutdown on it with a
     traceback; the parent, which gets it too, stops its children with SIGTERM. So a child starts with these
     signals blocked (the mask is inherited across exec, so a signal during its start-up waits) and `_child_main`
-    ignores SIGINT before it unblocks them. The parent's own handlers never change: a signal that lands while the
-    child starts is delivered to the parent when the block ends (an ignored Ctrl-C was lost there, and a SIGTERM
-    that interrupted the start left the child half its start data, and an EOFError). Outside the main thread:
-    nothing changes."""
+    ignores SIGINT before it unblocks them. In the parent, a signal that another thread catches still runs its
+    Python handler in the main thread, so the handlers are swapped for one that only notes the signal. When the
+    child has started, the parent's handlers are back, the mask too, and every noted or pending signal is
+    delivered to them. (An ignored Ctrl-C was lost there, and a KeyboardInterrupt raised inside the start left
+    the child half its start data: an EOFError traceback.) Outside the main thread: nothing changes."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, _HELD)
+    noted: list[int] = []
+
+    def note(signum: int, frame: Any) -> None:
+        noted.append(signum)
+
+    previous_mask = signal.pthread_sigmask(signal.SIG_BLOCK, _HELD)
+    handlers = {sig: signal.getsignal(sig) for sig in _HELD}
+    swapped = {sig: h for sig, h in handlers.items() if callable(h)}  # Python handlers; SIG_IGN/SIG_DFL stay
     try:
+        for sig in swapped:
+            signal.signal(sig, note)
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+        for sig, handler in swapped.items():
+            signal.signal(sig, handler)
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous_mask)  # a signal pending here is delivered now
+        for signum in dict.fromkeys(noted):
+            signal.raise_signal(signum)
 
 
 def _child_main(target: Callable[..., Any], args: tuple[Any, ...], ignore_sigint: bool) -> None:

@@ -99,3 +99,53 @@ def test_a_signal_while_a_child_starts_reaches_the_parent_after_the_start(sig: s
             assert sig in signal.sigpending()
         pytest.fail("the held signal was not delivered when the window ended")
     assert not {signal.SIGINT, signal.SIGTERM} & signal.pthread_sigmask(signal.SIG_BLOCK, set())
+
+
+def test_a_signal_another_thread_catches_while_a_child_starts_waits_for_the_start_too() -> None:
+    # A process-directed signal can land on any thread that does not block it; its Python handler still runs in
+    # the main thread, and must not raise there before the child has its start data.
+    from flexgc.harness.processes import _signals_held, sigterm_as_interrupt
+
+    reached = False
+    fire, fired = threading.Event(), threading.Event()
+
+    def catch_one() -> None:  # started before the window, so its signal mask is the usual one
+        if fire.wait(30):
+            signal.pthread_kill(threading.get_ident(), signal.SIGTERM)
+            fired.set()
+
+    other = threading.Thread(target=catch_one)
+    other.start()
+    with sigterm_as_interrupt(), pytest.raises(KeyboardInterrupt):
+        with _signals_held():
+            fire.set()
+            assert fired.wait(10)
+            deadline = time.monotonic() + 0.5
+            while time.monotonic() < deadline:  # the interpreter runs a pending handler within these bytecodes
+                pass
+            reached = True
+        pytest.fail("the noted signal was not delivered when the window ended")
+    other.join(10)
+    assert reached
+
+
+def test_a_child_whose_start_a_signal_interrupts_is_stopped_not_orphaned(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The held signal surfaces as the constructor returns: the caller never gets the child to stop, so the
+    # constructor stops it (an orphaned worker kept a Ctrl-C'd bench waiting on it at exit).
+    import multiprocessing
+
+    from flexgc.harness.processes import SPAWN, sigterm_as_interrupt
+
+    process_class = type(SPAWN.Process(target=_sleep, args=(60,)))
+    start = process_class.start
+
+    def start_then_signalled(self: multiprocessing.process.BaseProcess) -> None:
+        start(self)
+        signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGTERM)  # held until the start ends
+
+    monkeypatch.setattr(process_class, "start", start_then_signalled)
+    before = set(multiprocessing.active_children())
+    with sigterm_as_interrupt(), pytest.raises(KeyboardInterrupt):
+        SpawnedChild(_sleep, (60,), "interrupted")
+    assert set(multiprocessing.active_children()) <= before  # stopped and reaped
+
